@@ -1,4 +1,11 @@
 //! ferrotron: runs test tasks in disposable virtual machines. See ARCHITECTURE.md for the map.
 
+pub mod cli;
+pub mod guest;
+pub mod image;
 pub mod outcome;
+pub mod provider;
 pub mod results;
+pub mod runner;
+pub mod store;
+pub mod task;

@@ -1,0 +1,99 @@
+//! The `ferrotron` command line: argument parsing and dispatch. Handlers stay thin; the work
+//! happens in the library modules.
+
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ferrotron",
+    version,
+    about = "Run test tasks in disposable virtual machines",
+    long_about = "Run test tasks in disposable virtual machines.\n\n\
+        A task is a directory with a runtask.yml formula (Taskotron compatible). \
+        `ferrotron run` runs one task against one item, locally or in a fresh VM, \
+        streams its output and stores the results.",
+    after_help = "Examples:\n  \
+        ferrotron run -i bash-5.2-1.fc41 -t koji_build tasks/rpm-checksum\n  \
+        ferrotron run --format json tasks/python-unittest"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Settings every subcommand shares.
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// Where runs, artifacts, logs, images and the embedded database live
+    /// [default: /var/lib/ferrotron as root, else ~/.local/share/ferrotron].
+    #[arg(long, global = true, env = "FERROTRON_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite:///path/to/file.db or postgres://user:pass@host/db
+    /// [default: sqlite://DATA_DIR/ferrotron.db]
+    #[arg(long, global = true, env = "FERROTRON_DB", value_name = "URL")]
+    pub db: Option<String>,
+}
+
+impl GlobalArgs {
+    /// The data directory: --data-dir, else /var/lib/ferrotron for root (libvirt's qemu
+    /// user cannot reach into /root), else the XDG data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            // SAFETY: geteuid cannot fail and touches no memory.
+            if unsafe { libc::geteuid() } == 0 {
+                return PathBuf::from("/var/lib/ferrotron");
+            }
+            let base = std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                .unwrap_or_else(|| PathBuf::from("."));
+            base.join("ferrotron")
+        })
+    }
+
+    pub fn db_url(&self) -> String {
+        self.db.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir().join("ferrotron.db").display())
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Commands {
+    /// Run one task against one item and store its results (like Taskotron's runtask).
+    Run(run::RunArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(crate::runner::exit::INFRA as u8);
+        }
+    };
+    let code = rt.block_on(async {
+        match cli.command {
+            Commands::Run(args) => run::run(&cli.global, args).await,
+        }
+    });
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERROTRON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,245 @@
+//! `ferrotron run`: one task, one item, output on the terminal, results in the store.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use uuid::Uuid;
+
+use super::GlobalArgs;
+use crate::image;
+use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
+use crate::provider::ssh::SshProvider;
+use crate::provider::{Provider, local::LocalProvider};
+use crate::runner::{Event, RunReport, RunRequest, Runner, RunnerError, exit};
+use crate::store::Store;
+use crate::task::Formula;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Exit status: 0 the task ran to its end; 1 its exitcode directive \
+reported failing results; 2 bad arguments or formula (nothing ran); 3 the task failed \
+(an action errored or timed out); 4 infrastructure error; 130 interrupted.")]
+pub struct RunArgs {
+    /// The task: a directory holding runtask.yml, or a formula file.
+    #[arg(value_name = "TASK")]
+    pub task: PathBuf,
+    /// The item to check, e.g. a Koji build NVR.
+    #[arg(short, long, default_value = "")]
+    pub item: String,
+    /// The item's type; it also names a variable holding the item (`-t koji_build` makes ${koji_build}).
+    #[arg(short = 't', long = "type", value_name = "TYPE", default_value = "")]
+    pub item_type: String,
+    /// Architecture the check is about.
+    #[arg(short, long, default_value = "noarch")]
+    pub arch: String,
+    /// Job id from the caller's scheduler, available as ${jobid}.
+    #[arg(short, long, default_value = "-1")]
+    pub jobid: String,
+    /// Run uuid [default: a new time-ordered UUID].
+    #[arg(long)]
+    pub uuid: Option<Uuid>,
+    /// Where the task runs: `local` on this host without isolation (developer mode),
+    /// `libvirt` in a disposable VM cloned from --image.
+    #[arg(long, value_enum, default_value_t = Backend::Local)]
+    pub backend: Backend,
+    /// Run on an existing machine over SSH instead (nothing is created or destroyed).
+    #[arg(long, value_name = "USER@HOST[:PORT]", conflicts_with = "backend")]
+    pub ssh: Option<String>,
+    /// Private key for --ssh [default: the SSH agent is not used; ~/.ssh/id_ed25519].
+    #[arg(long, value_name = "PATH", requires = "ssh")]
+    pub ssh_privkey: Option<PathBuf>,
+    /// Base image for VM backends: an image file, a recipe name from images/ (its newest
+    /// build, built on first use), or DISTRO-RELEASE-FLAVOR[-ARCH].
+    #[arg(long, env = "FERROTRON_IMAGE", default_value = "tiny")]
+    pub image: String,
+    /// libvirt connection URI.
+    #[arg(long, env = "FERROTRON_LIBVIRT_URI", default_value = "qemu:///system")]
+    pub libvirt_uri: String,
+    /// Directory of image recipes.
+    #[arg(long, env = "FERROTRON_RECIPES", default_value = "images")]
+    pub recipes: PathBuf,
+    /// Spawn attempts before a run gives up on getting a machine.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// How to report: live text, or one JSON object on stdout (live output goes to stderr).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Stop the task after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 7200)]
+    pub timeout: u64,
+    /// Keep the machine after the run and print how to reach it.
+    #[arg(long)]
+    pub no_destroy: bool,
+    /// Largest total size of artifacts to collect, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub artifacts_cap: u64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    Libvirt,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub async fn run(global: &GlobalArgs, args: RunArgs) -> i32 {
+    match run_inner(global, args).await {
+        Ok(code) => code,
+        Err((code, msg)) => {
+            eprintln!("error: {msg}");
+            code
+        }
+    }
+}
+
+async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, String)> {
+    let formula = Formula::load(&args.task).map_err(|e| (exit::USAGE, e.to_string()))?;
+    let data_dir = global.data_dir();
+    let store = Store::open(&global.db_url())
+        .await
+        .map_err(|e| (exit::INFRA, format!("opening the store: {e}")))?;
+    let (provider, image): (Arc<dyn Provider>, String) = match (&args.ssh, args.backend) {
+        (Some(target), _) => {
+            let key = args.ssh_privkey.clone().or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519"))
+            });
+            let p = SshProvider::parse(target, key).map_err(|e| (exit::USAGE, e.to_string()))?;
+            (Arc::new(p), target.clone())
+        }
+        (None, Backend::Local) => (
+            Arc::new(LocalProvider::new(data_dir.join("local"), 64)),
+            "local".to_string(),
+        ),
+        (None, Backend::Libvirt) => {
+            let images_dir = data_dir.join("images");
+            let recipes = args.recipes.clone();
+            let spec = args.image.clone();
+            let image = tokio::task::spawn_blocking(move || {
+                image::recipe::resolve(&spec, &recipes, &images_dir, true)
+            })
+            .await
+            .map_err(|e| (exit::INFRA, e.to_string()))?
+            .map_err(|e| (exit::USAGE, format!("--image {}: {e}", args.image)))?;
+            let p = LibvirtProvider::new(LibvirtConfig {
+                uri: args.libvirt_uri.clone(),
+                state_dir: data_dir.join("instances"),
+                max_instances: 64,
+                accel: Accel::Auto,
+            });
+            (Arc::new(p), image.path.display().to_string())
+        }
+    };
+    let json = args.format == Format::Json;
+    let sink = Arc::new(move |e: &Event| {
+        let line = e.line();
+        // With --format json, stdout carries exactly one JSON object.
+        if json {
+            let _ = writeln!(std::io::stderr().lock(), "{line}");
+        } else {
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
+    });
+    let runner = Runner {
+        provider,
+        store,
+        data_dir: data_dir.clone(),
+        sink,
+    };
+    let request = RunRequest {
+        uuid: args.uuid.unwrap_or_else(Uuid::now_v7),
+        formula,
+        item: args.item,
+        item_type: args.item_type,
+        arch: args.arch,
+        jobid: args.jobid,
+        owner: format!("run@{}", hostname()),
+        image,
+        task_timeout: Duration::from_secs(args.timeout.max(1)),
+        spawn_attempts: args.attempts.max(1),
+        artifacts_cap: args.artifacts_cap.saturating_mul(1024 * 1024),
+        keep_instance: args.no_destroy,
+    };
+
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(forward_signals(cancel_tx));
+    let report = runner.run(request, cancel_rx).await.map_err(|e| match e {
+        RunnerError::Invalid(m) => (exit::USAGE, m),
+        other => (exit::INFRA, other.to_string()),
+    })?;
+    if json {
+        let s = serde_json::to_string_pretty(&report).expect("report serialises");
+        println!("{s}");
+    } else {
+        print_summary(&report);
+    }
+    Ok(report.exit_code)
+}
+
+/// The first SIGINT/SIGTERM cancels the run (which still destroys its machine); later ones
+/// only say that teardown is under way, so an impatient second Ctrl-C cannot leak a VM.
+async fn forward_signals(cancel: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    let mut seen = false;
+    loop {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        if seen {
+            eprintln!("ferrotron: still cleaning up; the machine is destroyed before exit");
+        } else {
+            eprintln!("ferrotron: interrupted; stopping the task and destroying its machine");
+            seen = true;
+            let _ = cancel.send(true);
+        }
+    }
+}
+
+fn print_summary(r: &RunReport) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out);
+    if r.results.is_empty() {
+        let _ = writeln!(out, "no results reported");
+    } else {
+        let w = r.results.iter().map(|x| x.checkname.len()).max().unwrap_or(9).max(9);
+        let _ = writeln!(out, "{:<16}  {:<w$}  {:<30}  NOTE", "OUTCOME", "CHECKNAME", "ITEM");
+        for x in &r.results {
+            let _ = writeln!(
+                out,
+                "{:<16}  {:<w$}  {:<30}  {}",
+                x.outcome.as_str(),
+                x.checkname,
+                x.item,
+                x.note.as_deref().unwrap_or("")
+            );
+        }
+    }
+    let phases: Vec<String> = r
+        .phases
+        .iter()
+        .map(|p| format!("{} {:.0}ms", p.name, p.duration_ms))
+        .collect();
+    let _ = writeln!(out, "\nrun:       {} ({}, exit {})", r.uuid, r.state.as_str(), r.exit_code);
+    if let Some(e) = &r.error {
+        let _ = writeln!(out, "error:     {e}");
+    }
+    let _ = writeln!(out, "phases:    {}", phases.join(" · "));
+    let _ = writeln!(out, "log:       {}", r.log.display());
+    let _ = writeln!(out, "artifacts: {}", r.artifacts_dir.display());
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

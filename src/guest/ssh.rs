@@ -1,0 +1,214 @@
+//! A session on an instance over SSH (russh): connect with a deadline, pin the host key,
+//! run commands with streamed output, stdin and exit status.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, client};
+
+use super::{Command, GuestError, OutputSink, Session, Stream};
+use crate::provider::SshTarget;
+
+/// Keepalives notice a guest that powered off under an open session (see machine-notes).
+const KEEPALIVE: Duration = Duration::from_secs(5);
+const KEEPALIVE_MAX: usize = 4;
+
+struct Pinned {
+    expected: Option<PublicKey>,
+    mismatch: Arc<Mutex<bool>>,
+}
+
+impl client::Handler for Pinned {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let Some(expected) = &self.expected else {
+            return Ok(true); // --ssh to a machine the user named: they vouch for it
+        };
+        let ok = match server {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == expected.key_data(),
+            PublicKeyOrCertificate::Certificate(_) => false,
+        };
+        if !ok {
+            *self.mismatch.lock().expect("mismatch lock") = true;
+        }
+        Ok(ok)
+    }
+}
+
+pub struct SshSession {
+    handle: client::Handle<Pinned>,
+    root: String,
+    target: String,
+}
+
+impl SshSession {
+    /// Connects, retrying with backoff until `deadline` passes: a booting guest refuses
+    /// connections, then accepts TCP before sshd is ready. A host key that does not match
+    /// fails at once: retrying would not make it right.
+    pub async fn connect(
+        target: &SshTarget,
+        key: Arc<PrivateKey>,
+        root: String,
+        deadline: Duration,
+    ) -> Result<SshSession, GuestError> {
+        let shown = format!("{}@{}:{}", target.user, target.host, target.port);
+        let expected = target
+            .host_key
+            .as_deref()
+            .map(super::keys::parse_public)
+            .transpose()?;
+        let config = Arc::new(client::Config {
+            keepalive_interval: Some(KEEPALIVE),
+            keepalive_max: KEEPALIVE_MAX,
+            nodelay: true,
+            ..Default::default()
+        });
+        let start = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let mut last = String::from("no attempt made");
+        loop {
+            let remaining = deadline.saturating_sub(start.elapsed());
+            if remaining.is_zero() {
+                return Err(GuestError::Unreachable {
+                    target: shown,
+                    reason: format!(
+                        "no SSH login within {}s (last error: {last})",
+                        deadline.as_secs()
+                    ),
+                });
+            }
+            let mismatch = Arc::new(Mutex::new(false));
+            let handler = Pinned {
+                expected: expected.clone(),
+                mismatch: mismatch.clone(),
+            };
+            let attempt = async {
+                let mut h = client::connect(
+                    config.clone(),
+                    (target.host.as_str(), target.port),
+                    handler,
+                )
+                .await?;
+                let auth = h
+                    .authenticate_publickey(
+                        target.user.clone(),
+                        PrivateKeyWithHashAlg::new(key.clone(), None),
+                    )
+                    .await?;
+                Ok::<_, russh::Error>((h, auth.success()))
+            };
+            // One slow handshake must not eat the whole deadline.
+            let per_try = remaining.min(Duration::from_secs(10));
+            match tokio::time::timeout(per_try, attempt).await {
+                Ok(Ok((handle, true))) => {
+                    return Ok(SshSession {
+                        handle,
+                        root,
+                        target: shown,
+                    });
+                }
+                Ok(Ok((_, false))) => last = format!("user {} refused the run's key", target.user),
+                Ok(Err(e)) => {
+                    if *mismatch.lock().expect("mismatch lock") {
+                        return Err(GuestError::HostKeyMismatch {
+                            target: shown,
+                            expected: target.host_key.clone().unwrap_or_default(),
+                        });
+                    }
+                    last = e.to_string();
+                }
+                Err(_) => last = "handshake timed out".into(),
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_sub(start.elapsed()))).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    fn lost(&self, e: impl std::fmt::Display) -> GuestError {
+        GuestError::Disconnected {
+            target: self.target.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl Session for SshSession {
+    fn root(&self) -> &str {
+        &self.root
+    }
+
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+
+    async fn exec(&self, cmd: &Command, out: &mut OutputSink<'_>) -> Result<i32, GuestError> {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.lost(e))?;
+        let script = format!("cd {} && {}", super::shell_quote(&cmd.cwd), cmd.script);
+        let (mut read, write) = channel.split();
+        write.exec(true, script).await.map_err(|e| self.lost(e))?;
+        let feed = async {
+            if !cmd.stdin.is_empty() {
+                write.data(&cmd.stdin[..]).await?;
+            }
+            write.eof().await
+        };
+        let pump = async {
+            let mut status = None;
+            while let Some(msg) = read.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => out(Stream::Stdout, &data)?,
+                    ChannelMsg::ExtendedData { data, ext: 1 } => out(Stream::Stderr, &data)?,
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        status = Some(i32::try_from(exit_status).unwrap_or(255));
+                    }
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        status = Some(128 + signal_number(&signal_name));
+                    }
+                    _ => {}
+                }
+            }
+            Ok::<_, GuestError>(status)
+        };
+        let (fed, pumped) = tokio::join!(feed, pump);
+        let status = pumped?;
+        // A command that exits without reading its stdin closes the channel under us;
+        // only a missing exit status means the connection itself failed.
+        match status {
+            Some(s) => Ok(s),
+            None => Err(self.lost(match fed {
+                Err(e) => e.to_string(),
+                Ok(()) => "the command ended without an exit status".to_string(),
+            })),
+        }
+    }
+}
+
+fn signal_number(sig: &russh::Sig) -> i32 {
+    use russh::Sig;
+    match sig {
+        Sig::HUP => 1,
+        Sig::INT => 2,
+        Sig::QUIT => 3,
+        Sig::ILL => 4,
+        Sig::ABRT => 6,
+        Sig::FPE => 8,
+        Sig::KILL => 9,
+        Sig::USR1 => 10,
+        Sig::SEGV => 11,
+        Sig::PIPE => 13,
+        Sig::ALRM => 14,
+        Sig::TERM => 15,
+        _ => 0,
+    }
+}

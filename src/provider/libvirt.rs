@@ -1,0 +1,623 @@
+//! The libvirt backend: an instance is a transient domain booted from a qcow2 overlay of a
+//! base image, with a per-run NoCloud seed carrying its keys.
+//!
+//! libvirt's C API blocks, so every call runs on the blocking pool. Per instance, files live
+//! in `<state-dir>/<name>/` (overlay, seed, console log, metadata copy); the domain itself
+//! carries ferrotron metadata in libvirt's `<metadata>`, so `list` finds instances after any
+//! crash, and a directory left without a domain is found too.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use virt::connect::Connect;
+
+use super::{
+    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Provider, ProviderError,
+    SshTarget,
+};
+use crate::image::BaseImage;
+
+const NAMESPACE: &str = "https://ferrotron.dev/xmlns/libvirt/instance/1";
+const PREFIX: &str = "ferrotron-";
+const META_FILE: &str = "instance.json";
+
+/// Which accelerator domains use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when a real probe boots a kernel under it, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone)]
+pub struct LibvirtConfig {
+    /// `qemu:///system`, or `qemu+ssh://host/system` (files must then exist on that host).
+    pub uri: String,
+    /// Per-instance files; must be reachable by libvirt's qemu user.
+    pub state_dir: PathBuf,
+    pub max_instances: usize,
+    pub accel: Accel,
+}
+
+pub struct LibvirtProvider {
+    cfg: LibvirtConfig,
+    accel: tokio::sync::OnceCell<Accel>,
+}
+
+fn virt_err(what: &str) -> impl FnOnce(virt::error::Error) -> ProviderError + '_ {
+    move |e| ProviderError::Transient(format!("libvirt: {what}: {}", e.message()))
+}
+
+impl LibvirtProvider {
+    pub fn new(cfg: LibvirtConfig) -> Self {
+        LibvirtProvider {
+            cfg,
+            accel: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn instance_dir(&self, id: &str) -> Result<PathBuf, ProviderError> {
+        if !id.starts_with(PREFIX) || id.contains(['/', '\\']) || id.contains("..") {
+            return Err(ProviderError::Permanent(format!(
+                "`{id}` is not a ferrotron instance name"
+            )));
+        }
+        Ok(self.cfg.state_dir.join(id))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connect) -> Result<T, ProviderError> + Send + 'static,
+    ) -> Result<T, ProviderError> {
+        let uri = self.cfg.uri.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connect::open(Some(&uri)).map_err(|e| {
+                ProviderError::Transient(format!(
+                    "cannot connect to libvirt at {uri}: {} (is libvirtd running? \
+                     provisioning/host-setup.sh starts it)",
+                    e.message()
+                ))
+            })?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| ProviderError::Permanent(format!("libvirt worker failed: {e}")))?
+    }
+
+    async fn accel(&self, image: &BaseImage) -> Accel {
+        *self
+            .accel
+            .get_or_init(|| async {
+                match self.cfg.accel {
+                    Accel::Auto => probe_kvm(&self.cfg.state_dir, image).await,
+                    other => other,
+                }
+            })
+            .await
+    }
+
+    async fn create_inner(
+        &self,
+        spec: &InstanceSpec,
+        dir: &Path,
+        name: &str,
+    ) -> Result<Instance, ProviderError> {
+        let image = BaseImage::open(Path::new(&spec.meta.image))
+            .map_err(|e| ProviderError::Permanent(e.to_string()))?;
+        check_reachable(&image.path)?;
+        let accel = self.accel(&image).await;
+        let overlay = dir.join("disk.qcow2");
+        let seed = dir.join("seed.iso");
+        let console = dir.join("console.log");
+
+        run_tool(
+            tokio::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&image.path)
+                .arg(&overlay),
+            "qemu-img create",
+        )
+        .await?;
+        make_seed(dir, &seed, spec).await?;
+        let port = free_port()?;
+        let xml = domain_xml(&DomainParams {
+            name,
+            spec,
+            image: &image,
+            overlay: &overlay,
+            seed: &seed,
+            console: &console,
+            port,
+            accel,
+        });
+        tokio::fs::write(dir.join("domain.xml"), &xml)
+            .await
+            .map_err(ProviderError::io("writing domain.xml"))?;
+        self.blocking(move |c| {
+            c.create_domain_xml(&xml, 0)
+                .map(|_| ())
+                .map_err(virt_err("starting the domain"))
+        })
+        .await?;
+        Ok(Instance {
+            id: name.to_string(),
+            meta: spec.meta.clone(),
+            access: Access::Ssh(SshTarget {
+                host: "127.0.0.1".into(),
+                port,
+                user: image.boot.user.clone(),
+                host_key: Some(spec.host_public_key.clone()),
+                identity: None,
+            }),
+            boot_timeout: Duration::from_secs(image.boot.boot_timeout_s),
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for LibvirtProvider {
+    fn kind(&self) -> &'static str {
+        "libvirt"
+    }
+
+    async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {
+        let name = format!("{PREFIX}{}", spec.meta.run_uuid);
+        let dir = self.instance_dir(&name)?;
+        std::fs::create_dir_all(&self.cfg.state_dir)
+            .map_err(ProviderError::io(format!("creating {}", self.cfg.state_dir.display())))?;
+        check_reachable(&self.cfg.state_dir)?;
+        std::fs::create_dir(&dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                ProviderError::Permanent(format!("instance {name} already exists"))
+            } else {
+                ProviderError::io(format!("creating {}", dir.display()))(e)
+            }
+        })?;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755));
+        // The metadata copy on disk lets `list` attribute the files even if the domain
+        // never started.
+        let meta = serde_json::to_vec_pretty(&spec.meta).expect("metadata serialises");
+        std::fs::write(dir.join(META_FILE), meta)
+            .map_err(ProviderError::io(format!("writing {}", dir.display())))?;
+        match self.create_inner(spec, &dir, &name).await {
+            Ok(i) => Ok(i),
+            Err(e) => {
+                // Leave nothing half-made behind.
+                let _ = self.delete(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), ProviderError> {
+        let dir = self.instance_dir(id)?;
+        let name = id.to_string();
+        self.blocking(move |c| {
+            let dom = match c.lookup_domain_by_name(&name) {
+                Ok(d) => d,
+                Err(e) if e.code() == virt::error::ErrorNumberEnum::NoDomain => return Ok(()),
+                Err(e) => return Err(virt_err("looking up the domain")(e)),
+            };
+            if dom.is_active().unwrap_or(true) {
+                if let Err(e) = dom.destroy() {
+                    if e.code() != virt::error::ErrorNumberEnum::NoDomain
+                        && e.code() != virt::error::ErrorNumberEnum::OperationInvalid
+                    {
+                        return Err(virt_err("destroying the domain")(e));
+                    }
+                }
+            }
+            if dom.is_persistent().unwrap_or(false) {
+                let _ = dom.undefine();
+            }
+            Ok(())
+        })
+        .await?;
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ProviderError::io(format!("removing {}", dir.display()))(e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Listed>, ProviderError> {
+        let mut found: Vec<Listed> = self
+            .blocking(|c| {
+                let doms = c
+                    .list_all_domains(0)
+                    .map_err(virt_err("listing domains"))?;
+                Ok(doms
+                    .iter()
+                    .filter_map(|d| {
+                        let name = d.name().ok()?;
+                        if !name.starts_with(PREFIX) {
+                            return None;
+                        }
+                        let meta = d
+                            .metadata(
+                                virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                                Some(NAMESPACE),
+                                0,
+                            )
+                            .ok()
+                            .and_then(|xml| parse_metadata(&xml));
+                        Some(Listed { id: name, meta })
+                    })
+                    .collect())
+            })
+            .await?;
+        // Directories whose domain is gone (a crash between create and start, or a failed
+        // delete) are instances too: their files leak otherwise.
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.state_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(PREFIX) && !found.iter().any(|l| l.id == name) {
+                    let meta = std::fs::read(e.path().join(META_FILE))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<InstanceMeta>(&b).ok());
+                    found.push(Listed { id: name, meta });
+                }
+            }
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
+    async fn capacity(&self) -> Result<Capacity, ProviderError> {
+        Ok(Capacity {
+            max_instances: self.cfg.max_instances,
+            in_use: self.list().await?.len(),
+        })
+    }
+}
+
+struct DomainParams<'a> {
+    name: &'a str,
+    spec: &'a InstanceSpec,
+    image: &'a BaseImage,
+    overlay: &'a Path,
+    seed: &'a Path,
+    console: &'a Path,
+    port: u16,
+    accel: Accel,
+}
+
+fn domain_xml(p: &DomainParams<'_>) -> String {
+    let e = |s: &str| xml_escape(s);
+    let path = |p: &Path| xml_escape(&p.display().to_string());
+    let meta = &p.spec.meta;
+    let (dom_type, cpu) = match p.accel {
+        Accel::Kvm => ("kvm", "<cpu mode='host-passthrough' check='none'/>"),
+        _ => ("qemu", "<cpu mode='maximum' check='none'/>"),
+    };
+    let mut os = String::from("<type arch='x86_64' machine='pc'>hvm</type>");
+    match &p.image.boot.kernel {
+        Some(k) => {
+            let _ = write!(os, "<kernel>{}</kernel>", path(k));
+            if let Some(i) = &p.image.boot.initrd {
+                let _ = write!(os, "<initrd>{}</initrd>", path(i));
+            }
+            if let Some(c) = &p.image.boot.cmdline {
+                let _ = write!(os, "<cmdline>{}</cmdline>", e(c));
+            }
+        }
+        None => os.push_str("<boot dev='hd'/>"),
+    }
+    format!(
+        "<domain type='{dom_type}'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <metadata>
+    <ferrotron:instance xmlns:ferrotron='{NAMESPACE}'>
+      <ferrotron:run>{uuid}</ferrotron:run>
+      <ferrotron:owner>{owner}</ferrotron:owner>
+      <ferrotron:image>{image}</ferrotron:image>
+      <ferrotron:created-at>{created}</ferrotron:created-at>
+    </ferrotron:instance>
+  </metadata>
+  <memory unit='MiB'>{mem}</memory>
+  <vcpu>{vcpus}</vcpu>
+  <os>{os}</os>
+  <features><acpi/></features>
+  {cpu}
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='unsafe'/>
+      <source file='{overlay}'/>
+      <backingStore type='file'><format type='qcow2'/><source file='{base}'/></backingStore>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{seed}'/>
+      <target dev='vdb' bus='virtio'/>
+      <readonly/>
+    </disk>
+    <interface type='user'>
+      <backend type='passt'/>
+      <model type='virtio'/>
+      <portForward proto='tcp' address='127.0.0.1'><range start='{port}' to='22'/></portForward>
+    </interface>
+    <serial type='file'><source path='{console}'/><target port='0'/></serial>
+    <console type='file'><source path='{console}'/><target type='serial' port='0'/></console>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>
+",
+        name = e(p.name),
+        uuid = meta.run_uuid,
+        owner = e(&meta.owner),
+        image = e(&meta.image),
+        created = meta
+            .created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        mem = p.image.boot.memory_mib,
+        vcpus = p.image.boot.vcpus,
+        overlay = path(p.overlay),
+        base = path(&p.image.path),
+        seed = path(p.seed),
+        console = path(p.console),
+        port = p.port,
+    )
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '\'' => o.push_str("&apos;"),
+            '"' => o.push_str("&quot;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&apos;", "'")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+/// Reads our own metadata element back. libvirt may re-prefix the namespace, so elements
+/// are found by local name.
+fn parse_metadata(xml: &str) -> Option<InstanceMeta> {
+    let field = |local: &str| -> Option<String> {
+        let open = xml.find(&format!(":{local}>"))? + local.len() + 2;
+        let close = xml[open..].find("</")? + open;
+        Some(xml_unescape(&xml[open..close]))
+    };
+    Some(InstanceMeta {
+        run_uuid: field("run")?.parse().ok()?,
+        owner: field("owner")?,
+        image: field("image")?,
+        created_at: time::OffsetDateTime::parse(
+            &field("created-at")?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?,
+    })
+}
+
+/// The seed serves cloud-init images (user-data, meta-data) and ferrotron's own images
+/// (plain key files under ferrotron/, read by a light boot unit), in one ISO.
+async fn make_seed(dir: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), ProviderError> {
+    let root = dir.join("seed");
+    let fdir = root.join("ferrotron");
+    std::fs::create_dir_all(&fdir).map_err(ProviderError::io("creating the seed tree"))?;
+    let uuid = spec.meta.run_uuid;
+    let short: String = uuid.simple().to_string().chars().take(8).collect();
+    let indent = |s: &str| {
+        s.lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    };
+    let user_data = format!(
+        "#cloud-config\n\
+         disable_root: false\n\
+         users: []\n\
+         ssh_deletekeys: true\n\
+         ssh_genkeytypes: []\n\
+         ssh_authorized_keys:\n  - \"{client}\"\n\
+         ssh_keys:\n    ed25519_private: |\n{pem}    ed25519_public: \"{host}\"\n",
+        client = spec.client_public_key.trim(),
+        pem = indent(&spec.host_private_key_openssh),
+        host = spec.host_public_key.trim(),
+    );
+    let files = [
+        (root.join("meta-data"), format!(
+            "instance-id: ferrotron-{uuid}\nlocal-hostname: ferrotron-{short}\n"
+        )),
+        (root.join("user-data"), user_data),
+        (fdir.join("authorized_keys"), format!("{}\n", spec.client_public_key.trim())),
+        (fdir.join("ssh_host_ed25519_key"), spec.host_private_key_openssh.clone()),
+        (fdir.join("ssh_host_ed25519_key.pub"), format!("{}\n", spec.host_public_key.trim())),
+    ];
+    for (path, content) in files {
+        std::fs::write(&path, content)
+            .map_err(ProviderError::io(format!("writing {}", path.display())))?;
+    }
+    let r = run_tool(
+        tokio::process::Command::new("genisoimage")
+            .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
+            .arg(out)
+            .arg(&root),
+        "genisoimage",
+    )
+    .await;
+    // The private host key must not linger in a plain file longer than needed.
+    let _ = std::fs::remove_dir_all(&root);
+    r
+}
+
+async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<(), ProviderError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| ProviderError::Permanent(format!("cannot run {what}: {e} (is it installed?)")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ProviderError::Transient(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn free_port() -> Result<u16, ProviderError> {
+    // passt binds the port after we let it go; a race with another process is possible
+    // and shows up as a failed start, which the runner retries.
+    let l = TcpListener::bind("127.0.0.1:0").map_err(ProviderError::io("finding a free port"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(ProviderError::io("finding a free port"))
+}
+
+/// qemu runs as libvirt's unprivileged user, which must be able to walk to our files. Say
+/// so plainly instead of letting libvirt fail with "Permission denied" later.
+fn check_reachable(path: &Path) -> Result<(), ProviderError> {
+    let mut cur = path.parent();
+    while let Some(dir) = cur {
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.permissions().mode() & 0o001 == 0 {
+                return Err(ProviderError::Permanent(format!(
+                    "{} is not reachable by libvirt's qemu user: {} is not world-executable \
+                     (chmod o+x it, or use a data directory such as /var/lib/ferrotron)",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+        }
+        cur = dir.parent();
+    }
+    Ok(())
+}
+
+/// Boots the image's kernel once under KVM: if it reaches the point of looking for its
+/// root file system, KVM works for real. On these hosts /dev/kvm exists but guests die
+/// with an emulation failure, so the device's presence proves nothing.
+async fn probe_kvm(state_dir: &Path, image: &BaseImage) -> Accel {
+    let cache = state_dir.join("accel-probe");
+    if let Ok(s) = std::fs::read_to_string(&cache) {
+        match s.trim() {
+            "kvm" => return Accel::Kvm,
+            "tcg" => return Accel::Tcg,
+            _ => {}
+        }
+    }
+    let verdict = match (&image.boot.kernel, Path::new("/dev/kvm").exists()) {
+        (Some(kernel), true) => {
+            let run = tokio::process::Command::new("qemu-system-x86_64")
+                .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults"])
+                .args(["-display", "none", "-serial", "stdio", "-no-reboot", "-kernel"])
+                .arg(kernel)
+                .args(["-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output();
+            match tokio::time::timeout(Duration::from_secs(30), run).await {
+                Ok(Ok(out)) => {
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    if text.contains("VFS: Unable to mount root")
+                        || text.contains("Kernel panic")
+                    {
+                        Accel::Kvm
+                    } else {
+                        Accel::Tcg
+                    }
+                }
+                _ => Accel::Tcg,
+            }
+        }
+        _ => Accel::Tcg,
+    };
+    let _ = std::fs::write(
+        &cache,
+        if verdict == Accel::Kvm { "kvm\n" } else { "tcg\n" },
+    );
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_through_the_domain_xml() {
+        let meta = InstanceMeta {
+            run_uuid: uuid::Uuid::now_v7(),
+            owner: "daemon <a&b>".into(),
+            image: "260301_1030-tiny-1-base-x86_64.qcow2".into(),
+            created_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+        };
+        let spec = InstanceSpec {
+            meta: meta.clone(),
+            client_public_key: String::new(),
+            host_private_key_openssh: String::new(),
+            host_public_key: String::new(),
+        };
+        let image = BaseImage {
+            path: "/img/base.qcow2".into(),
+            name: None,
+            boot: crate::image::BootInfo {
+                kernel: Some("/img/k".into()),
+                cmdline: Some("console=ttyS0 root=/dev/vda".into()),
+                user: "root".into(),
+                memory_mib: 256,
+                vcpus: 1,
+                boot_timeout_s: 60,
+                ..Default::default()
+            },
+        };
+        let xml = domain_xml(&DomainParams {
+            name: "ferrotron-x",
+            spec: &spec,
+            image: &image,
+            overlay: Path::new("/s/disk.qcow2"),
+            seed: Path::new("/s/seed.iso"),
+            console: Path::new("/s/console.log"),
+            port: 40022,
+            accel: Accel::Tcg,
+        });
+        assert!(xml.contains("<domain type='qemu'>"));
+        assert!(xml.contains("<kernel>/img/k</kernel>"));
+        assert!(xml.contains("<range start='40022' to='22'/>"));
+        assert!(xml.contains("daemon &lt;a&amp;b&gt;"));
+        assert_eq!(parse_metadata(&xml), Some(meta));
+    }
+
+    #[test]
+    fn instance_names_are_confined() {
+        let p = LibvirtProvider::new(LibvirtConfig {
+            uri: "test:///default".into(),
+            state_dir: "/tmp/x".into(),
+            max_instances: 1,
+            accel: Accel::Tcg,
+        });
+        assert!(p.instance_dir("ferrotron-abc").is_ok());
+        for bad in ["other", "ferrotron-../x", "ferrotron-a/b"] {
+            assert!(p.instance_dir(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The provider seam: where instances come from.
+//!
+//! A provider answers a handful of questions and nothing else (compare Nodepool's
+//! state-machine adapter): create an instance from an image with metadata, delete it, list
+//! the instances it can see with their metadata, and say its capacity. Leaks are found by
+//! metadata, never by memory: every instance names the run and the daemon that own it, so a
+//! reaper that just started can still tell which instances are orphans.
+//!
+//! Nothing outside a backend module knows which backend it is. How to *reach* an instance is
+//! data ([`Access`]), and the guest module turns it into a session.
+
+pub mod libvirt;
+pub mod local;
+pub mod ssh;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// What every instance carries so that it can be attributed after a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceMeta {
+    pub run_uuid: Uuid,
+    /// The ferrotron process (daemon id or `run@host`) that created it.
+    pub owner: String,
+    pub image: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Everything a provider needs to create one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub meta: InstanceMeta,
+    /// Public key (OpenSSH line) that may log in; unused by the local provider.
+    pub client_public_key: String,
+    /// The guest's host key pair, generated per run so the client can pin it.
+    pub host_private_key_openssh: String,
+    pub host_public_key: String,
+}
+
+/// How the runner reaches an instance once it exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Access {
+    /// Runs on this host, in `root`. No isolation.
+    Local { root: PathBuf },
+    /// An SSH endpoint whose host key is already known.
+    Ssh(SshTarget),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The pinned host public key (OpenSSH line); `None` means trust-on-first-use, which
+    /// only `--ssh` to a machine the user names may use.
+    pub host_key: Option<String>,
+    /// A private key file to log in with instead of the run's own key (`--ssh` machines
+    /// do not know the run's key).
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The provider's own name for it (domain name, server id, directory name).
+    pub id: String,
+    pub meta: InstanceMeta,
+    pub access: Access,
+    /// How long the runner should wait for the instance to answer.
+    pub boot_timeout: std::time::Duration,
+}
+
+/// An instance as `list` sees it: enough to decide whether it leaked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listed {
+    pub id: String,
+    /// `None` when the provider found the instance but its metadata could not be read;
+    /// such instances are reported, never destroyed automatically.
+    pub meta: Option<InstanceMeta>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub max_instances: usize,
+    pub in_use: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth retrying later: quota, a busy host, a spawn that did not come up.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying will not help: a missing image, a bad configuration.
+    #[error("{0}")]
+    Permanent(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ProviderError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProviderError {
+        let context = context.into();
+        move |source| ProviderError::Io { context, source }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProviderError::Transient(_))
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Short name used in run records and logs (`local`, `libvirt`, …).
+    fn kind(&self) -> &'static str;
+
+    async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError>;
+
+    /// Deleting an instance that is already gone is not an error.
+    async fn delete(&self, id: &str) -> Result<(), ProviderError>;
+
+    /// Every instance this provider can see that carries ferrotron metadata.
+    async fn list(&self) -> Result<Vec<Listed>, ProviderError>;
+
+    async fn capacity(&self) -> Result<Capacity, ProviderError>;
+}

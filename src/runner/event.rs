@@ -1,0 +1,122 @@
+//! What a run reports while it goes, and the one text form of it.
+//!
+//! The terminal, the run log and (later) the live web view all print [`Event::line`], so a
+//! person sees the same lines locally as production stores.
+
+use std::time::Duration;
+
+use crate::guest::Stream;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// ferrotron speaking: what it does, warnings, how to reach a kept machine.
+    Notice(String),
+    PhaseStarted { name: String },
+    PhaseFinished { name: String, duration: Duration, ok: bool },
+    /// One line of a task's output, without its line ending.
+    Output { action: String, stream: Stream, line: String },
+}
+
+impl Event {
+    pub fn line(&self) -> String {
+        match self {
+            Event::Notice(msg) => format!("ferrotron: {msg}"),
+            Event::PhaseStarted { name } => format!("ferrotron: {name} ..."),
+            Event::PhaseFinished { name, duration, ok } => format!(
+                "ferrotron: {name} {} in {}",
+                if *ok { "done" } else { "FAILED" },
+                human_duration(*duration)
+            ),
+            Event::Output { action, line, .. } => format!("[{action}] {line}"),
+        }
+    }
+}
+
+/// `850ms`, `4.21s`, `3m07s`: short and unambiguous for logs.
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.2}s", d.as_secs_f64())
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+/// Turns output chunks into whole lines. Bytes that are not UTF-8 are shown lossily rather
+/// than dropped: a log with a replacement character beats a log with a hole.
+#[derive(Default)]
+pub struct LineBuffer {
+    pending: Vec<u8>,
+}
+
+/// Longest line kept whole; longer ones are split so one runaway line cannot eat memory.
+const MAX_LINE: usize = 64 * 1024;
+
+impl LineBuffer {
+    pub fn push(&mut self, chunk: &[u8], mut emit: impl FnMut(String)) {
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
+            let end = start + pos;
+            emit(decode(&self.pending[start..end]));
+            start = end + 1;
+        }
+        self.pending.drain(..start);
+        while self.pending.len() > MAX_LINE {
+            let rest = self.pending.split_off(MAX_LINE);
+            emit(decode(&self.pending));
+            self.pending = rest;
+        }
+    }
+
+    pub fn finish(&mut self, mut emit: impl FnMut(String)) {
+        if !self.pending.is_empty() {
+            emit(decode(&self.pending));
+            self.pending.clear();
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    s.strip_suffix('\r').unwrap_or(&s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_chunks_come_out_whole() {
+        let mut b = LineBuffer::default();
+        let mut got = Vec::new();
+        b.push(b"hel", |l| got.push(l));
+        b.push(b"lo\r\nwor", |l| got.push(l));
+        b.push(b"ld\n\xffx", |l| got.push(l));
+        b.finish(|l| got.push(l));
+        assert_eq!(got, ["hello", "world", "\u{fffd}x"]);
+    }
+
+    #[test]
+    fn runaway_lines_are_split() {
+        let mut b = LineBuffer::default();
+        let mut got = Vec::new();
+        b.push(&vec![b'a'; MAX_LINE * 2 + 5], |l| got.push(l.len()));
+        b.finish(|l| got.push(l.len()));
+        assert_eq!(got, [MAX_LINE, MAX_LINE, 5]);
+    }
+
+    #[test]
+    fn event_lines() {
+        let e = Event::Output {
+            action: "lint".into(),
+            stream: Stream::Stderr,
+            line: "x".into(),
+        };
+        assert_eq!(e.line(), "[lint] x");
+        assert_eq!(human_duration(Duration::from_millis(4210)), "4.21s");
+        assert_eq!(human_duration(Duration::from_secs(187)), "3m07s");
+    }
+}

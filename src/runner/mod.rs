@@ -1,0 +1,650 @@
+//! Drives one job through its phases: provision, upload, actions, collect, destroy, store.
+//!
+//! Invariants:
+//! - an instance that was created is destroyed, whatever happens after (success, failure,
+//!   timeout, cancellation, an error in ferrotron), unless the caller asked to keep it;
+//! - every phase is timed and every spawn attempt recorded, on the run record and in the log;
+//! - nothing the task produces is written outside `<data-dir>/artifacts/<uuid>/`.
+
+pub mod actions;
+pub mod event;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::guest::keys::RunKeys;
+use crate::guest::{self, Command, Session, transfer};
+use crate::provider::{Access, Instance, InstanceMeta, InstanceSpec, Provider};
+use crate::results::CheckResult;
+use crate::store::{Attempt, NewRun, Phase, RunState, Store};
+use crate::task::{Formula, Vars};
+
+use actions::{ActionContext, ActionError, Layout, TaskState};
+pub use event::Event;
+
+/// Exit statuses of `ferrotron run`, shared with the daemon's run records.
+pub mod exit {
+    /// The task ran to its end.
+    pub const OK: i32 = 0;
+    /// The task ran to its end and its `exitcode` directive reported failing results.
+    pub const RESULTS_FAILED: i32 = 1;
+    /// Bad invocation or formula: nothing ran.
+    pub const USAGE: i32 = 2;
+    /// The task itself failed: an action errored or timed out.
+    pub const TASK_FAILED: i32 = 3;
+    /// The infrastructure failed: no machine, lost connection, a bug in ferrotron.
+    pub const INFRA: i32 = 4;
+    /// Interrupted by a signal.
+    pub const CANCELLED: i32 = 130;
+}
+
+/// One job, fully described.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub uuid: Uuid,
+    pub formula: Formula,
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    pub jobid: String,
+    /// Who runs it: a daemon id, or `run@HOST` for the command line.
+    pub owner: String,
+    pub image: String,
+    pub task_timeout: Duration,
+    pub spawn_attempts: u32,
+    /// Bytes of artifacts collected at most.
+    pub artifacts_cap: u64,
+    /// `--no-destroy`: leave the instance running and say how to reach it.
+    pub keep_instance: bool,
+}
+
+/// What happened, for the terminal, `--format json` and the caller's exit status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub uuid: Uuid,
+    pub task: String,
+    pub item: String,
+    #[serde(rename = "type")]
+    pub item_type: String,
+    pub arch: String,
+    pub backend: String,
+    pub state: RunState,
+    pub exit_code: i32,
+    pub error: Option<String>,
+    pub phases: Vec<PhaseReport>,
+    pub attempts: usize,
+    pub results: Vec<CheckResult>,
+    pub artifacts_dir: PathBuf,
+    pub log: PathBuf,
+    pub refused_artifacts: Vec<(String, String)>,
+    /// Set when the instance was kept (`--no-destroy`).
+    pub kept_instance: Option<Instance>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PhaseReport {
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    pub duration_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The request cannot run as given; nothing was created.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+pub struct Runner {
+    pub provider: Arc<dyn Provider>,
+    pub store: Store,
+    /// Runs keep artifacts and logs in `<data-dir>/artifacts/<uuid>/`, kept instances'
+    /// keys in `<data-dir>/keys/`.
+    pub data_dir: PathBuf,
+    pub sink: EventSink,
+}
+
+/// How the run ended before collection and teardown.
+enum Ending {
+    Completed,
+    TaskFailed(String),
+    Infra(String),
+    TimedOut(Duration),
+    Cancelled,
+}
+
+/// Mutable state of one run, kept outside the body future so that a timeout or a signal
+/// (which drops the body) cannot lose the instance or the phases measured so far.
+struct RunCtx {
+    log: Mutex<std::fs::File>,
+    sink: EventSink,
+    phases: Mutex<Vec<Phase>>,
+    instance: Mutex<Option<Instance>>,
+    session: Mutex<Option<Arc<dyn Session>>>,
+    task: Mutex<TaskState>,
+    attempts: Mutex<usize>,
+    keys: RunKeys,
+}
+
+impl RunCtx {
+    fn emit(&self, event: Event) {
+        if let Ok(mut log) = self.log.lock() {
+            // A full disk must not stop the run; the terminal still shows the line.
+            let _ = writeln!(log, "{}", event.line());
+        }
+        (self.sink)(&event);
+    }
+
+    async fn phase<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        self.emit(Event::PhaseStarted { name: name.into() });
+        let started_at = OffsetDateTime::now_utc();
+        let t0 = Instant::now();
+        let r = fut.await;
+        let duration = t0.elapsed();
+        self.phases.lock().expect("phases lock").push(Phase {
+            name: name.into(),
+            started_at,
+            duration,
+        });
+        self.emit(Event::PhaseFinished {
+            name: name.into(),
+            duration,
+            ok: r.is_ok(),
+        });
+        r
+    }
+
+    fn session(&self) -> Option<Arc<dyn Session>> {
+        self.session.lock().expect("session lock").clone()
+    }
+}
+
+/// Variables every formula may use before any action exported anything.
+pub fn builtin_variables(item_type: &str) -> Vec<String> {
+    let mut names: Vec<String> = ["workdir", "artifactsdir", "uuid", "arch", "jobid", "item", "item_type"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if !item_type.is_empty() && !names.iter().any(|n| n == item_type) {
+        names.push(item_type.to_string());
+    }
+    names
+}
+
+/// Checks a request against its formula before anything is created.
+pub fn validate(req: &RunRequest) -> Result<(), RunnerError> {
+    let builtins = builtin_variables(&req.item_type);
+    if builtins[..7].iter().any(|n| n == &req.item_type) {
+        return Err(RunnerError::Invalid(format!(
+            "item type `{}` clashes with the built-in variable of that name; pick another -t",
+            req.item_type
+        )));
+    }
+    for arg in &req.formula.input_args {
+        if !builtins.iter().any(|b| b == arg) {
+            return Err(RunnerError::Invalid(format!(
+                "{}: task expects input `{arg}` (input.args), but this run provides item type `{}`; \
+                 run it with `-t {arg} -i ITEM`",
+                req.formula.path.display(),
+                req.item_type
+            )));
+        }
+    }
+    let names: Vec<&str> = builtins.iter().map(String::as_str).collect();
+    req.formula
+        .check_variables(&names)
+        .map_err(|e| RunnerError::Invalid(e.to_string()))
+}
+
+impl Runner {
+    pub async fn run(
+        &self,
+        req: RunRequest,
+        mut cancel: watch::Receiver<bool>,
+    ) -> Result<RunReport, RunnerError> {
+        validate(&req)?;
+        let keys = RunKeys::generate().map_err(|e| RunnerError::Invalid(e.to_string()))?;
+        let run_dir = self.data_dir.join("artifacts").join(req.uuid.to_string());
+        let artifacts_dir = run_dir.join("task");
+        let log_path = run_dir.join("ferrotron.log");
+        std::fs::create_dir_all(&run_dir).map_err(|source| RunnerError::Io {
+            context: format!("creating {}", run_dir.display()),
+            source,
+        })?;
+        let log = std::fs::File::create(&log_path).map_err(|source| RunnerError::Io {
+            context: format!("creating {}", log_path.display()),
+            source,
+        })?;
+        self.store
+            .create_run(&NewRun {
+                uuid: req.uuid,
+                task: req.formula.checkname(),
+                item: req.item.clone(),
+                item_type: req.item_type.clone(),
+                arch: req.arch.clone(),
+                backend: self.provider.kind().to_string(),
+                params: serde_json::json!({
+                    "formula": req.formula.path,
+                    "jobid": req.jobid,
+                    "image": req.image,
+                    "task_timeout_s": req.task_timeout.as_secs(),
+                    "keep_instance": req.keep_instance,
+                }),
+                log_path: log_path.display().to_string(),
+                artifacts_dir: artifacts_dir.display().to_string(),
+                owner: Some(req.owner.clone()),
+            })
+            .await?;
+
+        let cx = RunCtx {
+            log: Mutex::new(log),
+            sink: self.sink.clone(),
+            phases: Mutex::default(),
+            instance: Mutex::default(),
+            session: Mutex::default(),
+            task: Mutex::default(),
+            attempts: Mutex::new(0),
+            keys,
+        };
+        cx.emit(Event::Notice(format!(
+            "run {} of {} on {} ({} {}, {}), backend {}",
+            req.uuid,
+            req.formula.checkname(),
+            req.item,
+            req.item_type,
+            req.arch,
+            req.image,
+            self.provider.kind()
+        )));
+        if self.provider.kind() == "local" {
+            cx.emit(Event::Notice(
+                "local backend: the task runs on this host as you, with no isolation".into(),
+            ));
+        }
+
+        let ending = if *cancel.borrow() {
+            Ending::Cancelled
+        } else {
+            tokio::select! {
+                e = self.body(&req, &cx) => e,
+                _ = tokio::time::sleep(req.task_timeout) => Ending::TimedOut(req.task_timeout),
+                _ = cancel.wait_for(|c| *c) => Ending::Cancelled,
+            }
+        };
+
+        let mut refused = Vec::new();
+        let collect_ok = if matches!(ending, Ending::Cancelled) {
+            true
+        } else {
+            self.collect(&req, &cx, &artifacts_dir, &mut refused).await
+        };
+        let kept = self.teardown(&req, &cx).await;
+
+        let task = std::mem::take(&mut *cx.task.lock().expect("task lock"));
+        let (state, exit_code, error) = match ending {
+            Ending::Completed if collect_ok => (
+                RunState::Finished,
+                task.exit_code.unwrap_or(exit::OK),
+                None,
+            ),
+            Ending::Completed => (
+                RunState::Crashed,
+                exit::INFRA,
+                Some("collecting artifacts failed".to_string()),
+            ),
+            Ending::TaskFailed(e) => (RunState::Failed, exit::TASK_FAILED, Some(e)),
+            Ending::TimedOut(d) => (
+                RunState::Failed,
+                exit::TASK_FAILED,
+                Some(format!("task exceeded its timeout of {}", event::human_duration(d))),
+            ),
+            Ending::Infra(e) => (RunState::Crashed, exit::INFRA, Some(e)),
+            Ending::Cancelled => (
+                RunState::Cancelled,
+                exit::CANCELLED,
+                Some("interrupted".to_string()),
+            ),
+        };
+        if let Some(e) = &error {
+            cx.emit(Event::Notice(format!("run {}: {e}", state.as_str())));
+        }
+
+        let phases = cx.phases.lock().expect("phases lock").clone();
+        let base = format!("file://{}", artifacts_dir.display());
+        self.store.store_results(req.uuid, &task.results, Some(&base)).await?;
+        self.store.record_phases(req.uuid, &phases).await?;
+        self.store
+            .finish_run(req.uuid, state, Some(exit_code), error.as_deref())
+            .await?;
+
+        Ok(RunReport {
+            uuid: req.uuid,
+            task: req.formula.checkname(),
+            item: req.item.clone(),
+            item_type: req.item_type.clone(),
+            arch: req.arch.clone(),
+            backend: self.provider.kind().to_string(),
+            state,
+            exit_code,
+            error,
+            phases: phases
+                .iter()
+                .map(|p| PhaseReport {
+                    name: p.name.clone(),
+                    started_at: p.started_at,
+                    duration_ms: p.duration.as_secs_f64() * 1000.0,
+                })
+                .collect(),
+            attempts: *cx.attempts.lock().expect("attempts lock"),
+            results: task.results,
+            artifacts_dir,
+            log: log_path,
+            refused_artifacts: refused,
+            kept_instance: kept,
+        })
+    }
+
+    /// Everything that may be cut short by a timeout or a signal.
+    async fn body(&self, req: &RunRequest, cx: &RunCtx) -> Ending {
+        let session = match self.provision(req, cx).await {
+            Ok(s) => s,
+            Err(e) => return Ending::Infra(e),
+        };
+        let _ = self.store.set_run_state(req.uuid, RunState::Running).await;
+        let layout = Layout::under(session.root());
+        let upload = async {
+            transfer::put_dir(session.as_ref(), &req.formula.dir, &layout.workdir).await?;
+            let mk = format!(
+                "mkdir -p {} {}",
+                guest::shell_quote(&layout.artifactsdir),
+                guest::shell_quote(&layout.internal)
+            );
+            match session.exec(&Command::new(mk, "/"), &mut |_, _| Ok(())).await? {
+                0 => Ok(()),
+                n => Err(guest::GuestError::Transfer(format!(
+                    "creating the artifacts directory exited with {n}"
+                ))),
+            }
+        };
+        if let Err(e) = cx.phase("upload", upload).await {
+            return Ending::Infra(format!("uploading the task: {e}"));
+        }
+
+        let mut vars = Vars::default();
+        for (k, v) in [
+            ("workdir", layout.workdir.clone()),
+            ("artifactsdir", layout.artifactsdir.clone()),
+            ("uuid", req.uuid.to_string()),
+            ("arch", req.arch.clone()),
+            ("jobid", req.jobid.clone()),
+            ("item", req.item.clone()),
+            ("item_type", req.item_type.clone()),
+        ] {
+            vars.insert(k.to_string(), v);
+        }
+        if !req.item_type.is_empty() {
+            vars.insert(req.item_type.clone(), req.item.clone());
+        }
+        let checkname = req.formula.checkname();
+        let emit = |e: Event| cx.emit(e);
+        let acx = ActionContext {
+            session: session.as_ref(),
+            layout: &layout,
+            checkname: &checkname,
+            emit: &emit,
+        };
+        for (i, action) in req.formula.actions.iter().enumerate() {
+            let name = format!("action {}", action.name);
+            let mut state = std::mem::take(&mut *cx.task.lock().expect("task lock"));
+            let r = cx
+                .phase(&name, actions::run_action(&acx, i, action, &vars, &mut state))
+                .await;
+            *cx.task.lock().expect("task lock") = state;
+            match r {
+                Ok(value) => {
+                    if let Some(var) = &action.export {
+                        vars.insert(var.clone(), value);
+                    }
+                }
+                Err(ActionError::Task(e)) => {
+                    return Ending::TaskFailed(format!("action `{}` failed: {e}", action.name));
+                }
+                Err(ActionError::Guest(e)) => {
+                    return Ending::Infra(format!("action `{}`: {e}", action.name));
+                }
+            }
+        }
+        Ending::Completed
+    }
+
+    /// Creates an instance and connects to it, retrying spawns that do not come up.
+    async fn provision(&self, req: &RunRequest, cx: &RunCtx) -> Result<Arc<dyn Session>, String> {
+        let _ = self.store.set_run_state(req.uuid, RunState::Provisioning).await;
+        let attempts = req.spawn_attempts.max(1);
+        let mut last_error = String::new();
+        for attempt in 1..=attempts {
+            *cx.attempts.lock().expect("attempts lock") = attempt as usize;
+            let started_at = OffsetDateTime::now_utc();
+            let result = self.spawn_once(req, cx).await;
+            let error = result.as_ref().err().cloned();
+            let _ = self
+                .store
+                .record_attempt(
+                    req.uuid,
+                    &Attempt {
+                        attempt,
+                        started_at,
+                        finished_at: Some(OffsetDateTime::now_utc()),
+                        error: error.clone(),
+                    },
+                )
+                .await;
+            match result {
+                Ok(session) => return Ok(session),
+                Err(e) => {
+                    cx.emit(Event::Notice(format!(
+                        "spawn attempt {attempt}/{attempts} failed: {e}"
+                    )));
+                    last_error = e;
+                    // A half-made instance is torn down before the next try.
+                    self.destroy(cx).await;
+                    if attempt < attempts {
+                        let backoff = Duration::from_secs(1 << attempt.min(5));
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+        }
+        Err(format!(
+            "no usable instance after {attempts} attempt(s): {last_error}"
+        ))
+    }
+
+    async fn spawn_once(&self, req: &RunRequest, cx: &RunCtx) -> Result<Arc<dyn Session>, String> {
+        let spec = InstanceSpec {
+            meta: InstanceMeta {
+                run_uuid: req.uuid,
+                owner: req.owner.clone(),
+                image: req.image.clone(),
+                created_at: OffsetDateTime::now_utc(),
+            },
+            client_public_key: cx.keys.client_public(),
+            host_private_key_openssh: cx.keys.host_private_openssh(),
+            host_public_key: cx.keys.host_public(),
+        };
+        let instance = cx
+            .phase("clone", self.provider.create(&spec))
+            .await
+            .map_err(|e| e.to_string())?;
+        *cx.instance.lock().expect("instance lock") = Some(instance.clone());
+        let session = cx
+            .phase("boot", connect(&instance, &cx.keys))
+            .await
+            .map_err(|e| e.to_string())?;
+        *cx.session.lock().expect("session lock") = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Downloads the artifacts directory. Returns whether that worked.
+    async fn collect(
+        &self,
+        req: &RunRequest,
+        cx: &RunCtx,
+        into: &Path,
+        refused: &mut Vec<(String, String)>,
+    ) -> bool {
+        let Some(session) = cx.session() else {
+            return true; // nothing ran, nothing to collect
+        };
+        let _ = self.store.set_run_state(req.uuid, RunState::Collecting).await;
+        let remote = Layout::under(session.root()).artifactsdir;
+        let got = cx
+            .phase(
+                "collect",
+                transfer::get_dir(session.as_ref(), &remote, into, req.artifacts_cap),
+            )
+            .await;
+        match got {
+            Ok(c) => {
+                for (path, why) in &c.refused {
+                    cx.emit(Event::Notice(format!("artifact refused: {path}: {why}")));
+                }
+                refused.extend(c.refused);
+                true
+            }
+            Err(e) => {
+                cx.emit(Event::Notice(format!("collecting artifacts failed: {e}")));
+                false
+            }
+        }
+    }
+
+    /// Destroys the instance unless asked to keep it; returns the kept instance.
+    async fn teardown(&self, req: &RunRequest, cx: &RunCtx) -> Option<Instance> {
+        cx.session.lock().expect("session lock").take();
+        if req.keep_instance {
+            let kept = cx.instance.lock().expect("instance lock").take();
+            if let Some(i) = &kept {
+                let how = keep_instructions(&self.data_dir, i, &cx.keys)
+                    .unwrap_or_else(|e| format!("(cannot save its login key: {e})"));
+                cx.emit(Event::Notice(format!(
+                    "--no-destroy: keeping instance {}; log in with: {how}; \
+                     remove it with `ferrotron reap` once its run is over",
+                    i.id
+                )));
+            }
+            return kept;
+        }
+        self.destroy(cx).await;
+        None
+    }
+
+    async fn destroy(&self, cx: &RunCtx) {
+        cx.session.lock().expect("session lock").take();
+        let Some(instance) = cx.instance.lock().expect("instance lock").take() else {
+            return;
+        };
+        let mut last = None;
+        let r = cx
+            .phase("destroy", async {
+                for attempt in 0..3 {
+                    match self.provider.delete(&instance.id).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => last = Some(e),
+                    }
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
+                Err(last.take().map(|e| e.to_string()).unwrap_or_default())
+            })
+            .await;
+        if let Err(e) = r {
+            // The instance carries our metadata: `ferrotron reap` will find it.
+            cx.emit(Event::Notice(format!(
+                "could not destroy instance {}: {e}; `ferrotron reap` will remove it",
+                instance.id
+            )));
+        }
+    }
+}
+
+/// Turns an instance's access data into a session, waiting up to its boot timeout.
+async fn connect(instance: &Instance, keys: &RunKeys) -> Result<Arc<dyn Session>, guest::GuestError> {
+    match &instance.access {
+        Access::Local { root } => Ok(Arc::new(guest::local::LocalSession::new(
+            root.display().to_string(),
+        ))),
+        Access::Ssh(target) => {
+            let key = match &target.identity {
+                Some(path) => Arc::new(
+                    russh::keys::load_secret_key(path, None).map_err(|e| {
+                        guest::GuestError::Transfer(format!(
+                            "cannot read SSH key {}: {e}",
+                            path.display()
+                        ))
+                    })?,
+                ),
+                None => keys.client.clone(),
+            };
+            let root = format!("/var/tmp/ferrotron/{}", instance.meta.run_uuid);
+            let session =
+                guest::ssh::SshSession::connect(target, key, root, instance.boot_timeout).await?;
+            Ok(Arc::new(session))
+        }
+    }
+}
+
+/// Saves what a person needs to log in to a kept instance and returns the command.
+fn keep_instructions(
+    data_dir: &Path,
+    instance: &Instance,
+    keys: &RunKeys,
+) -> Result<String, guest::GuestError> {
+    match &instance.access {
+        Access::Local { root } => Ok(format!("its files are in {}", root.display())),
+        Access::Ssh(t) => {
+            let dir = data_dir.join("keys");
+            std::fs::create_dir_all(&dir).map_err(guest::GuestError::io(format!(
+                "creating {}",
+                dir.display()
+            )))?;
+            let key = match &t.identity {
+                Some(p) => p.clone(),
+                None => {
+                    let p = dir.join(format!("{}.key", instance.meta.run_uuid));
+                    keys.write_client_key(&p)?;
+                    p
+                }
+            };
+            let mut cmd = format!("ssh -i {} -p {}", key.display(), t.port);
+            if let Some(host_key) = &t.host_key {
+                let kh = dir.join(format!("{}.known_hosts", instance.meta.run_uuid));
+                std::fs::write(&kh, format!("[{}]:{} {}\n", t.host, t.port, host_key.trim()))
+                    .map_err(guest::GuestError::io(format!("writing {}", kh.display())))?;
+                cmd.push_str(&format!(" -o UserKnownHostsFile={}", kh.display()));
+            }
+            cmd.push_str(&format!(" {}@{}", t.user, t.host));
+            Ok(cmd)
+        }
+    }
+}

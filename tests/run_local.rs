@@ -1,0 +1,193 @@
+//! Drives the real `ferrotron` binary with the local backend: JSON report, store rows and
+//! artifacts must agree; broken formulas must fail with one clear line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ferrotron::store::Store;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ferrotron(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferrotron"))
+        .args(args)
+        .env("FERROTRON_DATA_DIR", data)
+        .env_remove("FERROTRON_DB")
+        .current_dir(repo())
+        .output()
+        .expect("ferrotron runs")
+}
+
+fn json_run(data: &Path, args: &[&str]) -> (Output, Value) {
+    let mut all = vec!["run", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = ferrotron(data, &all);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, v)
+}
+
+#[tokio::test]
+async fn two_results_agree_across_json_store_and_artifacts() {
+    let data = tempfile::tempdir().unwrap();
+    let (out, v) = json_run(
+        data.path(),
+        &["-i", "bash-5.2-1.fc41", "-t", "koji_build", "-a", "x86_64", "tests/fixtures/two-results"],
+    );
+    // result_worst over a FAILED result: the task ran to its end, exit 1.
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(v["state"], "finished");
+    assert_eq!(v["exit_code"], 1);
+    assert_eq!(v["backend"], "local");
+    assert_eq!(v["item"], "bash-5.2-1.fc41");
+    assert_eq!(v["type"], "koji_build");
+
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["checkname"], "fixture.two-results");
+    assert_eq!(results[0]["outcome"], "PASSED");
+    assert_eq!(results[0]["data"]["arch"][0], "x86_64");
+    assert_eq!(results[0]["data"]["score"][0], "10");
+    assert_eq!(results[1]["checkname"], "fixture.second");
+    assert_eq!(results[1]["outcome"], "FAILED");
+    assert_eq!(results[1]["artifact"], "detail.log");
+    assert_eq!(results[1]["data"]["tags"], serde_json::json!(["a", "b"]));
+
+    let phase_names: Vec<&str> = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phase_names,
+        ["clone", "boot", "upload", "action produce", "action report", "action decide", "collect", "destroy"]
+    );
+
+    // The artifact came back, and the live output went to stderr (stdout is the JSON).
+    let artifacts = PathBuf::from(v["artifacts_dir"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join("detail.log")).unwrap(),
+        "detail for bash-5.2-1.fc41\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[produce] checking bash-5.2-1.fc41 on x86_64"), "{stderr}");
+    assert!(stderr.contains("[produce] to stderr"), "{stderr}");
+    let log = std::fs::read_to_string(v["log"].as_str().unwrap()).unwrap();
+    assert!(log.contains("[produce] checking bash-5.2-1.fc41 on x86_64"), "{log}");
+
+    // The store holds the same run and results.
+    let db = format!("sqlite://{}", data.path().join("ferrotron.db").display());
+    let store = Store::open(&db).await.unwrap();
+    let uuid: uuid::Uuid = v["uuid"].as_str().unwrap().parse().unwrap();
+    let run = store.run(uuid).await.unwrap().expect("run stored");
+    assert_eq!(run.state.as_str(), "finished");
+    assert_eq!(run.exit_code, Some(1));
+    assert_eq!(run.phases.len(), 8);
+    let stored = store.run_results(uuid).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    let failed = stored.iter().find(|r| r.outcome == "FAILED").unwrap();
+    assert_eq!(failed.testcase, "fixture.second");
+    assert_eq!(failed.groups, vec![uuid]);
+    assert_eq!(failed.data["item"], vec!["bash-5.2-1.fc41".to_string()]);
+    let url = failed.ref_url.as_deref().unwrap();
+    assert!(url.starts_with("file://") && url.ends_with("/task/detail.log"), "{url}");
+    assert!(Path::new(url.trim_start_matches("file://")).is_file());
+
+    // The local "instance" is gone.
+    let local = data.path().join("local");
+    assert_eq!(std::fs::read_dir(&local).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+#[test]
+fn example_tasks_pass() {
+    let data = tempfile::tempdir().unwrap();
+    for (task, args, expect_outcomes) in [
+        (
+            "tasks/python-unittest",
+            vec!["-t", "python_package", "-i", "sample"],
+            vec!["PASSED"],
+        ),
+        ("tasks/sha256-manifest", vec!["-t", "compose", "-i", "payload"], vec!["PASSED"]),
+        // cleanup.sh carries deliberate findings; backup.sh is clean.
+        ("tasks/shell-lint", vec!["-t", "file", "-i", "scripts"], vec!["PASSED", "FAILED"]),
+    ] {
+        let mut all = args.clone();
+        all.push(task);
+        let (out, v) = json_run(data.path(), &all);
+        assert_eq!(out.status.code(), Some(0), "{task}: {}", String::from_utf8_lossy(&out.stderr));
+        let outcomes: Vec<&str> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, expect_outcomes, "{task}");
+    }
+}
+
+#[test]
+fn broken_formulas_fail_with_one_clear_line() {
+    let data = tempfile::tempdir().unwrap();
+    for (file, expect) in [
+        ("indentation.yml", "indentation.yml:"),
+        ("unknown-directive.yml", "koji"),
+        ("unknown-variable.yml", "nosuchvar"),
+        ("missing-key.yml", "maintainer"),
+    ] {
+        let path = format!("tests/fixtures/broken/{file}");
+        let out = ferrotron(data.path(), &["run", &path]);
+        assert_eq!(out.status.code(), Some(2), "{file}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{file}: expected one line, got:\n{stderr}");
+        assert!(lines[0].starts_with("error: "), "{file}: {stderr}");
+        assert!(lines[0].contains(file), "{file}: names the file: {stderr}");
+        assert!(lines[0].contains(expect), "{file}: names the cause: {stderr}");
+        // A place: file:line:col
+        assert!(
+            lines[0].split(file).nth(1).is_some_and(|rest| rest.starts_with(':')
+                && rest[1..].chars().next().is_some_and(|c| c.is_ascii_digit())),
+            "{file}: names a line: {stderr}"
+        );
+        // Nothing ran: no run directory was created.
+        assert!(!data.path().join("artifacts").exists(), "{file}");
+    }
+}
+
+#[test]
+fn task_failure_and_timeout_exit_codes() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fail.yml"),
+        "name: f\ndesc: d\nmaintainer: m\nactions:\n  - name: boom\n    shell: [\"echo before; exit 7\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("slow.yml"),
+        "name: s\ndesc: d\nmaintainer: m\nactions:\n  - name: nap\n    shell: [\"sleep 30\"]\n",
+    )
+    .unwrap();
+    let fail = dir.path().join("fail.yml");
+    let (out, v) = json_run(data.path(), &[fail.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(v["state"], "failed");
+    assert!(v["error"].as_str().unwrap().contains("status 7"), "{v}");
+
+    let slow = dir.path().join("slow.yml");
+    let t0 = std::time::Instant::now();
+    let (out, v) = json_run(data.path(), &["--timeout", "1", slow.to_str().unwrap()]);
+    assert!(t0.elapsed().as_secs() < 20);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(v["error"].as_str().unwrap().contains("timeout"), "{v}");
+    assert_eq!(std::fs::read_dir(data.path().join("local")).unwrap().count(), 0);
+}
