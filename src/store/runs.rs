@@ -1,0 +1,417 @@
+//! Runs: lifecycle state, phases and attempts.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{Store, StoreError, col, db, duration_micros, from_micros, micros, now_micros};
+
+/// What the runner knows when a run is created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub uuid: Uuid,
+    pub task: String,
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    pub backend: String,
+    pub params: serde_json::Value,
+    pub log_path: String,
+    pub artifacts_dir: String,
+    /// The daemon that owns the run (the reaper only touches its own), if any.
+    pub owner: Option<String>,
+}
+
+/// Where a run is in its life. Stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Queued,
+    Provisioning,
+    Running,
+    Collecting,
+    Finished,
+    Failed,
+    Crashed,
+    Cancelled,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 8] = [
+        RunState::Queued,
+        RunState::Provisioning,
+        RunState::Running,
+        RunState::Collecting,
+        RunState::Finished,
+        RunState::Failed,
+        RunState::Crashed,
+        RunState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Provisioning => "provisioning",
+            RunState::Running => "running",
+            RunState::Collecting => "collecting",
+            RunState::Finished => "finished",
+            RunState::Failed => "failed",
+            RunState::Crashed => "crashed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    /// A terminal run never changes again and has no instance.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Finished | RunState::Failed | RunState::Crashed | RunState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown run state `{0}` (expected one of queued, provisioning, running, collecting, finished, failed, crashed, cancelled)"
+)]
+pub struct UnknownRunState(pub String);
+
+impl FromStr for RunState {
+    type Err = UnknownRunState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownRunState(s.to_string()))
+    }
+}
+
+/// The states `live_runs` returns, spelled as in the `runs_live` partial index.
+pub(super) const LIVE_RUNS_SQL: &str = "SELECT uuid FROM runs \
+     WHERE state IN ('queued', 'provisioning', 'running', 'collecting') ORDER BY id";
+
+/// One timed phase of a run (provision, wait-ssh, upload, run, collect, destroy, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phase {
+    pub name: String,
+    pub started_at: OffsetDateTime,
+    pub duration: Duration,
+}
+
+/// One try at running the job (the scheduler retries infrastructure failures).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub started_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+    pub error: Option<String>,
+}
+
+/// A run as stored. Times are UTC, truncated to microseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub uuid: Uuid,
+    pub task: String,
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    pub backend: String,
+    pub state: RunState,
+    pub exit_code: Option<i32>,
+    pub params: serde_json::Value,
+    pub error: Option<String>,
+    pub log_path: String,
+    pub artifacts_dir: String,
+    pub owner: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+    pub phases: Vec<Phase>,
+    pub attempts: Vec<Attempt>,
+}
+
+fn not_found(uuid: Uuid) -> StoreError {
+    StoreError::NotFound {
+        what: "run",
+        key: uuid.to_string(),
+    }
+}
+
+fn opt_time(us: Option<i64>) -> Result<Option<OffsetDateTime>, String> {
+    us.map(from_micros).transpose()
+}
+
+impl Store {
+    /// Records a new run (state `queued`, `created_at` now) and creates its result group
+    /// (same uuid, description "TASK on ITEM"; an existing group is kept). One transaction.
+    pub async fn create_run(&self, run: &NewRun) -> Result<(), StoreError> {
+        let op = || format!("creating run {}", run.uuid);
+        let uuid = run.uuid.to_string();
+        let mut tx = self.begin().await.map_err(db(op))?;
+        sqlx::query(
+            "INSERT INTO result_groups (uuid, description) VALUES ($1, $2) \
+             ON CONFLICT (uuid) DO NOTHING",
+        )
+        .bind(&uuid)
+        .bind(format!("{} on {}", run.task, run.item))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(op))?;
+        sqlx::query(
+            "INSERT INTO runs (uuid, task, item, item_type, arch, backend, state, params, \
+             log_path, artifacts_dir, owner, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&uuid)
+        .bind(&run.task)
+        .bind(&run.item)
+        .bind(&run.item_type)
+        .bind(&run.arch)
+        .bind(&run.backend)
+        .bind(RunState::Queued.as_str())
+        .bind(run.params.to_string())
+        .bind(&run.log_path)
+        .bind(&run.artifacts_dir)
+        .bind(run.owner.as_deref())
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(db(op))?;
+        tx.commit().await.map_err(db(op))
+    }
+
+    /// Moves a run to `state`. `started_at` is set (once) by the first state other than
+    /// `queued`; `finished_at` is set to now by a terminal state (and cleared by a
+    /// non-terminal one, so it always means "finished").
+    pub async fn set_run_state(&self, uuid: Uuid, state: RunState) -> Result<(), StoreError> {
+        let now = now_micros();
+        let started = (state != RunState::Queued).then_some(now);
+        let finished = state.is_terminal().then_some(now);
+        let done = sqlx::query(
+            "UPDATE runs SET state = $1, started_at = COALESCE(started_at, $2), \
+             finished_at = $3 WHERE uuid = $4",
+        )
+        .bind(state.as_str())
+        .bind(started)
+        .bind(finished)
+        .bind(uuid.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db(|| format!("setting run {uuid} to {state}")))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(uuid));
+        }
+        Ok(())
+    }
+
+    /// Ends a run: terminal `state`, exit code, error message, `finished_at` now.
+    /// `started_at` stays unset for a run that never left `queued`.
+    pub async fn finish_run(
+        &self,
+        uuid: Uuid,
+        state: RunState,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let op = || format!("finishing run {uuid} as {state}");
+        if !state.is_terminal() {
+            return Err(StoreError::Invalid {
+                op: op(),
+                message: format!("{state} is not a terminal state"),
+            });
+        }
+        let done = sqlx::query(
+            "UPDATE runs SET state = $1, exit_code = $2, error = $3, finished_at = $4 \
+             WHERE uuid = $5",
+        )
+        .bind(state.as_str())
+        .bind(exit_code)
+        .bind(error)
+        .bind(now_micros())
+        .bind(uuid.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db(op))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(uuid));
+        }
+        Ok(())
+    }
+
+    /// Replaces the run's phases with `phases` (in order). One transaction.
+    pub async fn record_phases(&self, uuid: Uuid, phases: &[Phase]) -> Result<(), StoreError> {
+        let op = || format!("recording phases of run {uuid}");
+        let mut tx = self.begin().await.map_err(db(op))?;
+        let run_id: i64 = sqlx::query_scalar("SELECT id FROM runs WHERE uuid = $1")
+            .bind(uuid.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db(op))?
+            .ok_or_else(|| not_found(uuid))?;
+        sqlx::query("DELETE FROM run_phases WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+        for (seq, phase) in (0_i64..).zip(phases) {
+            sqlx::query(
+                "INSERT INTO run_phases (run_id, seq, name, started_at, duration_us) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(run_id)
+            .bind(seq)
+            .bind(&phase.name)
+            .bind(micros(phase.started_at))
+            .bind(duration_micros(phase.duration))
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+        }
+        tx.commit().await.map_err(db(op))
+    }
+
+    /// Inserts or replaces attempt number `attempt.attempt` of the run.
+    pub async fn record_attempt(&self, uuid: Uuid, attempt: &Attempt) -> Result<(), StoreError> {
+        // INSERT … SELECT needs its WHERE for SQLite to parse the ON CONFLICT clause.
+        let done = sqlx::query(
+            "INSERT INTO run_attempts (run_id, attempt, started_at, finished_at, error) \
+             SELECT id, $1, $2, $3, $4 FROM runs WHERE uuid = $5 \
+             ON CONFLICT (run_id, attempt) DO UPDATE SET started_at = excluded.started_at, \
+             finished_at = excluded.finished_at, error = excluded.error",
+        )
+        .bind(i64::from(attempt.attempt))
+        .bind(micros(attempt.started_at))
+        .bind(attempt.finished_at.map(micros))
+        .bind(attempt.error.as_deref())
+        .bind(uuid.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(db(|| {
+            format!("recording attempt {} of run {uuid}", attempt.attempt)
+        }))?;
+        if done.rows_affected() == 0 {
+            return Err(not_found(uuid));
+        }
+        Ok(())
+    }
+
+    /// The run with its phases and attempts (three queries), or None.
+    pub async fn run(&self, uuid: Uuid) -> Result<Option<RunRecord>, StoreError> {
+        let op = || format!("reading run {uuid}");
+        let corrupt = |message| StoreError::Corrupt { op: op(), message };
+        let mut conn = self.pool.acquire().await.map_err(db(op))?;
+        let Some(row) = sqlx::query(
+            "SELECT id, uuid, task, item, item_type, arch, backend, state, exit_code, params, \
+             error, log_path, artifacts_dir, owner, created_at, started_at, finished_at \
+             FROM runs WHERE uuid = $1",
+        )
+        .bind(uuid.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db(op))?
+        else {
+            return Ok(None);
+        };
+        let run_id: i64 = row.try_get("id").map_err(db(op))?;
+        let mut run = run_from_row(&row).map_err(corrupt)?;
+
+        let phases = sqlx::query(
+            "SELECT name, started_at, duration_us FROM run_phases WHERE run_id = $1 ORDER BY seq",
+        )
+        .bind(run_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db(op))?;
+        for row in phases {
+            run.phases.push(phase_from_row(&row).map_err(corrupt)?);
+        }
+
+        let attempts = sqlx::query(
+            "SELECT attempt, started_at, finished_at, error FROM run_attempts \
+             WHERE run_id = $1 ORDER BY attempt",
+        )
+        .bind(run_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db(op))?;
+        for row in attempts {
+            run.attempts.push(attempt_from_row(&row).map_err(corrupt)?);
+        }
+        Ok(Some(run))
+    }
+
+    /// Uuids of the runs not in a terminal state, oldest first (the reaper keeps their
+    /// instances and destroys every other).
+    pub async fn live_runs(&self) -> Result<Vec<Uuid>, StoreError> {
+        let op = || "listing live runs".to_string();
+        let uuids: Vec<String> = sqlx::query_scalar(LIVE_RUNS_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(op))?;
+        uuids
+            .iter()
+            .map(|u| Uuid::parse_str(u).map_err(|e| format!("run uuid `{u}`: {e}")))
+            .collect::<Result<_, _>>()
+            .map_err(|message| StoreError::Corrupt { op: op(), message })
+    }
+}
+
+fn run_from_row(row: &AnyRow) -> Result<RunRecord, String> {
+    let uuid: String = col(row, "uuid")?;
+    let state: String = col(row, "state")?;
+    let params: String = col(row, "params")?;
+    Ok(RunRecord {
+        uuid: Uuid::parse_str(&uuid).map_err(|e| format!("run uuid `{uuid}`: {e}"))?,
+        task: col(row, "task")?,
+        item: col(row, "item")?,
+        item_type: col(row, "item_type")?,
+        arch: col(row, "arch")?,
+        backend: col(row, "backend")?,
+        state: state.parse().map_err(|e: UnknownRunState| e.to_string())?,
+        exit_code: col(row, "exit_code")?,
+        params: serde_json::from_str(&params).map_err(|e| format!("run params: {e}"))?,
+        error: col(row, "error")?,
+        log_path: col(row, "log_path")?,
+        artifacts_dir: col(row, "artifacts_dir")?,
+        owner: col(row, "owner")?,
+        created_at: from_micros(col(row, "created_at")?)?,
+        started_at: opt_time(col(row, "started_at")?)?,
+        finished_at: opt_time(col(row, "finished_at")?)?,
+        phases: Vec::new(),
+        attempts: Vec::new(),
+    })
+}
+
+fn phase_from_row(row: &AnyRow) -> Result<Phase, String> {
+    let duration: i64 = col(row, "duration_us")?;
+    Ok(Phase {
+        name: col(row, "name")?,
+        started_at: from_micros(col(row, "started_at")?)?,
+        duration: Duration::from_micros(
+            u64::try_from(duration).map_err(|_| format!("negative phase duration {duration}"))?,
+        ),
+    })
+}
+
+fn attempt_from_row(row: &AnyRow) -> Result<Attempt, String> {
+    let attempt: i64 = col(row, "attempt")?;
+    Ok(Attempt {
+        attempt: u32::try_from(attempt).map_err(|_| format!("attempt number {attempt}"))?,
+        started_at: from_micros(col(row, "started_at")?)?,
+        finished_at: opt_time(col(row, "finished_at")?)?,
+        error: col(row, "error")?,
+    })
+}
