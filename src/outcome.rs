@@ -78,7 +78,9 @@ impl fmt::Display for Outcome {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown outcome `{0}` (expected one of PASSED, INFO, FAILED, NEEDS_INSPECTION, ERROR, WAIVED, ABORTED, CRASHED)")]
+#[error(
+    "unknown outcome `{0}` (expected one of PASSED, INFO, FAILED, NEEDS_INSPECTION, ERROR, WAIVED, ABORTED, CRASHED)"
+)]
 pub struct UnknownOutcome(pub String);
 
 impl FromStr for Outcome {
