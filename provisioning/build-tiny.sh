@@ -244,7 +244,10 @@ mounted() { grep -q " $1 " /proc/mounts 2>/dev/null; }
 mounted /proc || mount -t proc proc /proc
 mounted /sys || mount -t sysfs sysfs /sys
 mounted /dev || mount -t devtmpfs devtmpfs /dev
-say "rcS start at $(cut -d' ' -f1 /proc/uptime)s"
+TRACE=
+grep -qw ferrotron.trace /proc/cmdline && TRACE=1
+trace() { [ -z "$TRACE" ] || say "$* at $(cut -d' ' -f1 /proc/uptime)s"; }
+trace "rcS start"
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
@@ -273,6 +276,7 @@ while [ $i -lt 100 ]; do
   done
   i=$((i + 1)); usleep 50000
 done
+trace "seed $seed found"
 hk=/etc/dropbear/dropbear_ed25519_host_key
 if [ -n "$seed" ] && mount -t iso9660 -o ro "$seed" /run/ferrotron-seed; then
   s=/run/ferrotron-seed
@@ -281,6 +285,7 @@ if [ -n "$seed" ] && mount -t iso9660 -o ro "$seed" /run/ferrotron-seed; then
     dropbearconvert openssh dropbear $s/ferrotron/ssh_host_ed25519_key $hk >/dev/null 2>&1 \
       || say "cannot convert the seed host key"
     chmod 600 $hk
+    trace "host key installed"
   else
     say "seed has no ferrotron/ssh_host_ed25519_key"
   fi
@@ -301,6 +306,7 @@ if [ ! -s $hk ]; then
   say "no pinned host key: generating a random one"
   dropbearkey -t ed25519 -f $hk >/dev/null 2>&1
 fi
+trace "keys done"
 [ -n "${dhcp_pid:-}" ] && wait "$dhcp_pid"
 say "ready at $(cut -d' ' -f1 /proc/uptime)s: $(ip -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}')"
 EOF

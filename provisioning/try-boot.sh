@@ -66,8 +66,10 @@ name=ferrotron-tryboot-${run_uuid:0:8}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ferrotron-tryboot.XXXXXX")
 chmod 0755 "$tmp"   # qemu runs as libvirt-qemu and must reach the overlay and the seed
 started=0
+probes=()
 cleanup() {
-  local rc=$?
+  local rc=$? p
+  for p in "${probes[@]}"; do pkill -TERM -P "$p" 2>/dev/null || true; done
   if ((started)); then
     virsh -c "$conn" destroy "$name" >/dev/null 2>&1 || true
   fi
@@ -123,19 +125,37 @@ t0=$(now)
 virsh -c "$conn" create "$tmp/domain.xml" >/dev/null || die "virsh create failed"
 started=1
 t1=$(now)
-attempts=0
-until timeout 10 ssh "${sshopts[@]}" -p "$port" "$user@127.0.0.1" true 2>/dev/null; do
+# Overlapping probes: through passt, a connection made before the guest listens can hang until
+# ConnectTimeout, so a new probe starts every 0.25 s instead of waiting for the previous one.
+attempts=0 t2=
+mkdir "$tmp/probe"
+while :; do
   attempts=$((attempts + 1))
+  ( timeout 12 ssh "${sshopts[@]}" -o ConnectTimeout=8 -p "$port" "$user@127.0.0.1" true 2>/dev/null \
+      && { now >"$tmp/probe/ok.$attempts.tmp"; mv "$tmp/probe/ok.$attempts.tmp" "$tmp/probe/ok.$attempts"; } ) &
+  probes+=($!)
+  sleep 0.25
+  ok=$(ls "$tmp/probe" | grep -E '^ok\.[0-9]+$' | head -n 1 || true)
+  if [[ -n $ok ]]; then
+    t2=$(cat "$tmp/probe/$ok")
+    break
+  fi
   if (($(awk -v a="$(secs "$t0" "$(now)")" -v b="$timeout" 'BEGIN { print (a > b) }'))); then
     log "no SSH after ${timeout}s; console log tail:"
     tail -n 40 "$tmp/console.log" >&2 || true
     exit 1
   fi
-  virsh -c "$conn" domstate "$name" >/dev/null 2>&1 || { log "domain died; console:"; tail -n 40 "$tmp/console.log" >&2; exit 1; }
-  sleep 0.1
+  if ((attempts % 8 == 0)) && [[ $(virsh -c "$conn" domstate "$name" 2>/dev/null || true) != running* ]]; then
+    log "domain is not running; console log tail:"; tail -n 40 "$tmp/console.log" >&2; exit 1
+  fi
 done
-t2=$(now)
-echo "RESULT image=$(basename "$image") time_to_ssh=$(secs "$t0" "$t2")s (after virsh create returned: $(secs "$t1" "$t2")s; virsh create: $(secs "$t0" "$t1")s; attempts: $((attempts + 1)))"
+stop_probes() { # each probe is a subshell running timeout(1), which passes TERM on to its ssh
+  local p
+  for p in "${probes[@]}"; do { pkill -TERM -P "$p"; wait "$p"; } 2>/dev/null || true; done
+  probes=()
+}
+stop_probes
+echo "RESULT image=$(basename "$image") time_to_ssh=$(secs "$t0" "$t2")s (after virsh create returned: $(secs "$t1" "$t2")s; virsh create: $(secs "$t0" "$t1")s; probes: $attempts)"
 
 # ------------------------------------------------------------ checks
 fail=0

@@ -5,6 +5,7 @@ pub mod guest;
 pub mod image;
 pub mod outcome;
 pub mod provider;
+pub mod reaper;
 pub mod results;
 pub mod runner;
 pub mod store;

@@ -1,6 +1,7 @@
 //! The `ferrotron` command line: argument parsing and dispatch. Handlers stay thin; the work
 //! happens in the library modules.
 
+mod reap;
 mod run;
 
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ impl GlobalArgs {
 pub enum Commands {
     /// Run one task against one item and store its results (like Taskotron's runtask).
     Run(run::RunArgs),
+    /// Destroy leaked instances: those whose run is no longer live.
+    Reap(reap::ReapArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
     let code = rt.block_on(async {
         match cli.command {
             Commands::Run(args) => run::run(&cli.global, args).await,
+            Commands::Reap(args) => reap::run(&cli.global, args).await,
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -150,7 +150,9 @@ mod tests {
         let marker = dir.path().join("survived");
         let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
         let s = LocalSession::new("/tmp");
-        let fut = s.exec(&Command::new(script, "/tmp"), &mut |_, _| Ok(()));
+        let cmd = Command::new(script, "/tmp");
+        let mut sink = |_: Stream, _: &[u8]| Ok(());
+        let fut = s.exec(&cmd, &mut sink);
         let timed = tokio::time::timeout(std::time::Duration::from_millis(200), fut).await;
         assert!(timed.is_err(), "the command should still be running");
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;

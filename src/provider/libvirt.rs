@@ -202,17 +202,19 @@ impl Provider for LibvirtProvider {
         self.blocking(move |c| {
             let dom = match c.lookup_domain_by_name(&name) {
                 Ok(d) => d,
-                Err(e) if e.code() == virt::error::ErrorNumberEnum::NoDomain => return Ok(()),
+                Err(e) if e.code() == virt::error::ErrorNumberEnum::Known(virt::error::ErrorNumber::NoDomain) => return Ok(()),
                 Err(e) => return Err(virt_err("looking up the domain")(e)),
             };
-            if dom.is_active().unwrap_or(true) {
-                if let Err(e) = dom.destroy() {
-                    if e.code() != virt::error::ErrorNumberEnum::NoDomain
-                        && e.code() != virt::error::ErrorNumberEnum::OperationInvalid
-                    {
-                        return Err(virt_err("destroying the domain")(e));
-                    }
-                }
+            // Already stopped or already gone both count as destroyed.
+            let benign = [
+                virt::error::ErrorNumber::NoDomain,
+                virt::error::ErrorNumber::OperationInvalid,
+            ];
+            if dom.is_active().unwrap_or(true)
+                && let Err(e) = dom.destroy()
+                && !benign.into_iter().any(|b| e.code() == virt::error::ErrorNumberEnum::Known(b))
+            {
+                return Err(virt_err("destroying the domain")(e));
             }
             if dom.is_persistent().unwrap_or(false) {
                 let _ = dom.undefine();
@@ -499,15 +501,15 @@ fn free_port() -> Result<u16, ProviderError> {
 fn check_reachable(path: &Path) -> Result<(), ProviderError> {
     let mut cur = path.parent();
     while let Some(dir) = cur {
-        if let Ok(meta) = std::fs::metadata(dir) {
-            if meta.permissions().mode() & 0o001 == 0 {
-                return Err(ProviderError::Permanent(format!(
-                    "{} is not reachable by libvirt's qemu user: {} is not world-executable \
-                     (chmod o+x it, or use a data directory such as /var/lib/ferrotron)",
-                    path.display(),
-                    dir.display()
-                )));
-            }
+        if let Ok(meta) = std::fs::metadata(dir)
+            && meta.permissions().mode() & 0o001 == 0
+        {
+            return Err(ProviderError::Permanent(format!(
+                "{} is not reachable by libvirt's qemu user: {} is not world-executable \
+                 (chmod o+x it, or use a data directory such as /var/lib/ferrotron)",
+                path.display(),
+                dir.display()
+            )));
         }
         cur = dir.parent();
     }

@@ -75,12 +75,13 @@ pub async fn run_action(
             .map_err(|e| ActionError::Task(format!("action `{}`: {e}", action.name)))
     };
     match &action.directive {
+        // The export is the stdout of all commands, in order; stderr is only shown.
         Directive::Shell(commands) => {
             let mut exported = Vec::new();
             for command in commands {
                 let script = render(command)?;
                 let (status, stdout) = exec_streamed(cx, &action.name, &script).await?;
-                exported = stdout;
+                exported.extend_from_slice(&stdout);
                 if status != 0 {
                     return Err(ActionError::Task(format!(
                         "command `{}` exited with status {status}",

@@ -268,14 +268,14 @@ impl Runner {
             keys,
         };
         cx.emit(Event::Notice(format!(
-            "run {} of {} on {} ({} {}, {}), backend {}",
+            "run {}: {} on item `{}` (type `{}`, arch {}), backend {}, image {}",
             req.uuid,
             req.formula.checkname(),
             req.item,
             req.item_type,
             req.arch,
+            self.provider.kind(),
             req.image,
-            self.provider.kind()
         )));
         if self.provider.kind() == "local" {
             cx.emit(Event::Notice(

@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Builds a ferrotron Debian 12 (bookworm) guest image with debootstrap, offline except for the
+# Debian mirror. Needs root (debootstrap, chroot).
+#
+#   provisioning/build-debian.sh OUTDIR [--cloud-init] [--no-cache]
+#
+#   (default)     flavor `minimal`: the light `ferrotron-seed.service` installs the pinned SSH
+#                 host key and root's authorized_keys from the cidata seed's ferrotron/ files
+#   --cloud-init  flavor `cloudinit`: cloud-init (NoCloud) reads the seed's user-data/meta-data
+#                 instead, like a stock cloud image (adds ~12-17 s to the boot under TCG)
+#   --no-cache    ignore and do not write OUTDIR/.cache
+#
+# Produces in OUTDIR: YYMMDD_HHMM-debian-12-{minimal,cloudinit}-x86_64.{qcow2,vmlinux,initrd,json}
+# Direct kernel boot: the Debian cloud kernel installed in the image (uncompressed to .vmlinux)
+# and the initramfs-tools initrd built inside the chroot; root=/dev/vda (ext4, whole disk).
+#
+# Cache (optional, safe to delete): OUTDIR/.cache/debootstrap/*.tar.zst holds the pristine
+# debootstrap tree per package set, OUTDIR/.cache/debs the downloaded packages.
+#
+# Environment: DEBIAN_MIRROR (default: the host's Debian mirror), DEBIAN_ROOT_SIZE (default 4G).
+set -euo pipefail
+PROG=build-debian
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib/image-common.sh
+. "$here/lib/image-common.sh"
+
+usage() { echo "usage: $0 OUTDIR [--cloud-init] [--no-cache]" >&2; exit 2; }
+outdir= flavor=minimal use_cache=1
+while (($#)); do
+  case $1 in
+    --cloud-init) flavor=cloudinit; shift ;;
+    --no-cache) use_cache=0; shift ;;
+    -h|--help) usage ;;
+    -*) usage ;;
+    *) [[ -z $outdir ]] || usage; outdir=$1; shift ;;
+  esac
+done
+[[ -n $outdir ]] || usage
+[[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot)"
+need_cmds debootstrap chroot mkfs.ext4 qemu-img zstd zstdcat tar
+
+SUITE=bookworm
+RELEASE=12
+CMDLINE=${DEBIAN_CMDLINE:-"console=ttyS0 root=/dev/vda rw quiet"}
+ROOT_SIZE=${DEBIAN_ROOT_SIZE:-4G}
+mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/ && $2 ~ /\/debian\/?$/ {print $2; exit}' \
+  /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
+mirror=${mirror:-http://deb.debian.org/debian}
+
+pkgs=systemd-sysv,udev,openssh-server,python3,iproute2,kmod,linux-image-cloud-amd64,initramfs-tools,zstd
+[[ $flavor == cloudinit ]] && pkgs+=,cloud-init
+
+mkdir -p "$outdir"
+outdir=$(cd "$outdir" && pwd)
+stamp=$(build_stamp)
+stem=$stamp-debian-$RELEASE-$flavor-x86_64
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/ferrotron-debian.XXXXXX")
+r=$tmp/root
+cleanup() {
+  local rc=$? m
+  # never rm -rf through a live bind mount
+  for m in "$r/proc" "$r/sys" "$r/dev/pts" "$r/dev"; do
+    mountpoint -q "$m" 2>/dev/null && umount -l "$m" || true
+  done
+  if grep -q " $tmp/" /proc/mounts; then
+    log "mounts left under $tmp; not removing it"
+  else
+    rm -rf "$tmp"
+  fi
+  rm -f "$outdir/.partial-$stem".*
+  [[ -n ${cache_partial:-} ]] && rm -f "$cache_partial"
+  ((rc == 0)) || log "failed (exit $rc); nothing was written to $outdir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+t0=$(date +%s.%N)
+log "$SUITE $flavor from $mirror -> $stem"
+
+# ---------------------------------------------------------------- debootstrap (cached)
+key=$(printf '%s|%s|%s|minbase' "$SUITE" "$mirror" "$pkgs" | sha256sum | cut -c1-12)
+cache_dir=$outdir/.cache
+cache_tar=$cache_dir/debootstrap/$SUITE-$flavor-$key.tar.zst
+mkdir -p "$r"
+if ((use_cache)) && [[ -f $cache_tar ]]; then
+  log "using cached debootstrap tree $(basename "$cache_tar")"
+  zstd -dc -T0 "$cache_tar" | tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' -xpf -
+else
+  dbopts=(--variant=minbase "--include=$pkgs" --components=main)
+  if ((use_cache)); then
+    mkdir -p "$cache_dir/debs"
+    dbopts+=("--cache-dir=$cache_dir/debs")
+  fi
+  log "debootstrap ${dbopts[*]}"
+  if ! debootstrap "${dbopts[@]}" "$SUITE" "$r" "$mirror" >"$tmp/debootstrap.log" 2>&1; then
+    tail -n 30 "$tmp/debootstrap.log" >&2
+    [[ -f $r/debootstrap/debootstrap.log ]] && tail -n 30 "$r/debootstrap/debootstrap.log" >&2
+    die "debootstrap failed"
+  fi
+  rm -rf "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/*_Packages "$r"/var/lib/apt/lists/*_Release* 2>/dev/null || true
+  if ((use_cache)); then
+    mkdir -p "$cache_dir/debootstrap"
+    cache_partial=$cache_tar.partial.$$
+    tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' -cf - . | zstd -q -T0 -3 >"$cache_partial"
+    mv -f "$cache_partial" "$cache_tar"
+    cache_partial=
+    log "cached the debootstrap tree as $cache_tar"
+  fi
+fi
+t_db=$(date +%s.%N)
+
+# ---------------------------------------------------------------- configuration
+chroot_mounts() {
+  mount -t proc proc "$r/proc"
+  mount -t sysfs sysfs "$r/sys"
+  mount --bind /dev "$r/dev"
+  mount --bind /dev/pts "$r/dev/pts"
+}
+chroot_umounts() {
+  local m
+  for m in "$r/dev/pts" "$r/dev" "$r/sys" "$r/proc"; do umount "$m"; done
+}
+in_root() { chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"; }
+
+kver=$(ls -1 "$r"/boot/vmlinuz-* | sed 's|.*/vmlinuz-||' | sort -V | tail -n 1)
+[[ -n $kver ]] || die "no kernel in the chroot"
+
+echo "ferrotron-debian" >"$r/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tferrotron-debian\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$r/etc/hosts"
+printf '# root is the whole virtio disk\n/dev/vda / ext4 rw,errors=remount-ro 0 0\n' >"$r/etc/fstab"
+# Empty machine-id: systemd makes a fresh one at every boot of every instance.
+: >"$r/etc/machine-id"
+rm -f "$r/var/lib/dbus/machine-id"
+# Offline apt sources (the image can still install packages where it has a mirror).
+printf 'deb %s %s main\n' "$mirror" "$SUITE" >"$r/etc/apt/sources.list"
+
+# Network: systemd-networkd DHCPv4 on any ethernet NIC (passt serves DHCP).
+mkdir -p "$r/etc/systemd/network"
+cat >"$r/etc/systemd/network/80-ferrotron-dhcp.network" <<'EOF'
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+
+[DHCPv4]
+UseDomains=yes
+EOF
+
+# SSH: only the pinned ed25519 host key (installed at boot from the seed), keys only.
+rm -f "$r"/etc/ssh/ssh_host_*
+mkdir -p "$r/etc/ssh/sshd_config.d"
+cat >"$r/etc/ssh/sshd_config.d/10-ferrotron.conf" <<'EOF'
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+EOF
+install -d -m 0700 "$r/root/.ssh"
+# Same SFTP server path as the tiny image (dropbear's default).
+ln -sf openssh/sftp-server "$r/usr/lib/sftp-server"
+
+# Units that cost boot time and do nothing for a disposable test VM.
+mask=(systemd-networkd-wait-online.service e2scrub_reap.service apt-daily.timer
+  apt-daily-upgrade.timer dpkg-db-backup.timer fstrim.timer e2scrub_all.timer
+  systemd-firstboot.service getty@tty1.service)
+for u in "${mask[@]}"; do ln -sf /dev/null "$r/etc/systemd/system/$u"; done
+in_root systemctl enable systemd-networkd.service >/dev/null 2>&1 \
+  || die "cannot enable systemd-networkd"
+
+if [[ $flavor == minimal ]]; then
+  cat >"$r/usr/local/sbin/ferrotron-seed" <<'EOF'
+#!/bin/sh
+# Installs the pinned SSH host key and root's authorized_keys from the cidata seed
+# (ferrotron/ssh_host_ed25519_key{,.pub}, ferrotron/authorized_keys), sets the hostname
+# from meta-data's local-hostname, then unmounts the seed.
+set -eu
+dev=/dev/disk/by-label/cidata
+mnt=/run/ferrotron-seed
+mkdir -p "$mnt"
+mount -t iso9660 -o ro "$dev" "$mnt"
+trap 'umount "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true' EXIT
+s=$mnt/ferrotron
+if [ -f "$s/ssh_host_ed25519_key" ]; then
+  rm -f /etc/ssh/ssh_host_*
+  install -m 0600 -o root -g root "$s/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key
+  if [ -f "$s/ssh_host_ed25519_key.pub" ]; then
+    install -m 0644 "$s/ssh_host_ed25519_key.pub" /etc/ssh/ssh_host_ed25519_key.pub
+  else
+    ssh-keygen -y -f /etc/ssh/ssh_host_ed25519_key >/etc/ssh/ssh_host_ed25519_key.pub
+  fi
+else
+  echo "ferrotron-seed: no ferrotron/ssh_host_ed25519_key in the seed" >&2
+fi
+if [ -f "$s/authorized_keys" ]; then
+  install -d -m 0700 /root/.ssh
+  install -m 0600 "$s/authorized_keys" /root/.ssh/authorized_keys
+else
+  echo "ferrotron-seed: no ferrotron/authorized_keys in the seed" >&2
+fi
+h=$(sed -n 's/^local-hostname:[[:space:]]*//p' "$mnt/meta-data" 2>/dev/null | tr -d "\"' \r")
+if [ -n "$h" ]; then
+  echo "$h" >/etc/hostname
+  hostname "$h"
+fi
+EOF
+  chmod 0755 "$r/usr/local/sbin/ferrotron-seed"
+  cat >"$r/etc/systemd/system/ferrotron-seed.service" <<'EOF'
+[Unit]
+Description=ferrotron: pinned SSH host key and authorized_keys from the cidata seed
+Documentation=file:/usr/local/sbin/ferrotron-seed
+Requires=dev-disk-by\x2dlabel-cidata.device
+After=dev-disk-by\x2dlabel-cidata.device local-fs.target
+Before=ssh.service
+ConditionPathExists=/usr/local/sbin/ferrotron-seed
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/ferrotron-seed
+
+[Install]
+WantedBy=multi-user.target
+RequiredBy=ssh.service
+EOF
+  in_root systemctl enable ferrotron-seed.service >/dev/null 2>&1 \
+    || die "cannot enable ferrotron-seed.service"
+else
+  # cloud-init: NoCloud only (no probing of other datasources), no network config of its own
+  # (systemd-networkd above does DHCP), no locale module (would run locale-gen).
+  mkdir -p "$r/etc/cloud/cloud.cfg.d"
+  cat >"$r/etc/cloud/cloud.cfg.d/90-ferrotron.cfg" <<'EOF'
+datasource_list: [ NoCloud, None ]
+network: {config: disabled}
+EOF
+  [[ -f $r/etc/cloud/cloud.cfg ]] || die "cloud-init not installed"
+  sed -i -E '/^[[:space:]]*-[[:space:]]*locale[[:space:]]*$/d' "$r/etc/cloud/cloud.cfg"
+  ! grep -qE '^[[:space:]]*-[[:space:]]*locale$' "$r/etc/cloud/cloud.cfg" || die "locale module still listed"
+  rm -rf "$r/var/lib/cloud"/*
+fi
+
+# initrd: initramfs-tools in the chroot, MODULES=most (default). Rebuild it here so it sees the
+# final configuration.
+chroot_mounts
+in_root update-initramfs -u -k "$kver" >"$tmp/initramfs.log" 2>&1 \
+  || { cat "$tmp/initramfs.log" >&2; chroot_umounts; die "update-initramfs failed"; }
+chroot_umounts
+[[ -f $r/boot/initrd.img-$kver ]] || die "no initrd for $kver"
+
+extract_vmlinux "$r/boot/vmlinuz-$kver" "$tmp/$stem.vmlinux"
+cp "$r/boot/initrd.img-$kver" "$tmp/$stem.initrd"
+
+# Clean up what a rebuild or an instance does not need.
+rm -rf "$r"/var/cache/apt/*.bin "$r"/var/lib/apt/lists/* "$r"/var/log/*.log "$r"/tmp/* \
+  "$r"/var/tmp/* "$r"/root/.bash_history
+find "$r/var/log" -type f -exec truncate -s 0 {} +
+
+make_qcow2 "$r" "$ROOT_SIZE" debian-root "$tmp/$stem.qcow2" "$tmp"
+
+write_meta_json "$tmp/$stem.json" \
+  distro debian release "$RELEASE" flavor "$flavor" arch x86_64 \
+  kernel "$stem.vmlinux" initrd "$stem.initrd" cmdline "$CMDLINE" \
+  boot direct user root built_at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+  kernel_version "$kver" image "$stem.qcow2" suite "$SUITE"
+
+publish "$outdir" "$stem" "$tmp"
+t1=$(date +%s.%N)
+log "built $outdir/$stem.qcow2 in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s" \
+  "(debootstrap/cache $(awk -v a="$t0" -v b="$t_db" 'BEGIN { printf "%.1f", b - a }') s)"
+ls -l "$outdir/$stem".* >&2

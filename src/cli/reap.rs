@@ -1,0 +1,83 @@
+//! `ferrotron reap`: find and destroy instances whose run is over.
+
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::GlobalArgs;
+use crate::provider::Provider;
+use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
+use crate::provider::local::LocalProvider;
+use crate::reaper::{self, Verdict};
+use crate::runner::exit;
+use crate::store::Store;
+
+#[derive(Args, Debug)]
+#[command(after_help = "An instance is a leak when its metadata names a run that is not live \
+in the store (finished, failed, crashed, cancelled, or unknown). Instances whose metadata \
+cannot be read are listed, never destroyed.")]
+pub struct ReapArgs {
+    /// Only list what would be destroyed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only consider instances created by this owner (a daemon id, or run@HOST).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// libvirt connection URI; `none` skips libvirt.
+    #[arg(long, env = "FERROTRON_LIBVIRT_URI", default_value = "qemu:///system")]
+    pub libvirt_uri: String,
+}
+
+pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
+    let data_dir = global.data_dir();
+    let store = match Store::open(&global.db_url()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: opening the store: {e}");
+            return exit::INFRA;
+        }
+    };
+    let mut providers: Vec<Arc<dyn Provider>> =
+        vec![Arc::new(LocalProvider::new(data_dir.join("local"), 1))];
+    if args.libvirt_uri != "none" {
+        providers.push(Arc::new(LibvirtProvider::new(LibvirtConfig {
+            uri: args.libvirt_uri.clone(),
+            state_dir: data_dir.join("instances"),
+            max_instances: 1,
+            accel: Accel::Tcg,
+        })));
+    }
+    let mut code = exit::OK;
+    for p in providers {
+        let mut findings = match reaper::survey(p.as_ref(), &store, args.owner.as_deref()).await {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {} backend: {e}", p.kind());
+                code = exit::INFRA;
+                continue;
+            }
+        };
+        reaper::reap(p.as_ref(), &mut findings, args.dry_run).await;
+        for f in &findings {
+            let run = f
+                .instance
+                .meta
+                .as_ref()
+                .map(|m| format!("run {} owner {}", m.run_uuid, m.owner))
+                .unwrap_or_else(|| "no readable metadata".into());
+            let action = match (&f.verdict, &f.error, args.dry_run) {
+                (Verdict::Leaked, Some(e), _) => {
+                    code = exit::INFRA;
+                    format!("LEAKED, destroy failed: {e}")
+                }
+                (Verdict::Leaked, None, true) => "LEAKED, would destroy".into(),
+                (Verdict::Leaked, None, false) => "LEAKED, destroyed".into(),
+                (Verdict::Live, _, _) => "live, kept".into(),
+                (Verdict::Foreign, _, _) => "other owner, kept".into(),
+                (Verdict::Unattributed, _, _) => "unattributed, kept (inspect by hand)".into(),
+            };
+            println!("{:<8} {:<48} {run}: {action}", p.kind(), f.instance.id);
+        }
+    }
+    code
+}
