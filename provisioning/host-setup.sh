@@ -35,7 +35,7 @@ fi
 vm_pkgs=(pkg-config libvirt-dev qemu-system-x86 qemu-utils libvirt-daemon-system
   libvirt-daemon-driver-qemu libvirt-clients genisoimage passt dropbear-bin openssh-client
   openssh-sftp-server busybox-static linux-image-cloud-amd64 debootstrap zstd cpio
-  e2fsprogs python3 shellcheck)
+  e2fsprogs python3 shellcheck lz4 xz-utils)
 test_pkgs=(postgresql rabbitmq-server chromium chromium-driver)
 
 pkgs=("${vm_pkgs[@]}")

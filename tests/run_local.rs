@@ -1,39 +1,12 @@
 //! Drives the real `ferrotron` binary with the local backend: JSON report, store rows and
 //! artifacts must agree; broken formulas must fail with one clear line.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{ferrotron, json_run};
 use ferrotron::store::Store;
-use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ferrotron(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferrotron"))
-        .args(args)
-        .env("FERROTRON_DATA_DIR", data)
-        .env_remove("FERROTRON_DB")
-        .current_dir(repo())
-        .output()
-        .expect("ferrotron runs")
-}
-
-fn json_run(data: &Path, args: &[&str]) -> (Output, Value) {
-    let mut all = vec!["run", "--format", "json"];
-    all.extend_from_slice(args);
-    let out = ferrotron(data, &all);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, v)
-}
 
 #[tokio::test]
 async fn two_results_agree_across_json_store_and_artifacts() {

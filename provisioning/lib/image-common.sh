@@ -14,19 +14,25 @@ need_cmds() {
 build_stamp() { date -u +%y%m%d_%H%M; }
 
 # extract_vmlinux VMLINUZ OUT
-# Debian's x86 bzImage carries a zstd-compressed ELF. Find the zstd frame magic and decompress
-# from there with zstdcat (tolerates the trailing bytes that make `zstd -d` fail). The first
-# offset whose output is an ELF file wins.
+# Debian's x86 bzImage carries a compressed ELF (zstd in the 6.12 cloud kernel, LZ4 in
+# bookworm's 6.1).
+# Find a compression magic and decompress from there with zstdcat/xzcat/lz4cat/zcat, which tolerate
+# the trailing bytes that make `zstd -d` fail. The first offset whose output is ELF wins.
 extract_vmlinux() {
-  local in=$1 out=$2 off
-  for off in $(LC_ALL=C grep -aboP '\x28\xb5\x2f\xfd' "$in" | cut -d: -f1); do
-    tail -c +"$((off + 1))" "$in" | zstdcat -q >"$out" 2>/dev/null || true
-    if [[ $(head -c 4 "$out" 2>/dev/null | od -An -tx1 | tr -d ' \n') == 7f454c46 ]]; then
-      return 0
-    fi
+  local in=$1 out=$2 off magic tool
+  for magic in '\x28\xb5\x2f\xfd:zstdcat' '\xfd\x37\x7a\x58\x5a\x00:xzcat' '\x02\x21\x4c\x18:lz4cat' \
+    '\x1f\x8b\x08:zcat'; do
+    tool=${magic##*:}
+    command -v "$tool" >/dev/null || continue
+    for off in $(LC_ALL=C grep -aboP "${magic%:*}" "$in" | cut -d: -f1); do
+      tail -c +"$((off + 1))" "$in" | "$tool" >"$out" 2>/dev/null || true
+      if [[ $(head -c 4 "$out" 2>/dev/null | od -An -tx1 | tr -d ' \n') == 7f454c46 ]]; then
+        return 0
+      fi
+    done
   done
   rm -f "$out"
-  die "no zstd-compressed ELF kernel found in $in"
+  die "no compressed ELF kernel found in $in"
 }
 
 # json_escape STRING -> JSON string literal (no surrounding quotes needed by caller)

@@ -40,6 +40,9 @@ pub struct GlobalArgs {
     /// [default: sqlite://DATA_DIR/ferrotron.db]
     #[arg(long, global = true, env = "FERROTRON_DB", value_name = "URL")]
     pub db: Option<String>,
+    /// Where base images are built and found [default: DATA_DIR/images].
+    #[arg(long, global = true, env = "FERROTRON_IMAGES", value_name = "DIR")]
+    pub images_dir: Option<PathBuf>,
 }
 
 impl GlobalArgs {
@@ -57,6 +60,12 @@ impl GlobalArgs {
                 .unwrap_or_else(|| PathBuf::from("."));
             base.join("ferrotron")
         })
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.images_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("images"))
     }
 
     pub fn db_url(&self) -> String {

@@ -118,7 +118,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
             "local".to_string(),
         ),
         (None, Backend::Libvirt) => {
-            let images_dir = data_dir.join("images");
+            let images_dir = global.images_dir();
             let recipes = args.recipes.clone();
             let spec = args.image.clone();
             let image = tokio::task::spawn_blocking(move || {

@@ -35,7 +35,7 @@ pub async fn put_dir(session: &dyn Session, local: &Path, remote: &str) -> Resul
     let size = archive.len() as u64;
     let q = shell_quote(remote);
     let cmd = Command::new(format!("mkdir -p {q} && tar -xf - -C {q}"), "/").with_stdin(archive);
-    run_checked(session, &cmd, "upload").await?;
+    run_checked(session, &cmd, "upload", 1 << 20).await?;
     Ok(size)
 }
 
@@ -107,15 +107,26 @@ pub async fn get_dir(
 /// Reads at most `max` bytes of a file on the instance.
 pub async fn read_file(session: &dyn Session, path: &str, max: u64) -> Result<Vec<u8>, GuestError> {
     let cmd = Command::new(format!("head -c {max} {}", shell_quote(path)), "/");
-    run_checked(session, &cmd, &format!("read {path}")).await
+    run_checked(session, &cmd, &format!("read {path}"), max).await
 }
 
-/// Runs `cmd`, returning its stdout, or an error carrying its stderr.
-async fn run_checked(session: &dyn Session, cmd: &Command, what: &str) -> Result<Vec<u8>, GuestError> {
+/// Runs `cmd`, returning its stdout (at most `max` bytes: the guest's `head` is not trusted
+/// to stop), or an error carrying its stderr.
+async fn run_checked(
+    session: &dyn Session,
+    cmd: &Command,
+    what: &str,
+    max: u64,
+) -> Result<Vec<u8>, GuestError> {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let status = session
         .exec(cmd, &mut |stream, chunk| {
             match stream {
+                Stream::Stdout if (out.len() + chunk.len()) as u64 > max => {
+                    return Err(GuestError::Transfer(format!(
+                        "{what}: more than {max} bytes of output"
+                    )));
+                }
                 Stream::Stdout => out.extend_from_slice(chunk),
                 Stream::Stderr if err.len() < 4096 => err.extend_from_slice(chunk),
                 Stream::Stderr => {}

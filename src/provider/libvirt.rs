@@ -57,6 +57,9 @@ fn virt_err(what: &str) -> impl FnOnce(virt::error::Error) -> ProviderError + '_
 
 impl LibvirtProvider {
     pub fn new(cfg: LibvirtConfig) -> Self {
+        // libvirt prints every error to stderr by default, even those we expect and handle
+        // (a domain already gone); ours carry the message instead.
+        virt::error::clear_error_callback();
         LibvirtProvider {
             cfg,
             accel: tokio::sync::OnceCell::new(),

@@ -1,0 +1,62 @@
+//! Shared by the integration tests: drive the real binary, read its JSON report.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn command(data: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferrotron"));
+    c.args(args)
+        .env("FERROTRON_DATA_DIR", data)
+        .env_remove("FERROTRON_DB")
+        .current_dir(repo());
+    if let Some(images) = std::env::var_os("FERROTRON_TEST_IMAGES") {
+        c.env("FERROTRON_IMAGES", images);
+    }
+    c
+}
+
+pub fn ferrotron(data: &Path, args: &[&str]) -> Output {
+    command(data, args).output().expect("ferrotron runs")
+}
+
+pub fn parse_report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `ferrotron run --format json ARGS…`
+pub fn json_run(data: &Path, args: &[&str]) -> (Output, Value) {
+    let mut all = vec!["run", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = ferrotron(data, &all);
+    let v = parse_report(&out);
+    (out, v)
+}
+
+/// A fresh directory that libvirt's qemu user can reach (tempdirs are 0700 under /tmp).
+pub fn reachable_tempdir() -> tempfile::TempDir {
+    std::fs::create_dir_all("/var/tmp/ferrotron-tests").unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("t-")
+        .tempdir_in("/var/tmp/ferrotron-tests")
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,0 +1,358 @@
+//! Drives the real binary against real libvirtd + qemu (TCG) on the tiny image. After every
+//! run: no domain of that run is left, and no overlay or seed file.
+//!
+//! Needs `provisioning/test.sh` (or its set-up): libvirtd running, the tiny image built in
+//! FERROTRON_TEST_IMAGES. Without FERROTRON_TEST_LIBVIRT=1 the tests say SKIPPED and pass.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{command, ferrotron, json_run, parse_report, reachable_tempdir, stderr};
+use serde_json::Value;
+
+fn enabled() -> bool {
+    let on = std::env::var("FERROTRON_TEST_LIBVIRT").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("SKIPPED: FERROTRON_TEST_LIBVIRT=1 not set (provisioning/test.sh sets it)");
+    }
+    on
+}
+
+fn vm(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["--backend", "libvirt", "--image", "tiny"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_vm(data: &Path, args: &[&str]) -> (std::process::Output, Value) {
+    let all = vm(args);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    json_run(data, &refs)
+}
+
+/// The run's domain is gone and its files with it.
+fn assert_no_leak(data: &Path, report: &Value) {
+    let uuid = report["uuid"].as_str().expect("report has a uuid");
+    let name = format!("ferrotron-{uuid}");
+    let st = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "domstate", &name])
+        .output()
+        .unwrap();
+    assert!(!st.status.success(), "domain {name} still exists");
+    let left: Vec<_> = std::fs::read_dir(data.join("instances"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("ferrotron-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "instance files left behind: {left:?}");
+}
+
+fn write_task(dir: &Path, formula: &str) -> String {
+    std::fs::write(dir.join("runtask.yml"), formula).unwrap();
+    dir.display().to_string()
+}
+
+#[test]
+fn passing_and_failing_results_with_artifacts() {
+    if !enabled() {
+        return;
+    }
+    let data = reachable_tempdir();
+    let (out, v) = run_vm(
+        data.path(),
+        &["-i", "bash-5.2-1.fc41", "-t", "koji_build", "-a", "x86_64", "tests/fixtures/two-results"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(v["backend"], "libvirt");
+    assert_eq!(v["state"], "finished");
+    let outcomes: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["PASSED", "FAILED"]);
+    let artifacts = Path::new(v["artifacts_dir"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join("detail.log")).unwrap(),
+        "detail for bash-5.2-1.fc41\n"
+    );
+    // Output streamed from the guest, stdout and stderr, prefixed like the local backend.
+    let err = stderr(&out);
+    assert!(err.contains("[produce] checking bash-5.2-1.fc41 on x86_64"), "{err}");
+    assert!(err.contains("[produce] to stderr"), "{err}");
+    let phases: Vec<&str> = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in ["clone", "boot", "upload", "action produce", "collect", "destroy"] {
+        assert!(phases.contains(&p), "phase {p} missing: {phases:?}");
+    }
+    assert_no_leak(data.path(), &v);
+}
+
+#[test]
+fn failing_action_and_timeout() {
+    if !enabled() {
+        return;
+    }
+    let data = reachable_tempdir();
+    let task = tempfile::tempdir().unwrap();
+    let t = write_task(
+        task.path(),
+        "name: f\ndesc: d\nmaintainer: m\nactions:\n  - name: boom\n    shell: [\"echo before; exit 7\"]\n",
+    );
+    let (out, v) = run_vm(data.path(), &[&t]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(v["state"], "failed");
+    assert!(v["error"].as_str().unwrap().contains("status 7"), "{v}");
+    assert_no_leak(data.path(), &v);
+
+    let slow = tempfile::tempdir().unwrap();
+    let t = write_task(
+        slow.path(),
+        "name: s\ndesc: d\nmaintainer: m\nactions:\n  - name: nap\n    shell: [\"echo napping; sleep 600\"]\n",
+    );
+    let started = Instant::now();
+    let (out, v) = run_vm(data.path(), &["--timeout", "25", &t]);
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(v["error"].as_str().unwrap().contains("timeout"), "{v}");
+    assert_no_leak(data.path(), &v);
+}
+
+#[test]
+fn hostile_artifacts_are_refused() {
+    if !enabled() {
+        return;
+    }
+    let data = reachable_tempdir();
+    let task = tempfile::tempdir().unwrap();
+    // A tar stream with an entry that climbs out, served by a `tar` the task swaps in: a
+    // guest is untrusted all the way down.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    let name = b"../escape.txt";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, &b"evil"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("fine.txt").unwrap();
+    h.set_size(2);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &b"ok"[..]).unwrap();
+    std::fs::write(task.path().join("evil.tar"), b.into_inner().unwrap()).unwrap();
+    let t = write_task(
+        task.path(),
+        "name: h\ndesc: d\nmaintainer: m\nactions:\n  - name: plant\n    shell:\n      - ln -s /etc ${artifactsdir}/etc-link\n      - echo kept > ${artifactsdir}/kept.txt\n",
+    );
+    let (out, v) = run_vm(data.path(), &[&t]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let refused = v["refused_artifacts"].to_string();
+    assert!(refused.contains("etc-link"), "{refused}");
+    let artifacts = Path::new(v["artifacts_dir"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(artifacts.join("kept.txt")).unwrap(), "kept\n");
+    assert!(!artifacts.join("etc-link").exists());
+    assert_no_leak(data.path(), &v);
+
+    let t = write_task(
+        task.path(),
+        "name: h\ndesc: d\nmaintainer: m\nactions:\n  - name: subvert\n    shell:\n      - cp evil.tar /evil.tar && t=$(command -v tar) && rm -f $t && printf '#!/bin/sh\\ncat /evil.tar\\n' > $t && chmod +x $t\n",
+    );
+    let (out, v) = run_vm(data.path(), &[&t]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let refused = v["refused_artifacts"].to_string();
+    assert!(refused.contains("../escape.txt"), "{refused}");
+    let artifacts = Path::new(v["artifacts_dir"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(artifacts.join("fine.txt")).unwrap(), "ok");
+    assert!(!artifacts.parent().unwrap().join("escape.txt").exists());
+    assert!(!artifacts.join("../escape.txt").exists());
+    assert_no_leak(data.path(), &v);
+}
+
+#[test]
+fn an_image_that_never_answers_is_retried_then_reported() {
+    if !enabled() {
+        return;
+    }
+    let data = reachable_tempdir();
+    // The tiny image, booted with a root device that does not exist: qemu runs, SSH never
+    // answers.
+    let images = std::env::var("FERROTRON_TEST_IMAGES").expect("FERROTRON_TEST_IMAGES");
+    let base = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("-tiny-1-base-x86_64.qcow2"))
+        .max()
+        .expect("a tiny image");
+    let dir = data.path().join("broken-image");
+    std::fs::create_dir(&dir).unwrap();
+    let stem = base.file_stem().unwrap().to_string_lossy().into_owned();
+    for ext in ["qcow2", "vmlinux", "initrd"] {
+        std::os::unix::fs::symlink(
+            base.with_extension(ext),
+            dir.join(format!("{stem}.{ext}")),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        format!(
+            r#"{{"kernel":"{stem}.vmlinux","initrd":"{stem}.initrd","cmdline":"console=ttyS0 root=/dev/nonexistent","user":"root","timeout_s":"8","memory_mib":"256"}}"#
+        ),
+    )
+    .unwrap();
+    let image = dir.join(format!("{stem}.qcow2"));
+    let (out, v) = json_run(
+        data.path(),
+        &[
+            "--backend",
+            "libvirt",
+            "--image",
+            image.to_str().unwrap(),
+            "--attempts",
+            "2",
+            "tests/fixtures/two-results",
+            "-t",
+            "koji_build",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(v["state"], "crashed");
+    assert_eq!(v["attempts"], 2);
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("after 2 attempt(s)") && e.contains("no SSH login within 8s"), "{e}");
+    assert_no_leak(data.path(), &v);
+}
+
+#[test]
+fn sigterm_mid_task_destroys_the_machine() {
+    if !enabled() {
+        return;
+    }
+    let data = reachable_tempdir();
+    let task = tempfile::tempdir().unwrap();
+    let t = write_task(
+        task.path(),
+        "name: s\ndesc: d\nmaintainer: m\nactions:\n  - name: nap\n    shell: [\"echo napping; sleep 600\"]\n",
+    );
+    let mut args = vec!["run".to_string(), "--format".into(), "json".into()];
+    args.extend(vm(&[&t]));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(data.path(), &refs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(err).lines();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("[nap] napping") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task never started:\n{seen}");
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{seen}{}", rest.join("\n"));
+    let v = parse_report(&out);
+    assert_eq!(v["state"], "cancelled");
+    assert_no_leak(data.path(), &v);
+}
+
+#[test]
+fn no_destroy_keeps_a_reachable_machine_until_reaped() {
+    if !enabled() {
+        return;
+    }
+    let data = reachable_tempdir();
+    let task = tempfile::tempdir().unwrap();
+    let t = write_task(
+        task.path(),
+        "name: k\ndesc: d\nmaintainer: m\nactions:\n  - name: mark\n    shell: [\"echo marked > /root/mark\"]\n",
+    );
+    let (out, v) = run_vm(data.path(), &["--no-destroy", &t]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    let cmd = err
+        .lines()
+        .find_map(|l| l.split("log in with: ").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no ssh command printed:\n{err}"))
+        .to_string();
+    // The printed command works with the pinned key and nothing else.
+    let ssh = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{cmd} -o StrictHostKeyChecking=yes -o BatchMode=yes -o GlobalKnownHostsFile=/dev/null cat /root/mark"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ssh.stdout),
+        "marked\n",
+        "{cmd}: {}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+
+    let dry = ferrotron(data.path(), &["reap", "--dry-run"]);
+    let listing = String::from_utf8_lossy(&dry.stdout);
+    let uuid = v["uuid"].as_str().unwrap();
+    assert!(listing.contains(uuid) && listing.contains("would destroy"), "{listing}");
+    let reap = ferrotron(data.path(), &["reap"]);
+    assert_eq!(reap.status.code(), Some(0), "{}", stderr(&reap));
+    assert!(String::from_utf8_lossy(&reap.stdout).contains("destroyed"));
+    assert_no_leak(data.path(), &v);
+}
+
+#[test]
+fn a_stock_cloud_init_image_boots_with_the_same_seed() {
+    if !enabled() {
+        return;
+    }
+    if std::env::var("FERROTRON_TEST_CLOUDINIT").is_err() {
+        eprintln!("SKIPPED: FERROTRON_TEST_CLOUDINIT not set (provisioning/test.sh builds that image)");
+        return;
+    }
+    let data = reachable_tempdir();
+    let task = tempfile::tempdir().unwrap();
+    let t = write_task(
+        task.path(),
+        "name: c\ndesc: d\nmaintainer: m\nactions:\n  - name: hello\n    shell: [\"python3 -c 'print(6*7)'\", \"test -d /var/lib/cloud/instance && echo cloud-init ran\"]\n",
+    );
+    let (out, v) = json_run(
+        data.path(),
+        &["--backend", "libvirt", "--image", "debian-cloudinit", &t],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("[hello] 42"), "{err}");
+    assert!(err.contains("[hello] cloud-init ran"), "{err}");
+    assert_no_leak(data.path(), &v);
+}
