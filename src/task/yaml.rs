@@ -41,6 +41,24 @@ impl LineCol {
     }
 }
 
+/// `s` with line breaks and other control characters escaped, so that a message quoting user
+/// text (a key, an action name, a path) still fits on one terminal line.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&c.escape_unicode().to_string())
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Kind {
     Null,
@@ -353,5 +371,131 @@ mod tests {
             LineCol { line: 2, column: 1 }
         );
         assert_eq!(LineCol::of_offset("x", 99), LineCol { line: 1, column: 2 });
+    }
+}
+
+/// Generators of YAML-ish text for the parsers' no-panic properties.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+    use serde_norway::{Mapping, Value};
+
+    const WORDS: &[&str] = &[
+        "name",
+        "namespace",
+        "desc",
+        "maintainer",
+        "input",
+        "args",
+        "environment",
+        "rpm",
+        "actions",
+        "task",
+        "shell",
+        "python",
+        "file",
+        "callable",
+        "resultsdb",
+        "results",
+        "exitcode",
+        "result_last",
+        "result_worst",
+        "dummy",
+        "result",
+        "msg",
+        "export",
+        "koji",
+        "item",
+        "type",
+        "checkname",
+        "outcome",
+        "note",
+        "artifact",
+        "_internal",
+        "arch",
+        "a:b",
+        "PASSED",
+        "FAILED",
+        "NEEDS_INSPECTION",
+        "PASS",
+        "${workdir}",
+        "${",
+        "${x",
+        "${ x }",
+        "$${y}",
+        "/tmp/a/b",
+        "../x",
+        "/",
+        "",
+        " ",
+        "x\ny",
+        "ä",
+    ];
+
+    fn word() -> impl Strategy<Value = String> {
+        prop::sample::select(WORDS).prop_map(str::to_string)
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            any::<f64>().prop_map(|n| Value::Number(n.into())),
+            word().prop_map(Value::String),
+            "\\PC{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    /// Arbitrary trees whose keys and strings come mostly from the formats' vocabulary, so
+    /// that generated documents reach deep into the parsers instead of failing at the root.
+    pub fn value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Sequence),
+                prop::collection::vec((word(), inner), 0..6).prop_map(|entries| {
+                    let mut map = Mapping::new();
+                    for (k, v) in entries {
+                        map.insert(Value::String(k), v);
+                    }
+                    Value::Mapping(map)
+                }),
+            ]
+        })
+    }
+
+    /// YAML text of a generated tree, optionally with one character inserted or removed to
+    /// produce near-miss syntax.
+    pub fn text_from(root: impl Strategy<Value = Value>) -> impl Strategy<Value = String> {
+        (
+            root,
+            any::<prop::sample::Index>(),
+            prop::option::of(prop::sample::select(
+                &[
+                    ":", "-", "{", "}", "[", "]", "'", "\"", " ", "\n", "\t", "${", "&a", "*a",
+                    "!x", "? ", "#", "|",
+                ][..],
+            )),
+            any::<bool>(),
+        )
+            .prop_map(|(value, index, insert, delete)| {
+                let text = serde_norway::to_string(&value).unwrap_or_default();
+                let chars: Vec<char> = text.chars().collect();
+                let at = if chars.is_empty() {
+                    0
+                } else {
+                    index.index(chars.len())
+                };
+                let mut out: String = chars.iter().take(at).collect();
+                match insert {
+                    Some(s) => {
+                        out.push_str(s);
+                        out.extend(chars.iter().skip(at));
+                    }
+                    None if delete => out.extend(chars.iter().skip(at + 1)),
+                    None => out.extend(chars.iter().skip(at)),
+                }
+                out
+            })
     }
 }
