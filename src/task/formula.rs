@@ -155,7 +155,8 @@ pub struct FormulaError {
     /// Where in the formula's structure, e.g. ``actions[2] (`report`): python.file``; empty
     /// for the file as a whole.
     pub field: String,
-    pub kind: FormulaErrorKind,
+    /// Boxed to keep `Result<_, FormulaError>` small on the happy path.
+    pub kind: Box<FormulaErrorKind>,
 }
 
 impl FormulaError {
@@ -266,7 +267,7 @@ impl Formula {
             path: file.clone(),
             at: None,
             field: String::new(),
-            kind: FormulaErrorKind::Read(e),
+            kind: Box::new(FormulaErrorKind::Read(e)),
         })?;
         Formula::parse(&text, &file)
     }
@@ -322,12 +323,12 @@ impl Formula {
                     path: self.path.clone(),
                     at,
                     field: format!("{}: {field}", action_label(index, &action.name)),
-                    kind: FormulaErrorKind::UnknownVariable {
+                    kind: Box::new(FormulaErrorKind::UnknownVariable {
                         name: name.to_string(),
                         action: index,
                         known: known.iter().map(|s| s.to_string()).collect(),
                         exported_by,
-                    },
+                    }),
                 });
             }
             if let Some(export) = &action.export {
@@ -364,7 +365,7 @@ impl<'a> Parser<'a> {
             path: self.path.to_path_buf(),
             at: at.map(|o| LineCol::of_offset(self.text, o)),
             field: field.to_string(),
-            kind,
+            kind: Box::new(kind),
         }
     }
 
@@ -487,10 +488,10 @@ impl<'a> Parser<'a> {
             path: self.path.to_path_buf(),
             at: e.at,
             field: String::new(),
-            kind: FormulaErrorKind::Syntax {
+            kind: Box::new(FormulaErrorKind::Syntax {
                 message: e.message,
                 hint,
-            },
+            }),
         }
     }
 
@@ -1086,7 +1087,7 @@ actions:
             "{}task:\n  - {{name: b, shell: y}}\n",
             with_actions("  - {name: a, shell: x}\n")
         ));
-        assert!(matches!(e.kind, FormulaErrorKind::ActionsAndTask), "{e}");
+        assert!(matches!(*e.kind, FormulaErrorKind::ActionsAndTask), "{e}");
         assert_eq!(e.at, at(6, 1));
     }
 
@@ -1234,7 +1235,7 @@ actions:
     fn bad_indentation_is_a_syntax_error_with_place() {
         let text = "name: n\ndesc: d\nmaintainer: m\nactions:\n  - name: a\n    shell: [x]\n   export: y\n";
         let e = err(text);
-        let FormulaErrorKind::Syntax { message, .. } = &e.kind else {
+        let FormulaErrorKind::Syntax { message, .. } = &*e.kind else {
             panic!("{e}");
         };
         assert!(!message.is_empty());
@@ -1249,7 +1250,7 @@ actions:
         let e = err(&with_actions(
             "  - name: a\n    python: {file: f.py, callable: c, w: ${workdir}}\n",
         ));
-        assert!(matches!(e.kind, FormulaErrorKind::Syntax { .. }), "{e}");
+        assert!(matches!(*e.kind, FormulaErrorKind::Syntax { .. }), "{e}");
         assert!(e.to_string().contains("must be quoted"), "{e}");
         assert_eq!(e.at.map(|a| a.line), Some(6));
     }
@@ -1261,7 +1262,7 @@ actions:
         );
         let e = err(&text);
         assert!(
-            matches!(&e.kind, FormulaErrorKind::UnknownDirective { key } if key == "frobnicate"),
+            matches!(&*e.kind, FormulaErrorKind::UnknownDirective { key } if key == "frobnicate"),
             "{e}"
         );
         assert_eq!(e.field, "actions[1] (`report`)");
@@ -1279,7 +1280,7 @@ actions:
         let text = "name: python-versions\nnamespace: dist\ndesc: |\n  Download and check.\nmaintainer: churchyard\n\ninput:\n    args:\n        - koji_build\n\nenvironment:\n    rpm:\n        - rpm-python\n        - python2-dnf\n\nactions:\n    - name: download rpms from koji\n      koji:\n        action: download\n        koji_build: ${koji_build}\n        arch: ['all']\n        src: True\n";
         let e = err(text);
         assert!(
-            matches!(&e.kind, FormulaErrorKind::UnsupportedDirective { directive } if directive == "koji"),
+            matches!(&*e.kind, FormulaErrorKind::UnsupportedDirective { directive } if directive == "koji"),
             "{e}"
         );
         assert_eq!(e.at, at(18, 7));
@@ -1307,7 +1308,7 @@ actions:
             action,
             known,
             exported_by,
-        } = &e.kind
+        } = &*e.kind
         else {
             panic!("{e}");
         };
@@ -1332,7 +1333,7 @@ actions:
         .unwrap();
         let e = f.check_variables(BUILTIN).unwrap_err();
         assert!(
-            matches!(&e.kind, FormulaErrorKind::UnknownVariable { name, .. } if name == "bodhi_update"),
+            matches!(&*e.kind, FormulaErrorKind::UnknownVariable { name, .. } if name == "bodhi_update"),
             "{e}"
         );
         assert_eq!(e.field, "actions[0] (`check`): python.update");
@@ -1353,7 +1354,7 @@ actions:
             action,
             exported_by,
             ..
-        } = &e.kind
+        } = &*e.kind
         else {
             panic!("{e}");
         };
@@ -1393,7 +1394,7 @@ actions:
         .unwrap();
         let e = f.check_variables(&[]).unwrap_err();
         assert!(
-            matches!(&e.kind, FormulaErrorKind::UnknownVariable { name, .. } if name == "zzz"),
+            matches!(&*e.kind, FormulaErrorKind::UnknownVariable { name, .. } if name == "zzz"),
             "{e}"
         );
         assert_eq!(e.at, at(7, 13));
@@ -1445,7 +1446,7 @@ actions:
         ] {
             let e = err(text);
             assert!(
-                matches!(&e.kind, FormulaErrorKind::Missing { key } if *key == missing),
+                matches!(&*e.kind, FormulaErrorKind::Missing { key } if *key == missing),
                 "{missing}: {e}"
             );
             assert_eq!(e.at, at(1, 1));
@@ -1460,7 +1461,7 @@ actions:
     #[test]
     fn required_key_without_value_is_empty() {
         let e = err("name: n\ndesc:\nmaintainer: m\nactions: [{name: a, shell: x}]\n");
-        assert!(matches!(e.kind, FormulaErrorKind::Empty), "{e}");
+        assert!(matches!(*e.kind, FormulaErrorKind::Empty), "{e}");
         assert_eq!(e.field, "desc");
         assert_eq!(e.at, at(2, 1));
     }
@@ -1469,7 +1470,7 @@ actions:
     fn action_without_name() {
         let e = err(&with_actions("  - name: a\n    shell: x\n  - shell: y\n"));
         assert!(
-            matches!(&e.kind, FormulaErrorKind::Missing { key } if *key == "name"),
+            matches!(&*e.kind, FormulaErrorKind::Missing { key } if *key == "name"),
             "{e}"
         );
         assert_eq!(e.field, "actions[1]");
@@ -1482,7 +1483,7 @@ actions:
             "  - name: both\n    shell: [make]\n    dummy: {result: PASS}\n",
         ));
         assert!(
-            matches!(&e.kind, FormulaErrorKind::TwoDirectives { first, second } if first == "shell" && second == "dummy"),
+            matches!(&*e.kind, FormulaErrorKind::TwoDirectives { first, second } if first == "shell" && second == "dummy"),
             "{e}"
         );
         assert_eq!(e.at, at(7, 5));
@@ -1492,7 +1493,7 @@ actions:
     #[test]
     fn zero_directives() {
         let e = err(&with_actions("  - name: nothing\n    export: x\n"));
-        assert!(matches!(e.kind, FormulaErrorKind::NoDirective), "{e}");
+        assert!(matches!(*e.kind, FormulaErrorKind::NoDirective), "{e}");
         assert_eq!(e.at, at(5, 5));
     }
 
@@ -1503,7 +1504,7 @@ actions:
         ));
         assert!(
             matches!(
-                e.kind,
+                *e.kind,
                 FormulaErrorKind::Template(VarError::Unterminated { offset: 5 })
             ),
             "{e}"
@@ -1517,7 +1518,7 @@ actions:
         ));
         assert!(
             matches!(
-                e.kind,
+                *e.kind,
                 FormulaErrorKind::Template(VarError::Unterminated { .. })
             ),
             "{e}"
@@ -1531,7 +1532,7 @@ actions:
             "  - name: s\n    dummy: {result: \"${a b}\"}\n",
         ));
         assert!(
-            matches!(&e.kind, FormulaErrorKind::Template(VarError::InvalidName { name, .. }) if name == "a b"),
+            matches!(&*e.kind, FormulaErrorKind::Template(VarError::InvalidName { name, .. }) if name == "a b"),
             "{e}"
         );
         assert_eq!(e.at, at(6, 22));
@@ -1543,7 +1544,7 @@ actions:
             "  - name: s\n    shell: [x]\n    export: check-output\n",
         ));
         assert!(
-            matches!(&e.kind, FormulaErrorKind::BadName { value } if value == "check-output"),
+            matches!(&*e.kind, FormulaErrorKind::BadName { value } if value == "check-output"),
             "{e}"
         );
         assert_eq!(e.field, "actions[0] (`s`): export");
@@ -1557,7 +1558,7 @@ actions:
             with_actions("  - {name: a, shell: x}\n")
         ));
         assert!(
-            matches!(&e.kind, FormulaErrorKind::UnknownKey { key, .. } if key == "schedule"),
+            matches!(&*e.kind, FormulaErrorKind::UnknownKey { key, .. } if key == "schedule"),
             "{e}"
         );
         assert_eq!(e.at, at(6, 1));
@@ -1635,7 +1636,7 @@ actions:
     #[test]
     fn structural_errors() {
         let e = err("");
-        assert!(matches!(e.kind, FormulaErrorKind::EmptyFile), "{e}");
+        assert!(matches!(*e.kind, FormulaErrorKind::EmptyFile), "{e}");
         assert_eq!(
             e.to_string().split(':').next(),
             Some("tasks/rpmlint/runtask.yml")
@@ -1644,7 +1645,7 @@ actions:
         let e = err("- a\n- b\n");
         assert!(
             matches!(
-                e.kind,
+                *e.kind,
                 FormulaErrorKind::WrongType {
                     found: "a list",
                     ..
@@ -1654,13 +1655,13 @@ actions:
         );
 
         let e = err("name: n\ndesc: d\nmaintainer: m\nactions: []\n");
-        assert!(matches!(e.kind, FormulaErrorKind::Empty), "{e}");
+        assert!(matches!(*e.kind, FormulaErrorKind::Empty), "{e}");
         assert_eq!(e.at, at(4, 1));
 
         let e = err("name: n\ndesc: d\nmaintainer: m\nactions: {a: 1}\n");
         assert!(
             matches!(
-                e.kind,
+                *e.kind,
                 FormulaErrorKind::WrongType {
                     found: "a mapping",
                     ..
@@ -1671,7 +1672,7 @@ actions:
 
         let e = err("name: n\nname: m\n");
         assert!(
-            matches!(&e.kind, FormulaErrorKind::Syntax { message, .. } if message == "duplicate key `name`"),
+            matches!(&*e.kind, FormulaErrorKind::Syntax { message, .. } if message == "duplicate key `name`"),
             "{e}"
         );
         assert_eq!(e.at, at(2, 1));
@@ -1681,7 +1682,7 @@ actions:
             with_actions("  - {name: a, shell: x}\n")
         ));
         assert!(
-            matches!(&e.kind, FormulaErrorKind::BadName { value } if value == "koji build"),
+            matches!(&*e.kind, FormulaErrorKind::BadName { value } if value == "koji build"),
             "{e}"
         );
         assert_eq!(e.field, "input.args[0]");
@@ -1717,7 +1718,7 @@ actions:
 
         let empty = tempfile::tempdir().unwrap();
         let e = Formula::load(empty.path()).unwrap_err();
-        assert!(matches!(e.kind, FormulaErrorKind::Read(_)), "{e}");
+        assert!(matches!(*e.kind, FormulaErrorKind::Read(_)), "{e}");
         let shown = e.to_string();
         assert!(
             shown.starts_with(&empty.path().join("runtask.yml").display().to_string()),
