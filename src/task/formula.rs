@@ -474,13 +474,13 @@ impl<'a> Parser<'a> {
     }
 
     fn syntax_error(&self, e: yaml::SyntaxError) -> FormulaError {
-        // A `${var}` left unquoted inside `{...}` is the commonest way to break a formula:
-        // `{` and `}` end a plain scalar in flow style, and libyaml's message does not say so.
+        // A `${var}` left unquoted inside `{...}` or `[...]` is the commonest way to break a
+        // formula: `{` ends a plain scalar in flow style, and libyaml's message does not say so.
         let line_text =
             e.at.and_then(|at| self.text.lines().nth(at.line.saturating_sub(1)));
         let hint = match line_text {
-            Some(line) if line.contains("${") && line.contains('{') => {
-                " (a `${var}` inside `{...}` must be quoted: \"${var}\")"
+            Some(line) if line.contains("${") && e.message.contains("flow") => {
+                " (a `${var}` inside `{...}` or `[...]` must be quoted: \"${var}\")"
             }
             _ => "",
         };
@@ -1252,6 +1252,16 @@ actions:
         ));
         assert!(matches!(*e.kind, FormulaErrorKind::Syntax { .. }), "{e}");
         assert!(e.to_string().contains("must be quoted"), "{e}");
+        assert_eq!(e.at.map(|a| a.line), Some(6));
+    }
+
+    #[test]
+    fn block_context_errors_get_no_flow_hint() {
+        let e = err(&with_actions("  - name: a\n    shell: echo ${x}: y\n"));
+        assert!(
+            matches!(*e.kind, FormulaErrorKind::Syntax { hint: "", .. }),
+            "{e}"
+        );
         assert_eq!(e.at.map(|a| a.line), Some(6));
     }
 

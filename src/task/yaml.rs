@@ -8,6 +8,7 @@
 //! (escapes, folding, block scalars) and numbers have no position of their own: callers fall
 //! back to the nearest enclosing key.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, Visitor};
@@ -173,9 +174,15 @@ fn strip_location(message: &str) -> String {
 fn check_duplicates(text: &str, node: &Node) -> Result<(), SyntaxError> {
     match &node.kind {
         Kind::Map(entries) => {
+            // Scalar keys go through a set so a huge mapping stays linear; container keys are
+            // rare enough to compare pairwise.
+            let mut seen = HashSet::new();
             for (i, (key, value)) in entries.iter().enumerate() {
-                let earlier = entries.iter().take(i).any(|(k, _)| k.kind == key.kind);
-                if earlier {
+                let duplicate = match scalar_key(key) {
+                    Some(k) => !seen.insert(k),
+                    None => entries.iter().take(i).any(|(k, _)| k.kind == key.kind),
+                };
+                if duplicate {
                     let shown = key.scalar_text().unwrap_or_else(|| key.describe().into());
                     return Err(SyntaxError {
                         message: format!("duplicate key `{shown}`"),
@@ -188,6 +195,18 @@ fn check_duplicates(text: &str, node: &Node) -> Result<(), SyntaxError> {
         }
         Kind::Seq(items) => items.iter().try_for_each(|n| check_duplicates(text, n)),
         _ => Ok(()),
+    }
+}
+
+/// A hashable identity for scalar keys; `"1"` and `1` are different keys in YAML.
+fn scalar_key(key: &Node) -> Option<(u8, &str)> {
+    match &key.kind {
+        Kind::Null => Some((0, "")),
+        Kind::Bool(true) => Some((1, "true")),
+        Kind::Bool(false) => Some((1, "false")),
+        Kind::Number(n) => Some((2, n)),
+        Kind::Str(s) => Some((3, s)),
+        Kind::Seq(_) | Kind::Map(_) => None,
     }
 }
 
@@ -351,6 +370,33 @@ mod tests {
         assert!(err.at.is_some());
         assert!(!err.message.contains('\n'));
         assert!(!err.message.contains(" at line "));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let err = parse(&"[".repeat(1_000)).unwrap_err();
+        assert!(err.message.contains("recursion limit"), "{}", err.message);
+    }
+
+    #[test]
+    fn wide_mappings_stay_fast() {
+        let text: String = (0..50_000).map(|i| format!("k{i}: v\n")).collect();
+        let node = parse(&text).unwrap();
+        assert!(matches!(node.kind, Kind::Map(ref e) if e.len() == 50_000));
+        let err = parse(&format!("{text}k7: again\n")).unwrap_err();
+        assert_eq!(err.message, "duplicate key `k7`");
+        assert_eq!(
+            err.at,
+            Some(LineCol {
+                line: 50_001,
+                column: 1
+            })
+        );
+    }
+
+    #[test]
+    fn keys_of_different_types_are_different() {
+        assert!(parse("1: a\n'1': b\ntrue: c\n'true': d\n").is_ok());
     }
 
     #[test]
