@@ -203,7 +203,7 @@ pub enum FormulaErrorKind {
     )]
     UnknownDirective { key: String },
     #[error(
-        "directive `{directive}` is not supported (expected one of shell, python, resultsdb, exitcode, dummy); koji/bodhi/distgit/createrepo/xunit/yumrepoinfo/mash talk to Fedora services and are not supported"
+        "directive `{directive}` is not supported: koji, bodhi, distgit, createrepo, xunit, yumrepoinfo and mash talk to Fedora services (expected one of shell, python, resultsdb, exitcode, dummy)"
     )]
     UnsupportedDirective { directive: String },
     #[error(
@@ -503,9 +503,14 @@ impl<'a> Parser<'a> {
         field: &str,
     ) -> Result<String, FormulaError> {
         match &key.kind {
-            Kind::Seq(_) | Kind::Map(_) | Kind::Null => {
-                Err(self.wrong_type(key, anchor, field, "a plain key"))
-            }
+            Kind::Seq(_) | Kind::Map(_) | Kind::Null => Err(self.err(
+                key.at.or(anchor),
+                field,
+                FormulaErrorKind::WrongType {
+                    expected: "a plain key",
+                    found: key.describe(),
+                },
+            )),
             _ => Ok(key.scalar_text().unwrap_or_default()),
         }
     }
@@ -537,15 +542,8 @@ impl<'a> Parser<'a> {
                 .iter()
                 .enumerate()
                 .map(|(i, item)| {
-                    let field = format!("{field}[{i}]");
-                    let anchor = item.at.or(value.at).or(key.at);
-                    let text = self.required_text(item, key, &field).map_err(|mut e| {
-                        if e.at.is_none() {
-                            e.at = anchor.map(|o| LineCol::of_offset(self.text, o));
-                        }
-                        e
-                    })?;
-                    Ok((text, item.at.or(anchor)))
+                    let text = self.required_text(item, key, &format!("{field}[{i}]"))?;
+                    Ok((text, item.at.or(value.at).or(key.at)))
                 })
                 .collect(),
             Kind::Map(_) => Err(self.wrong_type(value, key.at, field, "a list of strings")),
@@ -1297,7 +1295,9 @@ actions:
         assert_eq!(e.field, "actions[0] (`download rpms from koji`)");
         let shown = e.to_string();
         assert!(
-            shown.contains("talk to Fedora services and are not supported"),
+            shown.contains(
+                "directive `koji` is not supported: koji, bodhi, distgit, createrepo, xunit"
+            ),
             "{shown}"
         );
         assert!(
