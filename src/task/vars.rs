@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::yaml::LineCol;
+use super::yaml::{LineCol, one_line};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VarError {
@@ -19,7 +19,8 @@ pub enum VarError {
         offset: usize,
     },
     #[error(
-        "`${{{name}}}` is not a valid variable name: use letters, digits and `_`, not starting with a digit (write `$${{` for a literal `${{`)"
+        "`${{{}}}` is not a valid variable name: use letters, digits and `_`, not starting with a digit (write `$${{` for a literal `${{`)",
+        one_line(.name)
     )]
     InvalidName {
         name: String,

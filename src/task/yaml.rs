@@ -8,6 +8,7 @@
 //! (escapes, folding, block scalars) and numbers have no position of their own: callers fall
 //! back to the nearest enclosing key.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, EnumAccess, MapAccess, SeqAccess, Visitor};
@@ -39,6 +40,24 @@ impl LineCol {
         let column = before.get(line_start..).unwrap_or_default().chars().count() + 1;
         LineCol { line, column }
     }
+}
+
+/// `s` with line breaks and other control characters escaped, so that a message quoting user
+/// text (a key, an action name, a path) still fits on one terminal line.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&c.escape_unicode().to_string())
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -155,9 +174,15 @@ fn strip_location(message: &str) -> String {
 fn check_duplicates(text: &str, node: &Node) -> Result<(), SyntaxError> {
     match &node.kind {
         Kind::Map(entries) => {
+            // Scalar keys go through a set so a huge mapping stays linear; container keys are
+            // rare enough to compare pairwise.
+            let mut seen = HashSet::new();
             for (i, (key, value)) in entries.iter().enumerate() {
-                let earlier = entries.iter().take(i).any(|(k, _)| k.kind == key.kind);
-                if earlier {
+                let duplicate = match scalar_key(key) {
+                    Some(k) => !seen.insert(k),
+                    None => entries.iter().take(i).any(|(k, _)| k.kind == key.kind),
+                };
+                if duplicate {
                     let shown = key.scalar_text().unwrap_or_else(|| key.describe().into());
                     return Err(SyntaxError {
                         message: format!("duplicate key `{shown}`"),
@@ -170,6 +195,18 @@ fn check_duplicates(text: &str, node: &Node) -> Result<(), SyntaxError> {
         }
         Kind::Seq(items) => items.iter().try_for_each(|n| check_duplicates(text, n)),
         _ => Ok(()),
+    }
+}
+
+/// A hashable identity for scalar keys; `"1"` and `1` are different keys in YAML.
+fn scalar_key(key: &Node) -> Option<(u8, &str)> {
+    match &key.kind {
+        Kind::Null => Some((0, "")),
+        Kind::Bool(true) => Some((1, "true")),
+        Kind::Bool(false) => Some((1, "false")),
+        Kind::Number(n) => Some((2, n)),
+        Kind::Str(s) => Some((3, s)),
+        Kind::Seq(_) | Kind::Map(_) => None,
     }
 }
 
@@ -336,6 +373,33 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let err = parse(&"[".repeat(1_000)).unwrap_err();
+        assert!(err.message.contains("recursion limit"), "{}", err.message);
+    }
+
+    #[test]
+    fn wide_mappings_stay_fast() {
+        let text: String = (0..50_000).map(|i| format!("k{i}: v\n")).collect();
+        let node = parse(&text).unwrap();
+        assert!(matches!(node.kind, Kind::Map(ref e) if e.len() == 50_000));
+        let err = parse(&format!("{text}k7: again\n")).unwrap_err();
+        assert_eq!(err.message, "duplicate key `k7`");
+        assert_eq!(
+            err.at,
+            Some(LineCol {
+                line: 50_001,
+                column: 1
+            })
+        );
+    }
+
+    #[test]
+    fn keys_of_different_types_are_different() {
+        assert!(parse("1: a\n'1': b\ntrue: c\n'true': d\n").is_ok());
+    }
+
+    #[test]
     fn tags_are_refused_with_position() {
         let err = parse("a: !foo bar\n").unwrap_err();
         assert!(err.message.contains("`!foo`"), "{}", err.message);
@@ -353,5 +417,131 @@ mod tests {
             LineCol { line: 2, column: 1 }
         );
         assert_eq!(LineCol::of_offset("x", 99), LineCol { line: 1, column: 2 });
+    }
+}
+
+/// Generators of YAML-ish text for the parsers' no-panic properties.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+    use serde_norway::{Mapping, Value};
+
+    const WORDS: &[&str] = &[
+        "name",
+        "namespace",
+        "desc",
+        "maintainer",
+        "input",
+        "args",
+        "environment",
+        "rpm",
+        "actions",
+        "task",
+        "shell",
+        "python",
+        "file",
+        "callable",
+        "resultsdb",
+        "results",
+        "exitcode",
+        "result_last",
+        "result_worst",
+        "dummy",
+        "result",
+        "msg",
+        "export",
+        "koji",
+        "item",
+        "type",
+        "checkname",
+        "outcome",
+        "note",
+        "artifact",
+        "_internal",
+        "arch",
+        "a:b",
+        "PASSED",
+        "FAILED",
+        "NEEDS_INSPECTION",
+        "PASS",
+        "${workdir}",
+        "${",
+        "${x",
+        "${ x }",
+        "$${y}",
+        "/tmp/a/b",
+        "../x",
+        "/",
+        "",
+        " ",
+        "x\ny",
+        "ä",
+    ];
+
+    fn word() -> impl Strategy<Value = String> {
+        prop::sample::select(WORDS).prop_map(str::to_string)
+    }
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            any::<f64>().prop_map(|n| Value::Number(n.into())),
+            word().prop_map(Value::String),
+            "\\PC{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    /// Arbitrary trees whose keys and strings come mostly from the formats' vocabulary, so
+    /// that generated documents reach deep into the parsers instead of failing at the root.
+    pub fn value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Sequence),
+                prop::collection::vec((word(), inner), 0..6).prop_map(|entries| {
+                    let mut map = Mapping::new();
+                    for (k, v) in entries {
+                        map.insert(Value::String(k), v);
+                    }
+                    Value::Mapping(map)
+                }),
+            ]
+        })
+    }
+
+    /// YAML text of a generated tree, optionally with one character inserted or removed to
+    /// produce near-miss syntax.
+    pub fn text_from(root: impl Strategy<Value = Value>) -> impl Strategy<Value = String> {
+        (
+            root,
+            any::<prop::sample::Index>(),
+            prop::option::of(prop::sample::select(
+                &[
+                    ":", "-", "{", "}", "[", "]", "'", "\"", " ", "\n", "\t", "${", "&a", "*a",
+                    "!x", "? ", "#", "|",
+                ][..],
+            )),
+            any::<bool>(),
+        )
+            .prop_map(|(value, index, insert, delete)| {
+                let text = serde_norway::to_string(&value).unwrap_or_default();
+                let chars: Vec<char> = text.chars().collect();
+                let at = if chars.is_empty() {
+                    0
+                } else {
+                    index.index(chars.len())
+                };
+                let mut out: String = chars.iter().take(at).collect();
+                match insert {
+                    Some(s) => {
+                        out.push_str(s);
+                        out.extend(chars.iter().skip(at));
+                    }
+                    None if delete => out.extend(chars.iter().skip(at + 1)),
+                    None => out.extend(chars.iter().skip(at)),
+                }
+                out
+            })
     }
 }
