@@ -7,6 +7,7 @@
 #     --vcpus N        (default 1)
 #     --timeout S      seconds to wait for SSH (default: 60 tiny, 180 otherwise)
 #     --keep-log FILE  copy the serial console log to FILE
+#     --exec CMD       also run CMD in the guest and show its output (repeatable)
 #     --append ARGS    extra kernel command line arguments (debugging, e.g. "loglevel=7")
 #     --quiet          only the summary lines
 #
@@ -22,7 +23,7 @@ die() { log "error: $*"; exit 1; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
-memory= vcpus=1 timeout= keep_log= quiet=0 image= append=
+memory= vcpus=1 timeout= keep_log= quiet=0 image= append= execs=()
 while (($#)); do
   case $1 in
     --memory) memory=$2; shift 2 ;;
@@ -30,13 +31,14 @@ while (($#)); do
     --timeout) timeout=$2; shift 2 ;;
     --keep-log) keep_log=$2; shift 2 ;;
     --append) append=$2; shift 2 ;;
+    --exec) execs+=("$2"); shift 2 ;;
     --quiet) quiet=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [[ -z $image ]] || die "one image only"; image=$1; shift ;;
   esac
 done
-[[ -n $image ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
+[[ -n $image ]] || { sed -n '2,19p' "$0" >&2; exit 2; }
 [[ -f $image ]] || die "$image not found"
 image=$(realpath "$image")
 stem=${image%.qcow2}
@@ -131,8 +133,8 @@ attempts=0 t2=
 mkdir "$tmp/probe"
 while :; do
   attempts=$((attempts + 1))
-  ( timeout 12 ssh "${sshopts[@]}" -o ConnectTimeout=8 -p "$port" "$user@127.0.0.1" true 2>/dev/null \
-      && { now >"$tmp/probe/ok.$attempts.tmp"; mv "$tmp/probe/ok.$attempts.tmp" "$tmp/probe/ok.$attempts"; } ) &
+  ( timeout 12 ssh "${sshopts[@]}" -o ConnectTimeout=8 -p "$port" "$user@127.0.0.1" true \
+      && { now >"$tmp/probe/ok.$attempts.tmp"; mv "$tmp/probe/ok.$attempts.tmp" "$tmp/probe/ok.$attempts"; } ) 2>/dev/null &
   probes+=($!)
   sleep 0.25
   ok=$(ls "$tmp/probe" | grep -E '^ok\.[0-9]+$' | head -n 1 || true)
@@ -221,6 +223,11 @@ fi
 if ((!quiet)); then
   gssh 'echo "guest: $(uname -r) $(. /etc/os-release; echo $PRETTY_NAME)"; echo "whoami=$(id -un) HOME=$HOME shell=$SHELL hostname=$(hostname)"; ls -ld /tmp /root /usr/lib/sftp-server; mount | grep -E " on / | on /tmp " ; df -h / | tail -n1; ip -4 -o addr show | grep -v " lo "; grep -c processor /proc/cpuinfo; free -m | sed -n 2p' | sed 's/^/  /'
 fi
+
+for c in "${execs[@]}"; do
+  echo "EXEC $c"
+  gssh "$c" 2>&1 | sed 's/^/  /' || true
+done
 
 if [[ -n ${FERROTRON_TRYBOOT_HOLD:-} ]]; then   # debugging: keep the guest up a while
   log "holding ${FERROTRON_TRYBOOT_HOLD}s: ssh ${sshopts[*]} -p $port $user@127.0.0.1"

@@ -97,13 +97,13 @@ impl BaseImage {
                 path.display()
             )));
         }
-        // The sidecar is looked up beside the path as given, so a directory of symlinks can
-        // boot one base image in another way.
-        let sidecar = path.with_extension("json");
-        let path = path.canonicalize().map_err(|source| ImageError::Io {
+        // Not canonicalised: the sidecar is looked up beside the path as given, so a
+        // directory of symlinks can boot one base image in another way.
+        let path = std::path::absolute(path).map_err(|source| ImageError::Io {
             context: format!("resolving {}", path.display()),
             source,
         })?;
+        let sidecar = path.with_extension("json");
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let boot = if sidecar.is_file() {
             read_sidecar(&sidecar)?

@@ -403,11 +403,16 @@ fn xml_unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
-/// Reads our own metadata element back. libvirt may re-prefix the namespace, so elements
-/// are found by local name.
+/// Reads our own metadata element back. libvirt returns it without our prefix (and may
+/// use another one), so elements are found by local name.
 fn parse_metadata(xml: &str) -> Option<InstanceMeta> {
     let field = |local: &str| -> Option<String> {
-        let open = xml.find(&format!(":{local}>"))? + local.len() + 2;
+        let tag = format!("{local}>");
+        let open = xml.match_indices(&tag).find_map(|(i, _)| {
+            let before = xml[..i].chars().next_back()?;
+            let closing = xml[..i].ends_with("</") || xml[..i].rsplit('<').next()?.starts_with('/');
+            ((before == '<' || before == ':') && !closing).then_some(i + tag.len())
+        })?;
         let close = xml[open..].find("</")? + open;
         Some(xml_unescape(&xml[open..close]))
     };
@@ -609,7 +614,15 @@ mod tests {
         assert!(xml.contains("<kernel>/img/k</kernel>"));
         assert!(xml.contains("<range start='40022' to='22'/>"));
         assert!(xml.contains("daemon &lt;a&amp;b&gt;"));
-        assert_eq!(parse_metadata(&xml), Some(meta));
+        assert_eq!(parse_metadata(&xml), Some(meta.clone()));
+        // What libvirt hands back: our element, without our prefix.
+        let returned = format!(
+            "<instance>\n  <run>{}</run>\n  <owner>daemon &lt;a&amp;b&gt;</owner>\n  \
+             <image>260301_1030-tiny-1-base-x86_64.qcow2</image>\n  \
+             <created-at>2023-11-14T22:13:20Z</created-at>\n</instance>",
+            meta.run_uuid
+        );
+        assert_eq!(parse_metadata(&returned), Some(meta));
     }
 
     #[test]
