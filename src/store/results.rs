@@ -82,10 +82,7 @@ impl Which<'_> {
         }
     }
 
-    fn bind<'q>(
-        &self,
-        mut q: Query<'q, Any, AnyArguments>,
-    ) -> Query<'q, Any, AnyArguments> {
+    fn bind<'q>(&self, mut q: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
         match self {
             Which::One(id) => q.bind(*id),
             Which::Group(uuid) => q.bind(uuid.to_string()),
@@ -239,10 +236,8 @@ impl Store {
             outcome: new.outcome.clone(),
             note: new.note.clone(),
             ref_url: new.ref_url.clone(),
-            submit_time: from_micros(submit_time).map_err(|message| StoreError::Invalid {
-                op: op(),
-                message,
-            })?,
+            submit_time: from_micros(submit_time)
+                .map_err(|message| StoreError::Invalid { op: op(), message })?,
             data: new
                 .data
                 .iter()
@@ -565,11 +560,7 @@ async fn insert_data(
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for &(result_id, key, ord, value) in chunk {
-            q = q
-                .bind(result_id)
-                .bind(key)
-                .bind(ord)
-                .bind(value);
+            q = q.bind(result_id).bind(key).bind(ord).bind(value);
         }
         q.execute(&mut *conn).await?;
     }

@@ -248,7 +248,10 @@ async fn run_lifecycle_round_trip(db: TestDb) {
     let started = store.run(new.uuid).await.unwrap().unwrap().started_at;
     assert!(started.is_some_and(near_now));
     tokio::time::sleep(Duration::from_millis(5)).await;
-    store.set_run_state(new.uuid, RunState::Running).await.unwrap();
+    store
+        .set_run_state(new.uuid, RunState::Running)
+        .await
+        .unwrap();
     let run = store.run(new.uuid).await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Running);
     assert_eq!(run.started_at, started, "started_at is set once");
@@ -401,7 +404,12 @@ async fn live_runs_are_the_non_terminal_ones(db: TestDb) {
     let done = new_run("t", "done");
     store.create_run(&done).await.unwrap();
     store
-        .finish_run(done.uuid, RunState::Crashed, None, Some("instance vanished"))
+        .finish_run(
+            done.uuid,
+            RunState::Crashed,
+            None,
+            Some("instance vanished"),
+        )
         .await
         .unwrap();
 
@@ -421,15 +429,26 @@ async fn results_round_trip(db: TestDb) {
     a.note = Some("all good".into());
     a.artifact = Some("output/x86_64.log".into());
     // Values out of sorted order: their order must survive.
-    a.data = data(&[("arch", &["x86_64", "noarch", "i686"]), ("seen", &["z", "a"])]);
+    a.data = data(&[
+        ("arch", &["x86_64", "noarch", "i686"]),
+        ("seen", &["z", "a"]),
+    ]);
     let mut b = check("dist.rpmdeplint", "pkg-2.0-1.fc41", Outcome::Failed);
     // The field wins over a data key of the same name.
     b.data = data(&[("item", &["ignored"]), ("scenario", &["fedora.41"])]);
-    let c = check("dist.abicheck", "other-1.0-1.fc41", Outcome::NeedsInspection);
+    let c = check(
+        "dist.abicheck",
+        "other-1.0-1.fc41",
+        Outcome::NeedsInspection,
+    );
     let input = vec![a, b, c];
 
     let ids = store
-        .store_results(run.uuid, &input, Some("https://ferrotron.example/artifacts/RUN/"))
+        .store_results(
+            run.uuid,
+            &input,
+            Some("https://ferrotron.example/artifacts/RUN/"),
+        )
         .await
         .unwrap();
     assert_eq!(ids.len(), 3);
@@ -545,7 +564,10 @@ async fn long_data_values_are_stored_and_found(db: TestDb) {
             })
             .await
             .unwrap();
-        assert_eq!(store.result(r.id).await.unwrap().unwrap().data["blob"], [v.clone()]);
+        assert_eq!(
+            store.result(r.id).await.unwrap().unwrap().data["blob"],
+            std::slice::from_ref(v)
+        );
         ids.push(r.id);
     }
     for (v, id) in [(&long_a, ids[0]), (&long_b, ids[1])] {
@@ -598,7 +620,10 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     assert!(!created.data.contains_key("empty"));
     assert_eq!(created.data["arch"], ["x86_64", "aarch64"]);
     // What create_result returns is exactly what a read gives back.
-    assert_eq!(store.result(created.id).await.unwrap(), Some(created.clone()));
+    assert_eq!(
+        store.result(created.id).await.unwrap(),
+        Some(created.clone())
+    );
 
     let group: (Option<String>, Option<String>) =
         sqlx::query_as("SELECT description, ref_url FROM result_groups WHERE uuid = $1")
@@ -658,7 +683,12 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         Some("https://docs.example/v2")
     );
     assert_eq!(
-        store.result(created.id).await.unwrap().unwrap().testcase_ref_url,
+        store
+            .result(created.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .testcase_ref_url,
         third.testcase_ref_url
     );
     assert!(third.groups.is_empty());
@@ -698,7 +728,7 @@ async fn store_results_is_all_or_nothing(db: TestDb) {
     // The store is fine afterwards, and an unknown run is refused up front.
     assert_eq!(
         store
-            .store_results(run.uuid, &[good.clone()], None)
+            .store_results(run.uuid, std::slice::from_ref(&good), None)
             .await
             .unwrap()
             .len(),
@@ -733,7 +763,10 @@ async fn many_results_and_data_rows_span_several_inserts(db: TestDb) {
         assert_eq!(r.data["n"], [i.to_string(), "x".into(), "y".into()]);
     }
     assert_eq!(store.results_by_ids(&ids).await.unwrap(), got);
-    assert_eq!(count(store, "SELECT COUNT(*) FROM result_data").await, 600 * 5);
+    assert_eq!(
+        count(store, "SELECT COUNT(*) FROM result_data").await,
+        600 * 5
+    );
 }
 
 // --- SQLite specifics -----------------------------------------------------------------------
@@ -774,7 +807,10 @@ async fn sqlite_memory_and_bad_urls() {
 
     for url in ["mysql://x/y", "ferrotron.db", "sqlite:"] {
         let err = Store::open(url).await.unwrap_err();
-        assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{url}: {err:?}");
+        assert!(
+            matches!(err, StoreError::UnsupportedUrl(_)),
+            "{url}: {err:?}"
+        );
     }
 }
 
@@ -796,10 +832,7 @@ async fn sqlite_query_plans_use_the_indexes() {
                     .fetch_all(store.pool())
                     .await
                     .unwrap();
-            rows.into_iter()
-                .map(|r| r.3)
-                .collect::<Vec<_>>()
-                .join("; ")
+            rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
         }
     };
     let p = plan(format!(
@@ -823,7 +856,11 @@ fn run_state_names_round_trip() {
         assert_eq!(s.to_string(), s.as_str());
         // The live-runs SQL and the partial index list exactly the non-terminal states.
         let quoted = format!("'{}'", s.as_str());
-        assert_eq!(runs::LIVE_RUNS_SQL.contains(&quoted), !s.is_terminal(), "{s}");
+        assert_eq!(
+            runs::LIVE_RUNS_SQL.contains(&quoted),
+            !s.is_terminal(),
+            "{s}"
+        );
     }
     assert!("Running".parse::<RunState>().is_err());
     let ddl = schema::MIGRATIONS[0]
@@ -833,7 +870,13 @@ fn run_state_names_round_trip() {
         .unwrap();
     let predicate = |s: &str| {
         let from = s.find("state IN").unwrap();
-        s[from..].split(')').next().unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
+        s[from..]
+            .split(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     assert_eq!(predicate(ddl), predicate(runs::LIVE_RUNS_SQL));
 }
@@ -848,7 +891,11 @@ fn data_lookup_matches_the_index_expression() {
         .unwrap();
     assert!(ddl.contains(&expr), "{ddl}");
     let lookup = format!("substr(d.value, 1, {})", schema::DATA_VALUE_INDEX_PREFIX);
-    assert!(schema::DATA_LOOKUP_SQL.contains(&lookup), "{}", schema::DATA_LOOKUP_SQL);
+    assert!(
+        schema::DATA_LOOKUP_SQL.contains(&lookup),
+        "{}",
+        schema::DATA_LOOKUP_SQL
+    );
 }
 
 #[test]
