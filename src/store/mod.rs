@@ -118,6 +118,7 @@ impl Store {
 
         let pool = match dialect {
             Dialect::Postgres => AnyPoolOptions::new()
+                .test_before_acquire(false)
                 .connect(url)
                 .await
                 .map_err(db(|| format!("connecting to {}", redact(url))))?,
@@ -159,6 +160,18 @@ pub(crate) async fn begin(
     }
 }
 
+/// [`begin`] on a connection the caller already holds.
+pub(crate) async fn begin_on(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+) -> Result<Transaction<'_, Any>, sqlx::Error> {
+    use sqlx::Connection;
+    match dialect {
+        Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+        Dialect::Postgres => conn.begin().await,
+    }
+}
+
 async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -190,18 +203,20 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
         }
     }
 
-    let mut options = AnyPoolOptions::new().after_connect(|conn, _meta| {
-        Box::pin(async move {
-            for pragma in [
-                "PRAGMA foreign_keys = ON",
-                "PRAGMA busy_timeout = 5000",
-                "PRAGMA synchronous = NORMAL",
-            ] {
-                sqlx::query(pragma).execute(&mut *conn).await?;
-            }
-            Ok(())
-        })
-    });
+    let mut options = AnyPoolOptions::new()
+        .test_before_acquire(false)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                for pragma in [
+                    "PRAGMA foreign_keys = ON",
+                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA synchronous = NORMAL",
+                ] {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        });
     if memory {
         // Every connection to `:memory:` would be its own database: keep exactly one alive.
         options = options

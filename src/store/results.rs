@@ -186,21 +186,41 @@ impl Store {
     /// count once.
     pub async fn create_result(&self, new: &NewResult) -> Result<StoredResult, StoreError> {
         let op = || format!("creating a result of testcase {}", new.testcase);
-        let mut tx = self.begin().await.map_err(db(op))?;
-        let (testcase_id, testcase_ref_url) =
-            ensure_testcase(&mut tx, &new.testcase, new.testcase_ref_url.as_deref())
-                .await
-                .map_err(db(op))?;
-
-        let mut groups: Vec<Uuid> = Vec::with_capacity(new.groups.len());
-        let mut group_ids = Vec::with_capacity(new.groups.len());
+        let mut groups: Vec<&NewGroup> = Vec::with_capacity(new.groups.len());
         for g in &new.groups {
-            if groups.contains(&g.uuid) {
-                continue;
+            if !groups.iter().any(|seen| seen.uuid == g.uuid) {
+                groups.push(g);
             }
-            group_ids.push(ensure_group(&mut tx, g).await.map_err(db(op))?);
-            groups.push(g.uuid);
         }
+
+        // Look the testcase and groups up before the write transaction: they almost always
+        // exist, and on SQLite this keeps the database's one write lock held for less time.
+        // (Rows of both are never deleted, so ids read here stay valid inside the transaction.)
+        let mut conn = self.pool.acquire().await.map_err(db(op))?;
+        let testcase = find_testcase(&mut conn, &new.testcase)
+            .await
+            .map_err(db(op))?;
+        let known_groups = find_groups(&mut conn, &groups).await.map_err(db(op))?;
+
+        let mut tx = super::begin_on(&mut conn, self.dialect)
+            .await
+            .map_err(db(op))?;
+        let (testcase_id, testcase_ref_url) = match testcase {
+            Some(found) => update_testcase_ref_url(&mut tx, found, new.testcase_ref_url.as_deref())
+                .await
+                .map_err(db(op))?,
+            None => ensure_testcase(&mut tx, &new.testcase, new.testcase_ref_url.as_deref())
+                .await
+                .map_err(db(op))?,
+        };
+        let mut group_ids = Vec::with_capacity(groups.len());
+        for g in &groups {
+            group_ids.push(match known_groups.get(&g.uuid) {
+                Some(&id) => id,
+                None => ensure_group(&mut tx, g).await.map_err(db(op))?,
+            });
+        }
+        let groups: Vec<Uuid> = groups.iter().map(|g| g.uuid).collect();
 
         let submit_time = new.submit_time.map_or_else(now_micros, micros);
         let id = insert_result(
@@ -422,30 +442,45 @@ fn result_from_row(row: &AnyRow) -> Result<StoredResult, String> {
     })
 }
 
-/// The testcase's id and (resulting) ref_url; creates it when missing, and sets its ref_url
-/// when `ref_url` is given and differs (ResultsDB does the same on POST).
+async fn find_testcase(
+    conn: &mut AnyConnection,
+    name: &str,
+) -> Result<Option<(i64, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, ref_url FROM testcases WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+/// Sets an existing testcase's ref_url when `ref_url` is given and differs (ResultsDB does the
+/// same on POST); returns the id and the resulting ref_url.
+async fn update_testcase_ref_url(
+    conn: &mut AnyConnection,
+    (id, current): (i64, Option<String>),
+    ref_url: Option<&str>,
+) -> Result<(i64, Option<String>), sqlx::Error> {
+    match ref_url {
+        Some(new) if current.as_deref() != Some(new) => {
+            sqlx::query("UPDATE testcases SET ref_url = $1 WHERE id = $2")
+                .bind(new)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok((id, Some(new.to_string())))
+        }
+        _ => Ok((id, current)),
+    }
+}
+
+/// The testcase's id and (resulting) ref_url; creates it when missing, and updates its
+/// ref_url like [`update_testcase_ref_url`].
 async fn ensure_testcase(
     conn: &mut AnyConnection,
     name: &str,
     ref_url: Option<&str>,
 ) -> Result<(i64, Option<String>), sqlx::Error> {
-    let existing: Option<(i64, Option<String>)> =
-        sqlx::query_as("SELECT id, ref_url FROM testcases WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if let Some((id, current)) = existing {
-        return match ref_url {
-            Some(new) if current.as_deref() != Some(new) => {
-                sqlx::query("UPDATE testcases SET ref_url = $1 WHERE id = $2")
-                    .bind(new)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok((id, Some(new.to_string())))
-            }
-            _ => Ok((id, current)),
-        };
+    if let Some(found) = find_testcase(conn, name).await? {
+        return update_testcase_ref_url(conn, found, ref_url).await;
     }
     // A concurrent transaction may create it between our SELECT and INSERT: then the INSERT
     // does nothing and the second SELECT (a new snapshot under READ COMMITTED) finds it.
@@ -457,10 +492,39 @@ async fn ensure_testcase(
     .bind(ref_url)
     .fetch_optional(&mut *conn)
     .await?;
-    match inserted {
-        Some(id) => Ok((id, ref_url.map(str::to_string))),
-        None => Box::pin(ensure_testcase(conn, name, ref_url)).await,
+    if let Some(id) = inserted {
+        return Ok((id, ref_url.map(str::to_string)));
     }
+    match find_testcase(conn, name).await? {
+        Some(found) => update_testcase_ref_url(conn, found, ref_url).await,
+        // Only under an isolation level stricter than READ COMMITTED.
+        None => Err(sqlx::Error::RowNotFound),
+    }
+}
+
+/// Ids of those of `groups` that exist (one query).
+async fn find_groups(
+    conn: &mut AnyConnection,
+    groups: &[&NewGroup],
+) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    if groups.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let placeholders = (1..=groups.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut q = sqlx::query_as::<_, (i64, String)>(AssertSqlSafe(format!(
+        "SELECT id, uuid FROM result_groups WHERE uuid IN ({placeholders})"
+    )));
+    for g in groups {
+        q = q.bind(g.uuid.to_string());
+    }
+    Ok(q.fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .filter_map(|(id, uuid)| Some((Uuid::parse_str(&uuid).ok()?, id)))
+        .collect())
 }
 
 /// The group's id; creates it when missing (an existing group keeps its description).

@@ -118,6 +118,25 @@ macro_rules! on_both {
     };
 }
 
+/// Like `on_both!`, for `#[ignore]`d benchmarks.
+macro_rules! on_both_ignored {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "benchmark"]
+            async fn sqlite() {
+                super::on_sqlite(super::$name).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "benchmark"]
+            async fn postgres() {
+                super::on_postgres(super::$name).await;
+            }
+        }
+    };
+}
+
 fn new_run(task: &str, item: &str) -> NewRun {
     NewRun {
         uuid: Uuid::now_v7(),
@@ -697,6 +716,34 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     assert_eq!(store.run_results(g1).await.unwrap().len(), 2);
 }
 
+on_both!(concurrent_posts_create_one_testcase_and_group);
+async fn concurrent_posts_create_one_testcase_and_group(db: TestDb) {
+    let group = Uuid::now_v7();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_result(&NewResult {
+                    testcase: "brand.new".into(),
+                    groups: vec![group.into()],
+                    outcome: "PASSED".into(),
+                    data: data(&[("n", &[&i.to_string()])]),
+                    ..NewResult::default()
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let store = &db.store;
+    assert_eq!(count(store, "SELECT COUNT(*) FROM testcases").await, 1);
+    assert_eq!(count(store, "SELECT COUNT(*) FROM result_groups").await, 1);
+    assert_eq!(store.run_results(group).await.unwrap().len(), 8);
+}
+
 on_both!(store_results_is_all_or_nothing);
 async fn store_results_is_all_or_nothing(db: TestDb) {
     let store = &db.store;
@@ -923,4 +970,74 @@ fn urls_are_redacted() {
         "postgres://u:p@h:5432/n?x=y"
     );
     assert_eq!(with_database("postgres://h", "n"), "postgres://h/n");
+}
+
+// --- rough performance check (ignored; debug builds understate what release does) ---------
+
+on_both_ignored!(bench_post_rate_and_item_lookup);
+/// `FERROTRON_BENCH_N=100000 cargo test --lib store::tests::bench -- --ignored --nocapture`:
+/// POSTs per second through `create_result` from 8 concurrent tasks, then the p50/p99 of the
+/// `/results?item=X` path (ids by data, then one batch read of 20 results).
+async fn bench_post_rate_and_item_lookup(db: TestDb) {
+    let n: usize = std::env::var("FERROTRON_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let writers = 8;
+    let group = Uuid::now_v7();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(writers) {
+                store
+                    .create_result(&NewResult {
+                        testcase: format!("dist.check{}", i % 50),
+                        groups: vec![group.into()],
+                        outcome: "PASSED".into(),
+                        data: data(&[
+                            ("item", &[&format!("pkg{}-1.0-1.fc41", i % 5000)]),
+                            ("type", &["koji_build"]),
+                            ("arch", &["x86_64", "noarch"]),
+                        ]),
+                        ..NewResult::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{:?}: {n} POSTs in {secs:.1} s = {:.0}/s",
+        db.store.dialect(),
+        n as f64 / secs
+    );
+
+    let mut times = Vec::new();
+    for i in 0..500 {
+        let item = format!("pkg{}-1.0-1.fc41", (i * 7) % 5000);
+        let t = std::time::Instant::now();
+        let ids = db
+            .store
+            .result_ids_with_data("item", &item, 21, 0)
+            .await
+            .unwrap();
+        let page = db.store.results_by_ids(&ids).await.unwrap();
+        times.push(t.elapsed());
+        assert!(!page.is_empty());
+    }
+    times.sort();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{:?}: item lookup + page read: p50 {:?}, p99 {:?}",
+        db.store.dialect(),
+        times[times.len() / 2],
+        times[times.len() * 99 / 100]
+    );
 }
