@@ -216,11 +216,13 @@ impl Store {
         let mut group_ids = Vec::with_capacity(groups.len());
         for g in &groups {
             group_ids.push(match known_groups.get(&g.uuid) {
-                Some(&id) => id,
-                None => ensure_group(&mut tx, g).await.map_err(db(op))?,
+                Some(&id) => (id, g.uuid),
+                None => (ensure_group(&mut tx, g).await.map_err(db(op))?, g.uuid),
             });
         }
-        let groups: Vec<Uuid> = groups.iter().map(|g| g.uuid).collect();
+        // Reads list a result's groups in group id order: return them the same way.
+        group_ids.sort_unstable();
+        let groups: Vec<Uuid> = group_ids.iter().map(|&(_, uuid)| uuid).collect();
 
         let submit_time = new.submit_time.map_or_else(now_micros, micros);
         let id = insert_result(
@@ -234,7 +236,7 @@ impl Store {
         .await
         .map_err(db(op))?;
 
-        let links: Vec<(i64, i64)> = group_ids.iter().map(|&g| (id, g)).collect();
+        let links: Vec<(i64, i64)> = group_ids.iter().map(|&(g, _)| (id, g)).collect();
         insert_links(&mut tx, &links).await.map_err(db(op))?;
         let data_rows: Vec<(i64, &str, i64, &str)> = new
             .data

@@ -714,6 +714,19 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     assert_eq!(count(store, "SELECT COUNT(*) FROM testcases").await, 1);
     assert_eq!(count(store, "SELECT COUNT(*) FROM result_groups").await, 2);
     assert_eq!(store.run_results(g1).await.unwrap().len(), 2);
+
+    // Groups come back in creation order whatever order the POST named them in.
+    let both = store
+        .create_result(&NewResult {
+            testcase: "compose.install".into(),
+            groups: vec![g2.into(), g1.into()],
+            outcome: "PASSED".into(),
+            ..NewResult::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(both.groups, vec![g1, g2]);
+    assert_eq!(store.result(both.id).await.unwrap(), Some(both));
 }
 
 on_both!(concurrent_posts_create_one_testcase_and_group);
