@@ -37,26 +37,26 @@ pub enum Dialect {
     Postgres,
 }
 
-/// Everything that can go wrong in the store. The display names the operation; the
-/// underlying error is the `source()`.
+/// Everything that can go wrong in the store. The display names the operation and then the
+/// cause (which is also the `source()`), like the rest of the crate's errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("unsupported database URL `{0}` (expected sqlite://PATH or postgres://…)")]
     UnsupportedUrl(String),
-    #[error("{op}")]
+    #[error("{op}: {source}")]
     Io {
         op: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{op}")]
+    #[error("{op}: {source}")]
     Db {
         op: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("applying schema migration {version} ({name})")]
+    #[error("applying schema migration {version} ({name}): {source}")]
     Migration {
         version: i64,
         name: &'static str,
