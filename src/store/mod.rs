@@ -37,26 +37,26 @@ pub enum Dialect {
     Postgres,
 }
 
-/// Everything that can go wrong in the store. The display names the operation; the
-/// underlying error is the `source()`.
+/// Everything that can go wrong in the store. The display names the operation and then the
+/// cause (which is also the `source()`), like the rest of the crate's errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("unsupported database URL `{0}` (expected sqlite://PATH or postgres://…)")]
     UnsupportedUrl(String),
-    #[error("{op}")]
+    #[error("{op}: {source}")]
     Io {
         op: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{op}")]
+    #[error("{op}: {source}")]
     Db {
         op: String,
         #[source]
         source: sqlx::Error,
     },
-    #[error("applying schema migration {version} ({name})")]
+    #[error("applying schema migration {version} ({name}): {source}")]
     Migration {
         version: i64,
         name: &'static str,
@@ -117,7 +117,10 @@ impl Store {
         };
 
         let pool = match dialect {
+            // No ping on every checkout: it is one more round trip per POST. After a server
+            // restart a stale connection fails its next query once and the pool drops it.
             Dialect::Postgres => AnyPoolOptions::new()
+                .test_before_acquire(false)
                 .connect(url)
                 .await
                 .map_err(db(|| format!("connecting to {}", redact(url))))?,
@@ -159,6 +162,18 @@ pub(crate) async fn begin(
     }
 }
 
+/// [`begin`] on a connection the caller already holds.
+pub(crate) async fn begin_on(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+) -> Result<Transaction<'_, Any>, sqlx::Error> {
+    use sqlx::Connection;
+    match dialect {
+        Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+        Dialect::Postgres => conn.begin().await,
+    }
+}
+
 async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -190,18 +205,21 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
         }
     }
 
-    let mut options = AnyPoolOptions::new().after_connect(|conn, _meta| {
-        Box::pin(async move {
-            for pragma in [
-                "PRAGMA foreign_keys = ON",
-                "PRAGMA busy_timeout = 5000",
-                "PRAGMA synchronous = NORMAL",
-            ] {
-                sqlx::query(pragma).execute(&mut *conn).await?;
-            }
-            Ok(())
-        })
-    });
+    // A local file needs no liveness ping per checkout.
+    let mut options = AnyPoolOptions::new()
+        .test_before_acquire(false)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                for pragma in [
+                    "PRAGMA foreign_keys = ON",
+                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA synchronous = NORMAL",
+                ] {
+                    sqlx::query(pragma).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        });
     if memory {
         // Every connection to `:memory:` would be its own database: keep exactly one alive.
         options = options

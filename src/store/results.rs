@@ -82,10 +82,7 @@ impl Which<'_> {
         }
     }
 
-    fn bind<'q>(
-        &self,
-        mut q: Query<'q, Any, AnyArguments>,
-    ) -> Query<'q, Any, AnyArguments> {
+    fn bind<'q>(&self, mut q: Query<'q, Any, AnyArguments>) -> Query<'q, Any, AnyArguments> {
         match self {
             Which::One(id) => q.bind(*id),
             Which::Group(uuid) => q.bind(uuid.to_string()),
@@ -189,21 +186,43 @@ impl Store {
     /// count once.
     pub async fn create_result(&self, new: &NewResult) -> Result<StoredResult, StoreError> {
         let op = || format!("creating a result of testcase {}", new.testcase);
-        let mut tx = self.begin().await.map_err(db(op))?;
-        let (testcase_id, testcase_ref_url) =
-            ensure_testcase(&mut tx, &new.testcase, new.testcase_ref_url.as_deref())
-                .await
-                .map_err(db(op))?;
-
-        let mut groups: Vec<Uuid> = Vec::with_capacity(new.groups.len());
-        let mut group_ids = Vec::with_capacity(new.groups.len());
+        let mut groups: Vec<&NewGroup> = Vec::with_capacity(new.groups.len());
         for g in &new.groups {
-            if groups.contains(&g.uuid) {
-                continue;
+            if !groups.iter().any(|seen| seen.uuid == g.uuid) {
+                groups.push(g);
             }
-            group_ids.push(ensure_group(&mut tx, g).await.map_err(db(op))?);
-            groups.push(g.uuid);
         }
+
+        // Look the testcase and groups up before the write transaction: they almost always
+        // exist, and on SQLite this keeps the database's one write lock held for less time.
+        // (Rows of both are never deleted, so ids read here stay valid inside the transaction.)
+        let mut conn = self.pool.acquire().await.map_err(db(op))?;
+        let testcase = find_testcase(&mut conn, &new.testcase)
+            .await
+            .map_err(db(op))?;
+        let known_groups = find_groups(&mut conn, &groups).await.map_err(db(op))?;
+
+        let mut tx = super::begin_on(&mut conn, self.dialect)
+            .await
+            .map_err(db(op))?;
+        let (testcase_id, testcase_ref_url) = match testcase {
+            Some(found) => update_testcase_ref_url(&mut tx, found, new.testcase_ref_url.as_deref())
+                .await
+                .map_err(db(op))?,
+            None => ensure_testcase(&mut tx, &new.testcase, new.testcase_ref_url.as_deref())
+                .await
+                .map_err(db(op))?,
+        };
+        let mut group_ids = Vec::with_capacity(groups.len());
+        for g in &groups {
+            group_ids.push(match known_groups.get(&g.uuid) {
+                Some(&id) => (id, g.uuid),
+                None => (ensure_group(&mut tx, g).await.map_err(db(op))?, g.uuid),
+            });
+        }
+        // Reads list a result's groups in group id order: return them the same way.
+        group_ids.sort_unstable();
+        let groups: Vec<Uuid> = group_ids.iter().map(|&(_, uuid)| uuid).collect();
 
         let submit_time = new.submit_time.map_or_else(now_micros, micros);
         let id = insert_result(
@@ -217,7 +236,7 @@ impl Store {
         .await
         .map_err(db(op))?;
 
-        let links: Vec<(i64, i64)> = group_ids.iter().map(|&g| (id, g)).collect();
+        let links: Vec<(i64, i64)> = group_ids.iter().map(|&(g, _)| (id, g)).collect();
         insert_links(&mut tx, &links).await.map_err(db(op))?;
         let data_rows: Vec<(i64, &str, i64, &str)> = new
             .data
@@ -239,10 +258,8 @@ impl Store {
             outcome: new.outcome.clone(),
             note: new.note.clone(),
             ref_url: new.ref_url.clone(),
-            submit_time: from_micros(submit_time).map_err(|message| StoreError::Invalid {
-                op: op(),
-                message,
-            })?,
+            submit_time: from_micros(submit_time)
+                .map_err(|message| StoreError::Invalid { op: op(), message })?,
             data: new
                 .data
                 .iter()
@@ -427,30 +444,45 @@ fn result_from_row(row: &AnyRow) -> Result<StoredResult, String> {
     })
 }
 
-/// The testcase's id and (resulting) ref_url; creates it when missing, and sets its ref_url
-/// when `ref_url` is given and differs (ResultsDB does the same on POST).
+async fn find_testcase(
+    conn: &mut AnyConnection,
+    name: &str,
+) -> Result<Option<(i64, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, ref_url FROM testcases WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+/// Sets an existing testcase's ref_url when `ref_url` is given and differs (ResultsDB does the
+/// same on POST); returns the id and the resulting ref_url.
+async fn update_testcase_ref_url(
+    conn: &mut AnyConnection,
+    (id, current): (i64, Option<String>),
+    ref_url: Option<&str>,
+) -> Result<(i64, Option<String>), sqlx::Error> {
+    match ref_url {
+        Some(new) if current.as_deref() != Some(new) => {
+            sqlx::query("UPDATE testcases SET ref_url = $1 WHERE id = $2")
+                .bind(new)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok((id, Some(new.to_string())))
+        }
+        _ => Ok((id, current)),
+    }
+}
+
+/// The testcase's id and (resulting) ref_url; creates it when missing, and updates its
+/// ref_url like [`update_testcase_ref_url`].
 async fn ensure_testcase(
     conn: &mut AnyConnection,
     name: &str,
     ref_url: Option<&str>,
 ) -> Result<(i64, Option<String>), sqlx::Error> {
-    let existing: Option<(i64, Option<String>)> =
-        sqlx::query_as("SELECT id, ref_url FROM testcases WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if let Some((id, current)) = existing {
-        return match ref_url {
-            Some(new) if current.as_deref() != Some(new) => {
-                sqlx::query("UPDATE testcases SET ref_url = $1 WHERE id = $2")
-                    .bind(new)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok((id, Some(new.to_string())))
-            }
-            _ => Ok((id, current)),
-        };
+    if let Some(found) = find_testcase(conn, name).await? {
+        return update_testcase_ref_url(conn, found, ref_url).await;
     }
     // A concurrent transaction may create it between our SELECT and INSERT: then the INSERT
     // does nothing and the second SELECT (a new snapshot under READ COMMITTED) finds it.
@@ -462,10 +494,39 @@ async fn ensure_testcase(
     .bind(ref_url)
     .fetch_optional(&mut *conn)
     .await?;
-    match inserted {
-        Some(id) => Ok((id, ref_url.map(str::to_string))),
-        None => Box::pin(ensure_testcase(conn, name, ref_url)).await,
+    if let Some(id) = inserted {
+        return Ok((id, ref_url.map(str::to_string)));
     }
+    match find_testcase(conn, name).await? {
+        Some(found) => update_testcase_ref_url(conn, found, ref_url).await,
+        // Only under an isolation level stricter than READ COMMITTED.
+        None => Err(sqlx::Error::RowNotFound),
+    }
+}
+
+/// Ids of those of `groups` that exist (one query).
+async fn find_groups(
+    conn: &mut AnyConnection,
+    groups: &[&NewGroup],
+) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    if groups.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let placeholders = (1..=groups.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut q = sqlx::query_as::<_, (i64, String)>(AssertSqlSafe(format!(
+        "SELECT id, uuid FROM result_groups WHERE uuid IN ({placeholders})"
+    )));
+    for g in groups {
+        q = q.bind(g.uuid.to_string());
+    }
+    Ok(q.fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .filter_map(|(id, uuid)| Some((Uuid::parse_str(&uuid).ok()?, id)))
+        .collect())
 }
 
 /// The group's id; creates it when missing (an existing group keeps its description).
@@ -565,11 +626,7 @@ async fn insert_data(
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for &(result_id, key, ord, value) in chunk {
-            q = q
-                .bind(result_id)
-                .bind(key)
-                .bind(ord)
-                .bind(value);
+            q = q.bind(result_id).bind(key).bind(ord).bind(value);
         }
         q.execute(&mut *conn).await?;
     }

@@ -118,6 +118,25 @@ macro_rules! on_both {
     };
 }
 
+/// Like `on_both!`, for `#[ignore]`d benchmarks.
+macro_rules! on_both_ignored {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "benchmark"]
+            async fn sqlite() {
+                super::on_sqlite(super::$name).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "benchmark"]
+            async fn postgres() {
+                super::on_postgres(super::$name).await;
+            }
+        }
+    };
+}
+
 fn new_run(task: &str, item: &str) -> NewRun {
     NewRun {
         uuid: Uuid::now_v7(),
@@ -248,7 +267,10 @@ async fn run_lifecycle_round_trip(db: TestDb) {
     let started = store.run(new.uuid).await.unwrap().unwrap().started_at;
     assert!(started.is_some_and(near_now));
     tokio::time::sleep(Duration::from_millis(5)).await;
-    store.set_run_state(new.uuid, RunState::Running).await.unwrap();
+    store
+        .set_run_state(new.uuid, RunState::Running)
+        .await
+        .unwrap();
     let run = store.run(new.uuid).await.unwrap().unwrap();
     assert_eq!(run.state, RunState::Running);
     assert_eq!(run.started_at, started, "started_at is set once");
@@ -401,7 +423,12 @@ async fn live_runs_are_the_non_terminal_ones(db: TestDb) {
     let done = new_run("t", "done");
     store.create_run(&done).await.unwrap();
     store
-        .finish_run(done.uuid, RunState::Crashed, None, Some("instance vanished"))
+        .finish_run(
+            done.uuid,
+            RunState::Crashed,
+            None,
+            Some("instance vanished"),
+        )
         .await
         .unwrap();
 
@@ -421,15 +448,26 @@ async fn results_round_trip(db: TestDb) {
     a.note = Some("all good".into());
     a.artifact = Some("output/x86_64.log".into());
     // Values out of sorted order: their order must survive.
-    a.data = data(&[("arch", &["x86_64", "noarch", "i686"]), ("seen", &["z", "a"])]);
+    a.data = data(&[
+        ("arch", &["x86_64", "noarch", "i686"]),
+        ("seen", &["z", "a"]),
+    ]);
     let mut b = check("dist.rpmdeplint", "pkg-2.0-1.fc41", Outcome::Failed);
     // The field wins over a data key of the same name.
     b.data = data(&[("item", &["ignored"]), ("scenario", &["fedora.41"])]);
-    let c = check("dist.abicheck", "other-1.0-1.fc41", Outcome::NeedsInspection);
+    let c = check(
+        "dist.abicheck",
+        "other-1.0-1.fc41",
+        Outcome::NeedsInspection,
+    );
     let input = vec![a, b, c];
 
     let ids = store
-        .store_results(run.uuid, &input, Some("https://ferrotron.example/artifacts/RUN/"))
+        .store_results(
+            run.uuid,
+            &input,
+            Some("https://ferrotron.example/artifacts/RUN/"),
+        )
         .await
         .unwrap();
     assert_eq!(ids.len(), 3);
@@ -545,7 +583,10 @@ async fn long_data_values_are_stored_and_found(db: TestDb) {
             })
             .await
             .unwrap();
-        assert_eq!(store.result(r.id).await.unwrap().unwrap().data["blob"], [v.clone()]);
+        assert_eq!(
+            store.result(r.id).await.unwrap().unwrap().data["blob"],
+            std::slice::from_ref(v)
+        );
         ids.push(r.id);
     }
     for (v, id) in [(&long_a, ids[0]), (&long_b, ids[1])] {
@@ -598,7 +639,10 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     assert!(!created.data.contains_key("empty"));
     assert_eq!(created.data["arch"], ["x86_64", "aarch64"]);
     // What create_result returns is exactly what a read gives back.
-    assert_eq!(store.result(created.id).await.unwrap(), Some(created.clone()));
+    assert_eq!(
+        store.result(created.id).await.unwrap(),
+        Some(created.clone())
+    );
 
     let group: (Option<String>, Option<String>) =
         sqlx::query_as("SELECT description, ref_url FROM result_groups WHERE uuid = $1")
@@ -658,13 +702,59 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         Some("https://docs.example/v2")
     );
     assert_eq!(
-        store.result(created.id).await.unwrap().unwrap().testcase_ref_url,
+        store
+            .result(created.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .testcase_ref_url,
         third.testcase_ref_url
     );
     assert!(third.groups.is_empty());
     assert_eq!(count(store, "SELECT COUNT(*) FROM testcases").await, 1);
     assert_eq!(count(store, "SELECT COUNT(*) FROM result_groups").await, 2);
     assert_eq!(store.run_results(g1).await.unwrap().len(), 2);
+
+    // Groups come back in creation order whatever order the POST named them in.
+    let both = store
+        .create_result(&NewResult {
+            testcase: "compose.install".into(),
+            groups: vec![g2.into(), g1.into()],
+            outcome: "PASSED".into(),
+            ..NewResult::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(both.groups, vec![g1, g2]);
+    assert_eq!(store.result(both.id).await.unwrap(), Some(both));
+}
+
+on_both!(concurrent_posts_create_one_testcase_and_group);
+async fn concurrent_posts_create_one_testcase_and_group(db: TestDb) {
+    let group = Uuid::now_v7();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .create_result(&NewResult {
+                    testcase: "brand.new".into(),
+                    groups: vec![group.into()],
+                    outcome: "PASSED".into(),
+                    data: data(&[("n", &[&i.to_string()])]),
+                    ..NewResult::default()
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let store = &db.store;
+    assert_eq!(count(store, "SELECT COUNT(*) FROM testcases").await, 1);
+    assert_eq!(count(store, "SELECT COUNT(*) FROM result_groups").await, 1);
+    assert_eq!(store.run_results(group).await.unwrap().len(), 8);
 }
 
 on_both!(store_results_is_all_or_nothing);
@@ -698,7 +788,7 @@ async fn store_results_is_all_or_nothing(db: TestDb) {
     // The store is fine afterwards, and an unknown run is refused up front.
     assert_eq!(
         store
-            .store_results(run.uuid, &[good.clone()], None)
+            .store_results(run.uuid, std::slice::from_ref(&good), None)
             .await
             .unwrap()
             .len(),
@@ -733,7 +823,10 @@ async fn many_results_and_data_rows_span_several_inserts(db: TestDb) {
         assert_eq!(r.data["n"], [i.to_string(), "x".into(), "y".into()]);
     }
     assert_eq!(store.results_by_ids(&ids).await.unwrap(), got);
-    assert_eq!(count(store, "SELECT COUNT(*) FROM result_data").await, 600 * 5);
+    assert_eq!(
+        count(store, "SELECT COUNT(*) FROM result_data").await,
+        600 * 5
+    );
 }
 
 // --- SQLite specifics -----------------------------------------------------------------------
@@ -774,7 +867,10 @@ async fn sqlite_memory_and_bad_urls() {
 
     for url in ["mysql://x/y", "ferrotron.db", "sqlite:"] {
         let err = Store::open(url).await.unwrap_err();
-        assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{url}: {err:?}");
+        assert!(
+            matches!(err, StoreError::UnsupportedUrl(_)),
+            "{url}: {err:?}"
+        );
     }
 }
 
@@ -796,10 +892,7 @@ async fn sqlite_query_plans_use_the_indexes() {
                     .fetch_all(store.pool())
                     .await
                     .unwrap();
-            rows.into_iter()
-                .map(|r| r.3)
-                .collect::<Vec<_>>()
-                .join("; ")
+            rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
         }
     };
     let p = plan(format!(
@@ -814,6 +907,41 @@ async fn sqlite_query_plans_use_the_indexes() {
     assert!(p.contains("runs_live"), "{p}");
 }
 
+/// The same on PostgreSQL; sequential scans are disabled because on a tiny table they would
+/// win (what matters is that the index can serve the query at all, with the right order).
+#[tokio::test]
+async fn postgres_query_plans_use_the_indexes() {
+    on_postgres(|db: TestDb| async move {
+        let mut conn = db.store.pool().acquire().await.unwrap();
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        async fn plan(conn: &mut sqlx::AnyConnection, sql: String) -> String {
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")));
+            if sql.contains("$1") {
+                q = q.bind("item").bind("x");
+            }
+            let rows: Vec<String> = q.fetch_all(conn).await.unwrap();
+            rows.join("\n")
+        }
+        let p = plan(
+            &mut conn,
+            format!(
+                "SELECT DISTINCT d.result_id FROM result_data d WHERE {} \
+                 ORDER BY d.result_id DESC LIMIT 20",
+                schema::DATA_LOOKUP_SQL
+            ),
+        )
+        .await;
+        assert!(p.contains("result_data_lookup"), "{p}");
+        assert!(!p.contains("Sort"), "sorted by the index: {p}");
+        let p = plan(&mut conn, runs::LIVE_RUNS_SQL.replace("ORDER BY id", "")).await;
+        assert!(p.contains("runs_live"), "{p}");
+    })
+    .await;
+}
+
 // --- pure helpers ---------------------------------------------------------------------------
 
 #[test]
@@ -823,7 +951,11 @@ fn run_state_names_round_trip() {
         assert_eq!(s.to_string(), s.as_str());
         // The live-runs SQL and the partial index list exactly the non-terminal states.
         let quoted = format!("'{}'", s.as_str());
-        assert_eq!(runs::LIVE_RUNS_SQL.contains(&quoted), !s.is_terminal(), "{s}");
+        assert_eq!(
+            runs::LIVE_RUNS_SQL.contains(&quoted),
+            !s.is_terminal(),
+            "{s}"
+        );
     }
     assert!("Running".parse::<RunState>().is_err());
     let ddl = schema::MIGRATIONS[0]
@@ -833,7 +965,13 @@ fn run_state_names_round_trip() {
         .unwrap();
     let predicate = |s: &str| {
         let from = s.find("state IN").unwrap();
-        s[from..].split(')').next().unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
+        s[from..]
+            .split(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     assert_eq!(predicate(ddl), predicate(runs::LIVE_RUNS_SQL));
 }
@@ -848,7 +986,11 @@ fn data_lookup_matches_the_index_expression() {
         .unwrap();
     assert!(ddl.contains(&expr), "{ddl}");
     let lookup = format!("substr(d.value, 1, {})", schema::DATA_VALUE_INDEX_PREFIX);
-    assert!(schema::DATA_LOOKUP_SQL.contains(&lookup), "{}", schema::DATA_LOOKUP_SQL);
+    assert!(
+        schema::DATA_LOOKUP_SQL.contains(&lookup),
+        "{}",
+        schema::DATA_LOOKUP_SQL
+    );
 }
 
 #[test]
@@ -876,4 +1018,74 @@ fn urls_are_redacted() {
         "postgres://u:p@h:5432/n?x=y"
     );
     assert_eq!(with_database("postgres://h", "n"), "postgres://h/n");
+}
+
+// --- rough performance check (ignored; debug builds understate what release does) ---------
+
+on_both_ignored!(bench_post_rate_and_item_lookup);
+/// `FERROTRON_BENCH_N=100000 cargo test --lib store::tests::bench -- --ignored --nocapture`:
+/// POSTs per second through `create_result` from 8 concurrent tasks, then the p50/p99 of the
+/// `/results?item=X` path (ids by data, then one batch read of 20 results).
+async fn bench_post_rate_and_item_lookup(db: TestDb) {
+    let n: usize = std::env::var("FERROTRON_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let writers = 8;
+    let group = Uuid::now_v7();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(writers) {
+                store
+                    .create_result(&NewResult {
+                        testcase: format!("dist.check{}", i % 50),
+                        groups: vec![group.into()],
+                        outcome: "PASSED".into(),
+                        data: data(&[
+                            ("item", &[&format!("pkg{}-1.0-1.fc41", i % 5000)]),
+                            ("type", &["koji_build"]),
+                            ("arch", &["x86_64", "noarch"]),
+                        ]),
+                        ..NewResult::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{:?}: {n} POSTs in {secs:.1} s = {:.0}/s",
+        db.store.dialect(),
+        n as f64 / secs
+    );
+
+    let mut times = Vec::new();
+    for i in 0..500 {
+        let item = format!("pkg{}-1.0-1.fc41", (i * 7) % 5000);
+        let t = std::time::Instant::now();
+        let ids = db
+            .store
+            .result_ids_with_data("item", &item, 21, 0)
+            .await
+            .unwrap();
+        let page = db.store.results_by_ids(&ids).await.unwrap();
+        times.push(t.elapsed());
+        assert!(!page.is_empty());
+    }
+    times.sort();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{:?}: item lookup + page read: p50 {:?}, p99 {:?}",
+        db.store.dialect(),
+        times[times.len() / 2],
+        times[times.len() * 99 / 100]
+    );
 }
