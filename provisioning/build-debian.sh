@@ -14,8 +14,9 @@
 # Direct kernel boot: the Debian cloud kernel installed in the image (uncompressed to .vmlinux)
 # and the initramfs-tools initrd built inside the chroot; root=/dev/vda (ext4, whole disk).
 #
-# Cache (optional, safe to delete): OUTDIR/.cache/debootstrap/*.tar.zst holds the pristine
-# debootstrap tree per package set, OUTDIR/.cache/debs the downloaded packages.
+# Cache (optional, safe to delete): OUTDIR/.cache/debootstrap/*.tar.zst holds the unconfigured
+# trees (bookworm-minbase-KEY: debootstrap output; bookworm-cloudinit-KEY: plus cloud-init),
+# keyed by suite, mirror and package set; OUTDIR/.cache/debs the downloaded packages.
 #
 # Environment: DEBIAN_MIRROR (default: the host's Debian mirror), DEBIAN_ROOT_SIZE (default 4G).
 set -euo pipefail
@@ -47,8 +48,11 @@ mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/ && $2 ~ /\/debian\/?$/ {print $2; exit}'
   /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 mirror=${mirror:-http://deb.debian.org/debian}
 
+# debootstrap's own resolver handles the base set; extras go through apt in the chroot (it
+# resolves virtual packages, e.g. cloud-init -> python3-cryptography -> python3-cffi-backend-api-*).
 pkgs=systemd-sysv,udev,openssh-server,python3,iproute2,kmod,linux-image-cloud-amd64,initramfs-tools,zstd
-[[ $flavor == cloudinit ]] && pkgs+=,cloud-init
+extra=()
+[[ $flavor == cloudinit ]] && extra=(cloud-init)
 
 mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)
@@ -79,38 +83,6 @@ t0=$(date +%s.%N)
 log "$SUITE $flavor from $mirror -> $stem"
 
 # ---------------------------------------------------------------- debootstrap (cached)
-key=$(printf '%s|%s|%s|minbase' "$SUITE" "$mirror" "$pkgs" | sha256sum | cut -c1-12)
-cache_dir=$outdir/.cache
-cache_tar=$cache_dir/debootstrap/$SUITE-$flavor-$key.tar.zst
-mkdir -p "$r"
-if ((use_cache)) && [[ -f $cache_tar ]]; then
-  log "using cached debootstrap tree $(basename "$cache_tar")"
-  zstd -dc -T0 "$cache_tar" | tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' -xpf -
-else
-  dbopts=(--variant=minbase "--include=$pkgs" --components=main)
-  if ((use_cache)); then
-    mkdir -p "$cache_dir/debs"
-    dbopts+=("--cache-dir=$cache_dir/debs")
-  fi
-  log "debootstrap ${dbopts[*]}"
-  if ! debootstrap "${dbopts[@]}" "$SUITE" "$r" "$mirror" >"$tmp/debootstrap.log" 2>&1; then
-    tail -n 30 "$tmp/debootstrap.log" >&2
-    [[ -f $r/debootstrap/debootstrap.log ]] && tail -n 30 "$r/debootstrap/debootstrap.log" >&2
-    die "debootstrap failed"
-  fi
-  rm -rf "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/*_Packages "$r"/var/lib/apt/lists/*_Release* 2>/dev/null || true
-  if ((use_cache)); then
-    mkdir -p "$cache_dir/debootstrap"
-    cache_partial=$cache_tar.partial.$$
-    tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' -cf - . | zstd -q -T0 -3 >"$cache_partial"
-    mv -f "$cache_partial" "$cache_tar"
-    cache_partial=
-    log "cached the debootstrap tree as $cache_tar"
-  fi
-fi
-t_db=$(date +%s.%N)
-
-# ---------------------------------------------------------------- configuration
 chroot_mounts() {
   mount -t proc proc "$r/proc"
   mount -t sysfs sysfs "$r/sys"
@@ -122,7 +94,65 @@ chroot_umounts() {
   for m in "$r/dev/pts" "$r/dev" "$r/sys" "$r/proc"; do umount "$m"; done
 }
 in_root() { chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"; }
+tree_key() { printf '%s|%s|%s|minbase|%s' "$SUITE" "$mirror" "$pkgs" "$*" | sha256sum | cut -c1-12; }
+save_tree() { # save_tree TAR
+  ((use_cache)) || return 0
+  mkdir -p "$(dirname "$1")"
+  cache_partial=$1.partial.$$
+  tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' -cf - . | zstd -q -T0 -3 >"$cache_partial"
+  mv -f "$cache_partial" "$1"
+  cache_partial=
+  log "cached the tree as $1"
+}
+load_tree() { # load_tree TAR
+  log "using cached tree $(basename "$1")"
+  zstd -dc -T0 "$1" | tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' -xpf -
+}
+cache_dir=$outdir/.cache
+base_tar=$cache_dir/debootstrap/$SUITE-minbase-$(tree_key).tar.zst
+full_tar=$cache_dir/debootstrap/$SUITE-$flavor-$(tree_key "${extra[@]}").tar.zst
+mkdir -p "$r"
+if ((use_cache)) && ((${#extra[@]})) && [[ -f $full_tar ]]; then
+  load_tree "$full_tar"
+else
+  if ((use_cache)) && [[ -f $base_tar ]]; then
+    load_tree "$base_tar"
+  else
+    dbopts=(--variant=minbase "--include=$pkgs" --components=main)
+    if ((use_cache)); then
+      mkdir -p "$cache_dir/debs"
+      dbopts+=("--cache-dir=$cache_dir/debs")
+    fi
+    log "debootstrap ${dbopts[*]}"
+    if ! debootstrap "${dbopts[@]}" "$SUITE" "$r" "$mirror" >"$tmp/debootstrap.log" 2>&1; then
+      tail -n 30 "$tmp/debootstrap.log" >&2
+      die "debootstrap failed"
+    fi
+    rm -rf "$r"/var/cache/apt/archives/*.deb "$r"/var/lib/apt/lists/* 2>/dev/null || true
+    save_tree "$base_tar"
+  fi
+  if ((${#extra[@]})); then
+    log "apt-get install ${extra[*]}"
+    printf 'deb %s %s main\n' "$mirror" "$SUITE" >"$r/etc/apt/sources.list"
+    cp /etc/resolv.conf "$r/etc/resolv.conf"
+    printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"; chmod 0755 "$r/usr/sbin/policy-rc.d"
+    chroot_mounts
+    if ! { in_root apt-get -q update && in_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get -q -y --no-install-recommends -o Dpkg::Options::=--force-confold \
+        install "${extra[@]}" && in_root apt-get clean; } >"$tmp/apt.log" 2>&1; then
+      tail -n 30 "$tmp/apt.log" >&2
+      chroot_umounts
+      die "apt-get install ${extra[*]} failed"
+    fi
+    chroot_umounts
+    rm -f "$r/usr/sbin/policy-rc.d"
+    rm -rf "$r"/var/lib/apt/lists/* 2>/dev/null || true
+    save_tree "$full_tar"
+  fi
+fi
+t_db=$(date +%s.%N)
 
+# ---------------------------------------------------------------- configuration
 kver=$(ls -1 "$r"/boot/vmlinuz-* | sed 's|.*/vmlinuz-||' | sort -V | tail -n 1)
 [[ -n $kver ]] || die "no kernel in the chroot"
 
@@ -132,8 +162,11 @@ printf '# root is the whole virtio disk\n/dev/vda / ext4 rw,errors=remount-ro 0 
 # Empty machine-id: systemd makes a fresh one at every boot of every instance.
 : >"$r/etc/machine-id"
 rm -f "$r/var/lib/dbus/machine-id"
-# Offline apt sources (the image can still install packages where it has a mirror).
+# apt sources (the image can still install packages where it reaches this mirror).
 printf 'deb %s %s main\n' "$mirror" "$SUITE" >"$r/etc/apt/sources.list"
+# No resolver is configured (networkd without resolved does not write resolv.conf); the guests
+# have no internet anyway. Tasks that need DNS can write this file.
+: >"$r/etc/resolv.conf"
 
 # Network: systemd-networkd DHCPv4 on any ethernet NIC (passt serves DHCP).
 mkdir -p "$r/etc/systemd/network"

@@ -13,10 +13,23 @@ async fn two_results_agree_across_json_store_and_artifacts() {
     let data = tempfile::tempdir().unwrap();
     let (out, v) = json_run(
         data.path(),
-        &["-i", "bash-5.2-1.fc41", "-t", "koji_build", "-a", "x86_64", "tests/fixtures/two-results"],
+        &[
+            "-i",
+            "bash-5.2-1.fc41",
+            "-t",
+            "koji_build",
+            "-a",
+            "x86_64",
+            "tests/fixtures/two-results",
+        ],
     );
     // result_worst over a FAILED result: the task ran to its end, exit 1.
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(v["state"], "finished");
     assert_eq!(v["exit_code"], 1);
     assert_eq!(v["backend"], "local");
@@ -42,7 +55,16 @@ async fn two_results_agree_across_json_store_and_artifacts() {
         .collect();
     assert_eq!(
         phase_names,
-        ["clone", "boot", "upload", "action produce", "action report", "action decide", "collect", "destroy"]
+        [
+            "clone",
+            "boot",
+            "upload",
+            "action produce",
+            "action report",
+            "action decide",
+            "collect",
+            "destroy"
+        ]
     );
 
     // The artifact came back, and the live output went to stderr (stdout is the JSON).
@@ -52,10 +74,16 @@ async fn two_results_agree_across_json_store_and_artifacts() {
         "detail for bash-5.2-1.fc41\n"
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("[produce] checking bash-5.2-1.fc41 on x86_64"), "{stderr}");
+    assert!(
+        stderr.contains("[produce] checking bash-5.2-1.fc41 on x86_64"),
+        "{stderr}"
+    );
     assert!(stderr.contains("[produce] to stderr"), "{stderr}");
     let log = std::fs::read_to_string(v["log"].as_str().unwrap()).unwrap();
-    assert!(log.contains("[produce] checking bash-5.2-1.fc41 on x86_64"), "{log}");
+    assert!(
+        log.contains("[produce] checking bash-5.2-1.fc41 on x86_64"),
+        "{log}"
+    );
 
     // The store holds the same run and results.
     let db = format!("sqlite://{}", data.path().join("ferrotron.db").display());
@@ -72,7 +100,10 @@ async fn two_results_agree_across_json_store_and_artifacts() {
     assert_eq!(failed.groups, vec![uuid]);
     assert_eq!(failed.data["item"], vec!["bash-5.2-1.fc41".to_string()]);
     let url = failed.ref_url.as_deref().unwrap();
-    assert!(url.starts_with("file://") && url.ends_with("/task/detail.log"), "{url}");
+    assert!(
+        url.starts_with("file://") && url.ends_with("/task/detail.log"),
+        "{url}"
+    );
     assert!(Path::new(url.trim_start_matches("file://")).is_file());
 
     // The local "instance" is gone.
@@ -89,14 +120,27 @@ fn example_tasks_pass() {
             vec!["-t", "python_package", "-i", "sample"],
             vec!["PASSED"],
         ),
-        ("tasks/sha256-manifest", vec!["-t", "compose", "-i", "payload"], vec!["PASSED"]),
+        (
+            "tasks/sha256-manifest",
+            vec!["-t", "compose", "-i", "payload"],
+            vec!["PASSED"],
+        ),
         // cleanup.sh carries deliberate findings; backup.sh is clean.
-        ("tasks/shell-lint", vec!["-t", "file", "-i", "scripts"], vec!["PASSED", "FAILED"]),
+        (
+            "tasks/shell-lint",
+            vec!["-t", "file", "-i", "scripts"],
+            vec!["PASSED", "FAILED"],
+        ),
     ] {
         let mut all = args.clone();
         all.push(task);
         let (out, v) = json_run(data.path(), &all);
-        assert_eq!(out.status.code(), Some(0), "{task}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{task}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let outcomes: Vec<&str> = v["results"]
             .as_array()
             .unwrap()
@@ -124,11 +168,17 @@ fn broken_formulas_fail_with_one_clear_line() {
         assert_eq!(lines.len(), 1, "{file}: expected one line, got:\n{stderr}");
         assert!(lines[0].starts_with("error: "), "{file}: {stderr}");
         assert!(lines[0].contains(file), "{file}: names the file: {stderr}");
-        assert!(lines[0].contains(expect), "{file}: names the cause: {stderr}");
+        assert!(
+            lines[0].contains(expect),
+            "{file}: names the cause: {stderr}"
+        );
         // A place: file:line:col
         assert!(
-            lines[0].split(file).nth(1).is_some_and(|rest| rest.starts_with(':')
-                && rest[1..].chars().next().is_some_and(|c| c.is_ascii_digit())),
+            lines[0]
+                .split(file)
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with(':')
+                    && rest[1..].chars().next().is_some_and(|c| c.is_ascii_digit())),
             "{file}: names a line: {stderr}"
         );
         // Nothing ran: no run directory was created.
@@ -162,5 +212,10 @@ fn task_failure_and_timeout_exit_codes() {
     assert!(t0.elapsed().as_secs() < 20);
     assert_eq!(out.status.code(), Some(3));
     assert!(v["error"].as_str().unwrap().contains("timeout"), "{v}");
-    assert_eq!(std::fs::read_dir(data.path().join("local")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(data.path().join("local"))
+            .unwrap()
+            .count(),
+        0
+    );
 }

@@ -70,7 +70,10 @@ impl GlobalArgs {
 
     pub fn db_url(&self) -> String {
         self.db.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir().join("ferrotron.db").display())
+            format!(
+                "sqlite://{}",
+                self.data_dir().join("ferrotron.db").display()
+            )
         })
     }
 }
@@ -86,7 +89,10 @@ pub enum Commands {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

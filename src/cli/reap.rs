@@ -13,9 +13,11 @@ use crate::runner::exit;
 use crate::store::Store;
 
 #[derive(Args, Debug)]
-#[command(after_help = "An instance is a leak when its metadata names a run that is not live \
+#[command(
+    after_help = "An instance is a leak when its metadata names a run that is not live \
 in the store (finished, failed, crashed, cancelled, or unknown). Instances whose metadata \
-cannot be read are listed, never destroyed.")]
+cannot be read are listed, never destroyed."
+)]
 pub struct ReapArgs {
     /// Only list what would be destroyed.
     #[arg(long)]

@@ -18,9 +18,11 @@ use crate::store::Store;
 use crate::task::Formula;
 
 #[derive(Args, Debug)]
-#[command(after_help = "Exit status: 0 the task ran to its end; 1 its exitcode directive \
+#[command(
+    after_help = "Exit status: 0 the task ran to its end; 1 its exitcode directive \
 reported failing results; 2 bad arguments or formula (nothing ran); 3 the task failed \
-(an action errored or timed out); 4 infrastructure error; 130 interrupted.")]
+(an action errored or timed out); 4 infrastructure error; 130 interrupted."
+)]
 pub struct RunArgs {
     /// The task: a directory holding runtask.yml, or a formula file.
     #[arg(value_name = "TASK")]
@@ -186,7 +188,10 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
 /// only say that teardown is under way, so an impatient second Ctrl-C cannot leak a VM.
 async fn forward_signals(cancel: tokio::sync::watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return;
     };
     let mut seen = false;
@@ -211,8 +216,18 @@ fn print_summary(r: &RunReport) {
     if r.results.is_empty() {
         let _ = writeln!(out, "no results reported");
     } else {
-        let w = r.results.iter().map(|x| x.checkname.len()).max().unwrap_or(9).max(9);
-        let _ = writeln!(out, "{:<16}  {:<w$}  {:<30}  NOTE", "OUTCOME", "CHECKNAME", "ITEM");
+        let w = r
+            .results
+            .iter()
+            .map(|x| x.checkname.len())
+            .max()
+            .unwrap_or(9)
+            .max(9);
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<w$}  {:<30}  NOTE",
+            "OUTCOME", "CHECKNAME", "ITEM"
+        );
         for x in &r.results {
             let _ = writeln!(
                 out,
@@ -229,7 +244,13 @@ fn print_summary(r: &RunReport) {
         .iter()
         .map(|p| format!("{} {:.0}ms", p.name, p.duration_ms))
         .collect();
-    let _ = writeln!(out, "\nrun:       {} ({}, exit {})", r.uuid, r.state.as_str(), r.exit_code);
+    let _ = writeln!(
+        out,
+        "\nrun:       {} ({}, exit {})",
+        r.uuid,
+        r.state.as_str(),
+        r.exit_code
+    );
     if let Some(e) = &r.error {
         let _ = writeln!(out, "error:     {e}");
     }

@@ -85,7 +85,10 @@ mod tests {
         assert_ne!(a.host_public(), b.host_public());
         assert_ne!(a.client_public(), a.host_public());
         assert!(a.host_public().starts_with("ssh-ed25519 "));
-        assert!(a.host_private_openssh().contains("BEGIN OPENSSH PRIVATE KEY"));
+        assert!(
+            a.host_private_openssh()
+                .contains("BEGIN OPENSSH PRIVATE KEY")
+        );
         let parsed = parse_public(&a.host_public()).unwrap();
         assert_eq!(parsed.key_data(), a.host.public_key().key_data());
         let back = PrivateKey::from_openssh(a.host_private_openssh()).unwrap();

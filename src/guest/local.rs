@@ -156,6 +156,9 @@ mod tests {
         let timed = tokio::time::timeout(std::time::Duration::from_millis(200), fut).await;
         assert!(timed.is_err(), "the command should still be running");
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        assert!(!marker.exists(), "a child of the killed command kept running");
+        assert!(
+            !marker.exists(),
+            "a child of the killed command kept running"
+        );
     }
 }

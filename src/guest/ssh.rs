@@ -89,12 +89,9 @@ impl SshSession {
                 mismatch: mismatch.clone(),
             };
             let attempt = async {
-                let mut h = client::connect(
-                    config.clone(),
-                    (target.host.as_str(), target.port),
-                    handler,
-                )
-                .await?;
+                let mut h =
+                    client::connect(config.clone(), (target.host.as_str(), target.port), handler)
+                        .await?;
                 let auth = h
                     .authenticate_publickey(
                         target.user.clone(),

@@ -88,10 +88,8 @@ pub async fn get_dir(
         });
     }
     if received == 0 {
-        std::fs::create_dir_all(local).map_err(GuestError::io(format!(
-            "creating {}",
-            local.display()
-        )))?;
+        std::fs::create_dir_all(local)
+            .map_err(GuestError::io(format!("creating {}", local.display())))?;
         return Ok(Collected::default());
     }
     let local = local.to_path_buf();
@@ -165,10 +163,14 @@ fn link_stays_inside(link: &Path, target: &Path) -> bool {
     }
     let mut depth: Vec<&std::ffi::OsStr> = link
         .parent()
-        .map(|p| p.components().filter_map(|c| match c {
-            Component::Normal(n) => Some(n),
-            _ => None,
-        }).collect())
+        .map(|p| {
+            p.components()
+                .filter_map(|c| match c {
+                    Component::Normal(n) => Some(n),
+                    _ => None,
+                })
+                .collect()
+        })
         .unwrap_or_default();
     for c in target.components() {
         match c {
@@ -187,7 +189,8 @@ fn link_stays_inside(link: &Path, target: &Path) -> bool {
 
 /// Unpacks a tar stream into `dest` (created if needed) under the rules in the module docs.
 pub fn unpack_safely(reader: impl Read, dest: &Path, cap: u64) -> Result<Collected, GuestError> {
-    std::fs::create_dir_all(dest).map_err(GuestError::io(format!("creating {}", dest.display())))?;
+    std::fs::create_dir_all(dest)
+        .map_err(GuestError::io(format!("creating {}", dest.display())))?;
     let mut archive = tar::Archive::new(reader);
     let mut got = Collected::default();
     // Links are created last, so that no file written from the archive can go through one.
@@ -204,7 +207,8 @@ pub fn unpack_safely(reader: impl Read, dest: &Path, cap: u64) -> Result<Collect
             .unwrap_or_else(|_| PathBuf::from("<undecodable name>"));
         let shown = raw.display().to_string();
         let Some(rel) = clean_relative(&raw) else {
-            got.refused.push((shown, "path leaves the artifacts directory".into()));
+            got.refused
+                .push((shown, "path leaves the artifacts directory".into()));
             continue;
         };
         if rel.as_os_str().is_empty() {
@@ -234,7 +238,9 @@ pub fn unpack_safely(reader: impl Read, dest: &Path, cap: u64) -> Result<Collect
             got.files += 1;
         } else if kind.is_symlink() {
             match entry.link_name() {
-                Ok(Some(to)) if link_stays_inside(&rel, &to) => links.push((target, to.into_owned())),
+                Ok(Some(to)) if link_stays_inside(&rel, &to) => {
+                    links.push((target, to.into_owned()))
+                }
                 Ok(Some(to)) => got.refused.push((
                     shown,
                     format!("symlink to {} leaves the artifacts directory", to.display()),
@@ -242,7 +248,8 @@ pub fn unpack_safely(reader: impl Read, dest: &Path, cap: u64) -> Result<Collect
                 _ => got.refused.push((shown, "symlink without a target".into())),
             }
         } else {
-            got.refused.push((shown, "not a regular file, directory or symlink".into()));
+            got.refused
+                .push((shown, "not a regular file, directory or symlink".into()));
         }
     }
     for (at, to) in links {
@@ -251,7 +258,10 @@ pub fn unpack_safely(reader: impl Read, dest: &Path, cap: u64) -> Result<Collect
                 .map_err(GuestError::io(format!("creating {}", parent.display())))?;
         }
         if let Err(e) = std::os::unix::fs::symlink(&to, &at) {
-            got.refused.push((at.display().to_string(), format!("could not create link: {e}")));
+            got.refused.push((
+                at.display().to_string(),
+                format!("could not create link: {e}"),
+            ));
         }
     }
     Ok(got)
@@ -300,7 +310,10 @@ mod tests {
             file(b, b"etc/passwd", b"through the link?");
         });
         let got = unpack_safely(&tar[..], &dest, 1 << 20).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.join("ok.txt")).unwrap(), "fine");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("ok.txt")).unwrap(),
+            "fine"
+        );
         assert!(!tmp.path().join("escape.txt").exists());
         let refused: Vec<_> = got.refused.iter().map(|(p, _)| p.as_str()).collect();
         assert!(refused.contains(&"../escape.txt"), "{refused:?}");
@@ -309,8 +322,14 @@ mod tests {
         assert!(refused.contains(&"up"), "{refused:?}");
         // etc/passwd became a plain file in a real directory, not a write through /etc.
         assert!(!dest.join("etc").is_symlink());
-        assert_eq!(std::fs::read_to_string(dest.join("etc/passwd")).unwrap(), "through the link?");
-        assert_eq!(std::fs::read_link(dest.join("sub/inside")).unwrap(), Path::new("../ok.txt"));
+        assert_eq!(
+            std::fs::read_to_string(dest.join("etc/passwd")).unwrap(),
+            "through the link?"
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("sub/inside")).unwrap(),
+            Path::new("../ok.txt")
+        );
     }
 
     #[test]
@@ -333,14 +352,26 @@ mod tests {
         let s = LocalSession::new(tmp.path().to_str().unwrap());
         let remote = tmp.path().join("remote");
         put_dir(&s, &src, remote.to_str().unwrap()).await.unwrap();
-        assert_eq!(std::fs::read_to_string(remote.join("d/f.txt")).unwrap(), "hello");
+        assert_eq!(
+            std::fs::read_to_string(remote.join("d/f.txt")).unwrap(),
+            "hello"
+        );
 
         let back = tmp.path().join("back");
-        let got = get_dir(&s, remote.to_str().unwrap(), &back, 1 << 20).await.unwrap();
+        let got = get_dir(&s, remote.to_str().unwrap(), &back, 1 << 20)
+            .await
+            .unwrap();
         assert_eq!((got.files, got.bytes), (1, 5));
-        assert_eq!(read_file(&s, remote.join("d/f.txt").to_str().unwrap(), 3).await.unwrap(), b"hel");
+        assert_eq!(
+            read_file(&s, remote.join("d/f.txt").to_str().unwrap(), 3)
+                .await
+                .unwrap(),
+            b"hel"
+        );
 
-        let none = get_dir(&s, "/nonexistent/dir", &tmp.path().join("none"), 10).await.unwrap();
+        let none = get_dir(&s, "/nonexistent/dir", &tmp.path().join("none"), 10)
+            .await
+            .unwrap();
         assert_eq!(none, Collected::default());
         assert!(read_file(&s, "/nonexistent/file", 3).await.is_err());
     }

@@ -48,7 +48,10 @@ impl ImageName {
         let stamp = parts.next()?;
         let valid_stamp = stamp.len() == 11
             && stamp.as_bytes()[6] == b'_'
-            && stamp.chars().enumerate().all(|(i, c)| i == 6 || c.is_ascii_digit());
+            && stamp
+                .chars()
+                .enumerate()
+                .all(|(i, c)| i == 6 || c.is_ascii_digit());
         let rest: Vec<&str> = parts.collect();
         if !valid_stamp || rest.len() != 4 || rest.iter().any(|p| p.is_empty()) {
             return None;
@@ -63,7 +66,10 @@ impl ImageName {
     }
 
     pub fn key(&self) -> String {
-        format!("{}-{}-{}-{}", self.distro, self.release, self.flavor, self.arch)
+        format!(
+            "{}-{}-{}-{}",
+            self.distro, self.release, self.flavor, self.arch
+        )
     }
 }
 
@@ -104,7 +110,10 @@ impl BaseImage {
             source,
         })?;
         let sidecar = path.with_extension("json");
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let boot = if sidecar.is_file() {
             read_sidecar(&sidecar)?
         } else {

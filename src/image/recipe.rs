@@ -60,7 +60,10 @@ impl Recipe {
 
     /// DISTRO-RELEASE-FLAVOR-ARCH: what the image file names carry.
     pub fn key(&self) -> String {
-        format!("{}-{}-{}-{}", self.distro, self.release, self.flavor, self.arch)
+        format!(
+            "{}-{}-{}-{}",
+            self.distro, self.release, self.flavor, self.arch
+        )
     }
 
     /// Runs the recipe's build script into `out_dir` and returns the image it produced.
@@ -177,13 +180,17 @@ mod tests {
         )
         .unwrap();
 
-        let err = resolve("tiny", &recipes, &built, false).unwrap_err().to_string();
+        let err = resolve("tiny", &recipes, &built, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ferrotron image build"), "{err}");
         let img = resolve("tiny", &recipes, &built, true).unwrap();
         assert_eq!(img.name.unwrap().key(), "tiny-1-base-x86_64");
         assert!(resolve("tiny-1-base", &recipes, &built, false).is_ok());
         assert!(resolve(img.path.to_str().unwrap(), &recipes, &built, false).is_ok());
-        let err = resolve("nope", &recipes, &built, false).unwrap_err().to_string();
+        let err = resolve("nope", &recipes, &built, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("DISTRO-RELEASE-FLAVOR"), "{err}");
         assert!(resolve("fedora-43-cloud", &recipes, &built, false).is_err());
     }

@@ -173,8 +173,10 @@ impl Provider for LibvirtProvider {
     async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {
         let name = format!("{PREFIX}{}", spec.meta.run_uuid);
         let dir = self.instance_dir(&name)?;
-        std::fs::create_dir_all(&self.cfg.state_dir)
-            .map_err(ProviderError::io(format!("creating {}", self.cfg.state_dir.display())))?;
+        std::fs::create_dir_all(&self.cfg.state_dir).map_err(ProviderError::io(format!(
+            "creating {}",
+            self.cfg.state_dir.display()
+        )))?;
         check_reachable(&self.cfg.state_dir)?;
         std::fs::create_dir(&dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -205,7 +207,14 @@ impl Provider for LibvirtProvider {
         self.blocking(move |c| {
             let dom = match c.lookup_domain_by_name(&name) {
                 Ok(d) => d,
-                Err(e) if e.code() == virt::error::ErrorNumberEnum::Known(virt::error::ErrorNumber::NoDomain) => return Ok(()),
+                Err(e)
+                    if e.code()
+                        == virt::error::ErrorNumberEnum::Known(
+                            virt::error::ErrorNumber::NoDomain,
+                        ) =>
+                {
+                    return Ok(());
+                }
                 Err(e) => return Err(virt_err("looking up the domain")(e)),
             };
             // Already stopped or already gone both count as destroyed.
@@ -215,7 +224,9 @@ impl Provider for LibvirtProvider {
             ];
             if dom.is_active().unwrap_or(true)
                 && let Err(e) = dom.destroy()
-                && !benign.into_iter().any(|b| e.code() == virt::error::ErrorNumberEnum::Known(b))
+                && !benign
+                    .into_iter()
+                    .any(|b| e.code() == virt::error::ErrorNumberEnum::Known(b))
             {
                 return Err(virt_err("destroying the domain")(e));
             }
@@ -235,9 +246,7 @@ impl Provider for LibvirtProvider {
     async fn list(&self) -> Result<Vec<Listed>, ProviderError> {
         let mut found: Vec<Listed> = self
             .blocking(|c| {
-                let doms = c
-                    .list_all_domains(0)
-                    .map_err(virt_err("listing domains"))?;
+                let doms = c.list_all_domains(0).map_err(virt_err("listing domains"))?;
                 Ok(doms
                     .iter()
                     .filter_map(|d| {
@@ -454,13 +463,23 @@ async fn make_seed(dir: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), Pr
         host = spec.host_public_key.trim(),
     );
     let files = [
-        (root.join("meta-data"), format!(
-            "instance-id: ferrotron-{uuid}\nlocal-hostname: ferrotron-{short}\n"
-        )),
+        (
+            root.join("meta-data"),
+            format!("instance-id: ferrotron-{uuid}\nlocal-hostname: ferrotron-{short}\n"),
+        ),
         (root.join("user-data"), user_data),
-        (fdir.join("authorized_keys"), format!("{}\n", spec.client_public_key.trim())),
-        (fdir.join("ssh_host_ed25519_key"), spec.host_private_key_openssh.clone()),
-        (fdir.join("ssh_host_ed25519_key.pub"), format!("{}\n", spec.host_public_key.trim())),
+        (
+            fdir.join("authorized_keys"),
+            format!("{}\n", spec.client_public_key.trim()),
+        ),
+        (
+            fdir.join("ssh_host_ed25519_key"),
+            spec.host_private_key_openssh.clone(),
+        ),
+        (
+            fdir.join("ssh_host_ed25519_key.pub"),
+            format!("{}\n", spec.host_public_key.trim()),
+        ),
     ];
     for (path, content) in files {
         std::fs::write(&path, content)
@@ -480,11 +499,9 @@ async fn make_seed(dir: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), Pr
 }
 
 async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<(), ProviderError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| ProviderError::Permanent(format!("cannot run {what}: {e} (is it installed?)")))?;
+    let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| {
+        ProviderError::Permanent(format!("cannot run {what}: {e} (is it installed?)"))
+    })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -540,7 +557,14 @@ async fn probe_kvm(state_dir: &Path, image: &BaseImage) -> Accel {
         (Some(kernel), true) => {
             let run = tokio::process::Command::new("qemu-system-x86_64")
                 .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults"])
-                .args(["-display", "none", "-serial", "stdio", "-no-reboot", "-kernel"])
+                .args([
+                    "-display",
+                    "none",
+                    "-serial",
+                    "stdio",
+                    "-no-reboot",
+                    "-kernel",
+                ])
                 .arg(kernel)
                 .args(["-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"])
                 .stdin(Stdio::null())
@@ -549,9 +573,7 @@ async fn probe_kvm(state_dir: &Path, image: &BaseImage) -> Accel {
             match tokio::time::timeout(Duration::from_secs(30), run).await {
                 Ok(Ok(out)) => {
                     let text = String::from_utf8_lossy(&out.stdout);
-                    if text.contains("VFS: Unable to mount root")
-                        || text.contains("Kernel panic")
-                    {
+                    if text.contains("VFS: Unable to mount root") || text.contains("Kernel panic") {
                         Accel::Kvm
                     } else {
                         Accel::Tcg
@@ -564,7 +586,11 @@ async fn probe_kvm(state_dir: &Path, image: &BaseImage) -> Accel {
     };
     let _ = std::fs::write(
         &cache,
-        if verdict == Accel::Kvm { "kvm\n" } else { "tcg\n" },
+        if verdict == Accel::Kvm {
+            "kvm\n"
+        } else {
+            "tcg\n"
+        },
     );
     verdict
 }

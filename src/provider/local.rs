@@ -49,7 +49,10 @@ impl Provider for LocalProvider {
         let dir = self.dir(&id)?;
         tokio::fs::create_dir_all(&self.root)
             .await
-            .map_err(ProviderError::io(format!("creating {}", self.root.display())))?;
+            .map_err(ProviderError::io(format!(
+                "creating {}",
+                self.root.display()
+            )))?;
         // create_dir (not _all) so that two runs with the same uuid cannot share a directory.
         tokio::fs::create_dir(&dir).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -65,7 +68,10 @@ impl Provider for LocalProvider {
         let meta = serde_json::to_vec_pretty(&spec.meta).expect("metadata serialises");
         tokio::fs::write(dir.join(META_FILE), meta)
             .await
-            .map_err(ProviderError::io(format!("writing metadata in {}", dir.display())))?;
+            .map_err(ProviderError::io(format!(
+                "writing metadata in {}",
+                dir.display()
+            )))?;
         Ok(Instance {
             id,
             meta: spec.meta.clone(),

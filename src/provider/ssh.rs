@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        let t = |s| SshProvider::parse(s, None).map(|p| (p.target.user, p.target.host, p.target.port));
+        let t =
+            |s| SshProvider::parse(s, None).map(|p| (p.target.user, p.target.host, p.target.port));
         assert_eq!(t("me@box:2222").unwrap(), ("me".into(), "box".into(), 2222));
         assert_eq!(t("box").unwrap(), ("root".into(), "box".into(), 22));
         assert_eq!(t("me@[::1]:22").unwrap(), ("me".into(), "::1".into(), 22));

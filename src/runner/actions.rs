@@ -145,7 +145,11 @@ pub async fn run_action(
         }
         Directive::ExitCode { mode, results } => {
             let text = render(results)?;
-            let parsed = parse(cx, &text, &format!("exitcode directive of action `{}`", action.name))?;
+            let parsed = parse(
+                cx,
+                &text,
+                &format!("exitcode directive of action `{}`", action.name),
+            )?;
             let decisive = match mode {
                 ExitMode::Last => results::last(&parsed),
                 ExitMode::Worst => results::worst(&parsed),
@@ -169,7 +173,11 @@ pub async fn run_action(
     }
 }
 
-fn parse(cx: &ActionContext<'_>, text: &str, origin: &str) -> Result<Vec<CheckResult>, ActionError> {
+fn parse(
+    cx: &ActionContext<'_>,
+    text: &str,
+    origin: &str,
+) -> Result<Vec<CheckResult>, ActionError> {
     results::parse_results(
         text,
         &ResultsContext {

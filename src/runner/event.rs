@@ -11,10 +11,20 @@ use crate::guest::Stream;
 pub enum Event {
     /// ferrotron speaking: what it does, warnings, how to reach a kept machine.
     Notice(String),
-    PhaseStarted { name: String },
-    PhaseFinished { name: String, duration: Duration, ok: bool },
+    PhaseStarted {
+        name: String,
+    },
+    PhaseFinished {
+        name: String,
+        duration: Duration,
+        ok: bool,
+    },
     /// One line of a task's output, without its line ending.
-    Output { action: String, stream: Stream, line: String },
+    Output {
+        action: String,
+        stream: Stream,
+        line: String,
+    },
 }
 
 impl Event {

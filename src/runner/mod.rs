@@ -182,10 +182,18 @@ impl RunCtx {
 
 /// Variables every formula may use before any action exported anything.
 pub fn builtin_variables(item_type: &str) -> Vec<String> {
-    let mut names: Vec<String> = ["workdir", "artifactsdir", "uuid", "arch", "jobid", "item", "item_type"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let mut names: Vec<String> = [
+        "workdir",
+        "artifactsdir",
+        "uuid",
+        "arch",
+        "jobid",
+        "item",
+        "item_type",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     if !item_type.is_empty() && !names.iter().any(|n| n == item_type) {
         names.push(item_type.to_string());
     }
@@ -303,11 +311,9 @@ impl Runner {
 
         let task = std::mem::take(&mut *cx.task.lock().expect("task lock"));
         let (state, exit_code, error) = match ending {
-            Ending::Completed if collect_ok => (
-                RunState::Finished,
-                task.exit_code.unwrap_or(exit::OK),
-                None,
-            ),
+            Ending::Completed if collect_ok => {
+                (RunState::Finished, task.exit_code.unwrap_or(exit::OK), None)
+            }
             Ending::Completed => (
                 RunState::Crashed,
                 exit::INFRA,
@@ -317,7 +323,10 @@ impl Runner {
             Ending::TimedOut(d) => (
                 RunState::Failed,
                 exit::TASK_FAILED,
-                Some(format!("task exceeded its timeout of {}", event::human_duration(d))),
+                Some(format!(
+                    "task exceeded its timeout of {}",
+                    event::human_duration(d)
+                )),
             ),
             Ending::Infra(e) => (RunState::Crashed, exit::INFRA, Some(e)),
             Ending::Cancelled => (
@@ -332,7 +341,9 @@ impl Runner {
 
         let phases = cx.phases.lock().expect("phases lock").clone();
         let base = format!("file://{}", artifacts_dir.display());
-        self.store.store_results(req.uuid, &task.results, Some(&base)).await?;
+        self.store
+            .store_results(req.uuid, &task.results, Some(&base))
+            .await?;
         self.store.record_phases(req.uuid, &phases).await?;
         self.store
             .finish_run(req.uuid, state, Some(exit_code), error.as_deref())
@@ -380,7 +391,10 @@ impl Runner {
                 guest::shell_quote(&layout.artifactsdir),
                 guest::shell_quote(&layout.internal)
             );
-            match session.exec(&Command::new(mk, "/"), &mut |_, _| Ok(())).await? {
+            match session
+                .exec(&Command::new(mk, "/"), &mut |_, _| Ok(()))
+                .await?
+            {
                 0 => Ok(()),
                 n => Err(guest::GuestError::Transfer(format!(
                     "creating the artifacts directory exited with {n}"
@@ -418,7 +432,10 @@ impl Runner {
             let name = format!("action {}", action.name);
             let mut state = std::mem::take(&mut *cx.task.lock().expect("task lock"));
             let r = cx
-                .phase(&name, actions::run_action(&acx, i, action, &vars, &mut state))
+                .phase(
+                    &name,
+                    actions::run_action(&acx, i, action, &vars, &mut state),
+                )
                 .await;
             *cx.task.lock().expect("task lock") = state;
             match r {
@@ -440,7 +457,10 @@ impl Runner {
 
     /// Creates an instance and connects to it, retrying spawns that do not come up.
     async fn provision(&self, req: &RunRequest, cx: &RunCtx) -> Result<Arc<dyn Session>, String> {
-        let _ = self.store.set_run_state(req.uuid, RunState::Provisioning).await;
+        let _ = self
+            .store
+            .set_run_state(req.uuid, RunState::Provisioning)
+            .await;
         let attempts = req.spawn_attempts.max(1);
         let mut last_error = String::new();
         for attempt in 1..=attempts {
@@ -517,7 +537,10 @@ impl Runner {
         let Some(session) = cx.session() else {
             return true; // nothing ran, nothing to collect
         };
-        let _ = self.store.set_run_state(req.uuid, RunState::Collecting).await;
+        let _ = self
+            .store
+            .set_run_state(req.uuid, RunState::Collecting)
+            .await;
         let remote = Layout::under(session.root()).artifactsdir;
         let got = cx
             .phase(
@@ -589,21 +612,22 @@ impl Runner {
 }
 
 /// Turns an instance's access data into a session, waiting up to its boot timeout.
-async fn connect(instance: &Instance, keys: &RunKeys) -> Result<Arc<dyn Session>, guest::GuestError> {
+async fn connect(
+    instance: &Instance,
+    keys: &RunKeys,
+) -> Result<Arc<dyn Session>, guest::GuestError> {
     match &instance.access {
         Access::Local { root } => Ok(Arc::new(guest::local::LocalSession::new(
             root.display().to_string(),
         ))),
         Access::Ssh(target) => {
             let key = match &target.identity {
-                Some(path) => Arc::new(
-                    russh::keys::load_secret_key(path, None).map_err(|e| {
-                        guest::GuestError::Transfer(format!(
-                            "cannot read SSH key {}: {e}",
-                            path.display()
-                        ))
-                    })?,
-                ),
+                Some(path) => Arc::new(russh::keys::load_secret_key(path, None).map_err(|e| {
+                    guest::GuestError::Transfer(format!(
+                        "cannot read SSH key {}: {e}",
+                        path.display()
+                    ))
+                })?),
                 None => keys.client.clone(),
             };
             let root = format!("/var/tmp/ferrotron/{}", instance.meta.run_uuid);
@@ -624,10 +648,8 @@ fn keep_instructions(
         Access::Local { root } => Ok(format!("its files are in {}", root.display())),
         Access::Ssh(t) => {
             let dir = data_dir.join("keys");
-            std::fs::create_dir_all(&dir).map_err(guest::GuestError::io(format!(
-                "creating {}",
-                dir.display()
-            )))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(guest::GuestError::io(format!("creating {}", dir.display())))?;
             let key = match &t.identity {
                 Some(p) => p.clone(),
                 None => {
@@ -639,8 +661,11 @@ fn keep_instructions(
             let mut cmd = format!("ssh -i {} -p {}", key.display(), t.port);
             if let Some(host_key) = &t.host_key {
                 let kh = dir.join(format!("{}.known_hosts", instance.meta.run_uuid));
-                std::fs::write(&kh, format!("[{}]:{} {}\n", t.host, t.port, host_key.trim()))
-                    .map_err(guest::GuestError::io(format!("writing {}", kh.display())))?;
+                std::fs::write(
+                    &kh,
+                    format!("[{}]:{} {}\n", t.host, t.port, host_key.trim()),
+                )
+                .map_err(guest::GuestError::io(format!("writing {}", kh.display())))?;
                 cmd.push_str(&format!(" -o UserKnownHostsFile={}", kh.display()));
             }
             cmd.push_str(&format!(" {}@{}", t.user, t.host));
