@@ -81,7 +81,7 @@ impl GlobalArgs {
 #[derive(Subcommand)]
 pub enum Commands {
     /// Run one task against one item and store its results (like Taskotron's runtask).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Destroy leaked instances: those whose run is no longer live.
     Reap(reap::ReapArgs),
 }
@@ -101,7 +101,7 @@ pub fn main() -> ExitCode {
     };
     let code = rt.block_on(async {
         match cli.command {
-            Commands::Run(args) => run::run(&cli.global, args).await,
+            Commands::Run(args) => run::run(&cli.global, *args).await,
             Commands::Reap(args) => reap::run(&cli.global, args).await,
         }
     });
