@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
-# Runs every check ferrotron has, on a fresh Debian 12 machine or an old one:
-# installs and starts what the tests need, then format, lint and the whole test suite.
+# Runs every check ferrotron has, on a fresh Debian 12 machine or an old one: installs and
+# starts what the tests need (libvirtd, PostgreSQL, RabbitMQ, Chromium), builds the guest
+# images the tests boot (cached in $FERROTRON_TEST_IMAGES), then format, lint and tests.
 #
-#   provisioning/test.sh            # everything
-#   provisioning/test.sh -- store   # pass a filter through to cargo test
+#   provisioning/test.sh              # everything
+#   provisioning/test.sh -- libvirt   # pass a filter through to cargo test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+started=$SECONDS
 
 provisioning/host-setup.sh --test
 eval "$(provisioning/test-postgres.sh)"
+
+# Guest images: built once per machine, reused by later runs.
+export FERROTRON_TEST_IMAGES=${FERROTRON_TEST_IMAGES:-/var/lib/ferrotron/test-images}
+mkdir -p "$FERROTRON_TEST_IMAGES"
+chmod 0755 /var/lib/ferrotron "$FERROTRON_TEST_IMAGES"
+have() { compgen -G "$FERROTRON_TEST_IMAGES/*-$1.qcow2" >/dev/null; }
+have tiny-1-base-x86_64 || provisioning/build-tiny.sh "$FERROTRON_TEST_IMAGES"
+have debian-12-cloudinit-x86_64 || provisioning/build-debian.sh "$FERROTRON_TEST_IMAGES" --cloud-init
+export FERROTRON_TEST_LIBVIRT=1 FERROTRON_TEST_CLOUDINIT=1
+echo "== set-up done in $((SECONDS - started))s"
 
 echo "== cargo fmt --check"
 cargo fmt --check
@@ -17,4 +29,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 [[ "${1:-}" == "--" ]] && shift
-cargo test --quiet "$@"
+status=0
+cargo test "$@" || status=$?
+echo "== tests done in $((SECONDS - started))s, exit $status"
+exit "$status"

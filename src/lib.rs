@@ -1,5 +1,6 @@
 //! ferrotron: runs test tasks in disposable virtual machines. See ARCHITECTURE.md for the map.
 
+pub mod bench;
 pub mod cli;
 pub mod guest;
 pub mod image;

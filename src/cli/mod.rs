@@ -1,6 +1,7 @@
 //! The `ferrotron` command line: argument parsing and dispatch. Handlers stay thin; the work
 //! happens in the library modules.
 
+mod bench;
 mod reap;
 mod run;
 
@@ -84,6 +85,8 @@ pub enum Commands {
     Run(Box<run::RunArgs>),
     /// Destroy leaked instances: those whose run is no longer live.
     Reap(reap::ReapArgs),
+    /// Benchmarks that print figures.
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -103,6 +106,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Commands::Run(args) => run::run(&cli.global, *args).await,
             Commands::Reap(args) => reap::run(&cli.global, args).await,
+            Commands::Bench(args) => bench::run(&cli.global, args).await,
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

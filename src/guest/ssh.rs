@@ -123,7 +123,7 @@ impl SshSession {
                 Err(_) => last = "handshake timed out".into(),
             }
             tokio::time::sleep(backoff.min(deadline.saturating_sub(start.elapsed()))).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            backoff = (backoff * 2).min(Duration::from_millis(250));
         }
     }
 

@@ -20,6 +20,7 @@ use super::{
     Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Provider, ProviderError,
     SshTarget,
 };
+use super::seed;
 use crate::image::BaseImage;
 
 const NAMESPACE: &str = "https://ferrotron.dev/xmlns/libvirt/instance/1";
@@ -120,7 +121,7 @@ impl LibvirtProvider {
         let seed = dir.join("seed.iso");
         let console = dir.join("console.log");
 
-        run_tool(
+        super::run_tool(
             tokio::process::Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
                 .arg(&image.path)
@@ -128,7 +129,7 @@ impl LibvirtProvider {
             "qemu-img create",
         )
         .await?;
-        make_seed(dir, &seed, spec).await?;
+        seed::write(&dir.join("seed"), &seed, spec).await?;
         let port = free_port()?;
         let xml = domain_xml(&DomainParams {
             name,
@@ -435,81 +436,6 @@ fn parse_metadata(xml: &str) -> Option<InstanceMeta> {
         )
         .ok()?,
     })
-}
-
-/// The seed serves cloud-init images (user-data, meta-data) and ferrotron's own images
-/// (plain key files under ferrotron/, read by a light boot unit), in one ISO.
-async fn make_seed(dir: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), ProviderError> {
-    let root = dir.join("seed");
-    let fdir = root.join("ferrotron");
-    std::fs::create_dir_all(&fdir).map_err(ProviderError::io("creating the seed tree"))?;
-    let uuid = spec.meta.run_uuid;
-    let short: String = uuid.simple().to_string().chars().take(8).collect();
-    let indent = |s: &str| {
-        s.lines()
-            .map(|l| format!("      {l}\n"))
-            .collect::<String>()
-    };
-    let user_data = format!(
-        "#cloud-config\n\
-         disable_root: false\n\
-         users: []\n\
-         ssh_deletekeys: true\n\
-         ssh_genkeytypes: []\n\
-         ssh_authorized_keys:\n  - \"{client}\"\n\
-         ssh_keys:\n    ed25519_private: |\n{pem}    ed25519_public: \"{host}\"\n",
-        client = spec.client_public_key.trim(),
-        pem = indent(&spec.host_private_key_openssh),
-        host = spec.host_public_key.trim(),
-    );
-    let files = [
-        (
-            root.join("meta-data"),
-            format!("instance-id: ferrotron-{uuid}\nlocal-hostname: ferrotron-{short}\n"),
-        ),
-        (root.join("user-data"), user_data),
-        (
-            fdir.join("authorized_keys"),
-            format!("{}\n", spec.client_public_key.trim()),
-        ),
-        (
-            fdir.join("ssh_host_ed25519_key"),
-            spec.host_private_key_openssh.clone(),
-        ),
-        (
-            fdir.join("ssh_host_ed25519_key.pub"),
-            format!("{}\n", spec.host_public_key.trim()),
-        ),
-    ];
-    for (path, content) in files {
-        std::fs::write(&path, content)
-            .map_err(ProviderError::io(format!("writing {}", path.display())))?;
-    }
-    let r = run_tool(
-        tokio::process::Command::new("genisoimage")
-            .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
-            .arg(out)
-            .arg(&root),
-        "genisoimage",
-    )
-    .await;
-    // The private host key must not linger in a plain file longer than needed.
-    let _ = std::fs::remove_dir_all(&root);
-    r
-}
-
-async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<(), ProviderError> {
-    let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| {
-        ProviderError::Permanent(format!("cannot run {what}: {e} (is it installed?)"))
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(ProviderError::Transient(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
 }
 
 fn free_port() -> Result<u16, ProviderError> {

@@ -11,9 +11,11 @@
 
 pub mod libvirt;
 pub mod local;
+pub mod seed;
 pub mod ssh;
 
 use std::path::PathBuf;
+use std::process::Stdio;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -131,3 +133,20 @@ pub trait Provider: Send + Sync {
 
     async fn capacity(&self) -> Result<Capacity, ProviderError>;
 }
+
+/// Runs a helper program (qemu-img, genisoimage) to completion; its stderr becomes the
+/// error.
+pub(crate) async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<(), ProviderError> {
+    let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| {
+        ProviderError::Permanent(format!("cannot run {what}: {e} (is it installed?)"))
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ProviderError::Transient(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
