@@ -1,6 +1,8 @@
 //! A session on an instance over SSH (russh): connect with a deadline, pin the host key,
 //! run commands with streamed output, stdin and exit status.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,14 @@ use russh::{ChannelMsg, client};
 
 use super::{Command, GuestError, OutputSink, Session, Stream};
 use crate::provider::SshTarget;
+
+/// How long a connected socket may stay silent after we spoke before we call the server not
+/// ready. Port forwarders (passt, slirp) accept the TCP connection before the guest listens
+/// and then hold it open: without this, one early attempt would wait out the whole
+/// handshake timeout (10 s measured). The peer only speaks once we have (passt forwards
+/// lazily), so this is measured from connect. It grows with every silent attempt, so a
+/// guest that is merely slow to answer is still reached.
+const SILENCE: Duration = Duration::from_millis(400);
 
 /// Keepalives notice a guest that powered off under an open session (see machine-notes).
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -71,6 +81,7 @@ impl SshSession {
         });
         let start = Instant::now();
         let mut backoff = Duration::from_millis(100);
+        let mut silence = SILENCE;
         let mut last = String::from("no attempt made");
         loop {
             let remaining = deadline.saturating_sub(start.elapsed());
@@ -88,10 +99,17 @@ impl SshSession {
                 expected: expected.clone(),
                 mismatch: mismatch.clone(),
             };
+            let heard = Arc::new(AtomicBool::new(false));
             let attempt = async {
-                let mut h =
-                    client::connect(config.clone(), (target.host.as_str(), target.port), handler)
-                        .await?;
+                let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                    .await
+                    .map_err(russh::Error::IO)?;
+                stream.set_nodelay(true).map_err(russh::Error::IO)?;
+                let stream = Heard {
+                    inner: stream,
+                    heard: heard.clone(),
+                };
+                let mut h = client::connect_stream(config.clone(), stream, handler).await?;
                 let auth = h
                     .authenticate_publickey(
                         target.user.clone(),
@@ -100,18 +118,36 @@ impl SshSession {
                     .await?;
                 Ok::<_, russh::Error>((h, auth.success()))
             };
+            // A forwarder that accepted the connection for a guest that is not listening
+            // yet never answers; give up on such an attempt quickly.
+            let attempt = async {
+                tokio::pin!(attempt);
+                tokio::select! {
+                    r = &mut attempt => return Some(r),
+                    _ = tokio::time::sleep(silence) => {}
+                }
+                if heard.load(Ordering::Relaxed) {
+                    Some(attempt.await)
+                } else {
+                    None
+                }
+            };
             // One slow handshake must not eat the whole deadline.
             let per_try = remaining.min(Duration::from_secs(10));
             match tokio::time::timeout(per_try, attempt).await {
-                Ok(Ok((handle, true))) => {
+                Ok(None) => {
+                    last = "the port answers but the guest's SSH server does not yet".into();
+                    silence = (silence + Duration::from_millis(25)).min(Duration::from_secs(2));
+                }
+                Ok(Some(Ok((handle, true)))) => {
                     return Ok(SshSession {
                         handle,
                         root,
                         target: shown,
                     });
                 }
-                Ok(Ok((_, false))) => last = format!("user {} refused the run's key", target.user),
-                Ok(Err(e)) => {
+                Ok(Some(Ok((_, false)))) => last = format!("user {} refused the run's key", target.user),
+                Ok(Some(Err(e))) => {
                     if *mismatch.lock().expect("mismatch lock") {
                         return Err(GuestError::HostKeyMismatch {
                             target: shown,
@@ -122,8 +158,9 @@ impl SshSession {
                 }
                 Err(_) => last = "handshake timed out".into(),
             }
+            tracing::debug!(target = %shown, elapsed = ?start.elapsed(), error = %last, "ssh not ready");
             tokio::time::sleep(backoff.min(deadline.saturating_sub(start.elapsed()))).await;
-            backoff = (backoff * 2).min(Duration::from_millis(250));
+            backoff = (backoff * 2).min(Duration::from_millis(200));
         }
     }
 
@@ -188,6 +225,51 @@ impl Session for SshSession {
                 Ok(()) => "the command ended without an exit status".to_string(),
             })),
         }
+    }
+}
+
+/// A stream that notes whether the peer has said anything yet.
+struct Heard {
+    inner: tokio::net::TcpStream,
+    heard: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Heard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Heard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
