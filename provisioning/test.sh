@@ -11,7 +11,19 @@ export PATH="$HOME/.cargo/bin:$PATH"
 started=$SECONDS
 
 provisioning/host-setup.sh --test
+mkdir -p /var/lib/ferrotron
 eval "$(provisioning/test-postgres.sh)"
+
+# Real Python clients (fedora-messaging, resultsdb_api, openstacksdk) in a venv of their own.
+venv=/var/lib/ferrotron/test-venv
+if [[ ! -x $venv/bin/python ]]; then
+  python3 -m venv "$venv"
+fi
+if ! cmp -s provisioning/test-requirements.txt "$venv/.requirements"; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r provisioning/test-requirements.txt
+  cp provisioning/test-requirements.txt "$venv/.requirements"
+fi
+export FERROTRON_TEST_PYTHON=$venv/bin/python
 
 # Guest images: built once per machine, reused by later runs.
 export FERROTRON_TEST_IMAGES=${FERROTRON_TEST_IMAGES:-/var/lib/ferrotron/test-images}
