@@ -102,6 +102,8 @@ pub enum RunnerError {
     Invalid(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("generating the run's SSH keys: {0}")]
+    Keys(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -232,7 +234,7 @@ impl Runner {
         mut cancel: watch::Receiver<bool>,
     ) -> Result<RunReport, RunnerError> {
         validate(&req)?;
-        let keys = RunKeys::generate().map_err(|e| RunnerError::Invalid(e.to_string()))?;
+        let keys = RunKeys::generate().map_err(|e| RunnerError::Keys(e.to_string()))?;
         let run_dir = self.data_dir.join("artifacts").join(req.uuid.to_string());
         let artifacts_dir = run_dir.join("task");
         let log_path = run_dir.join("ferrotron.log");
