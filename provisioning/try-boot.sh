@@ -123,8 +123,8 @@ gssh() { ssh "${sshopts[@]}" -p "$port" "$user@127.0.0.1" "$@"; }
 # ------------------------------------------------------------ boot
 say "image $(basename "$image") ($distro), ${memory} MiB, $vcpus vCPU, ssh port $port, domain $name"
 t0=$(now)
+started=1   # before create: an interrupt during `virsh create` must still destroy the domain
 virsh -c "$conn" create "$tmp/domain.xml" >/dev/null || die "virsh create failed"
-started=1
 t1=$(now)
 # Wait for SSH. A connection made through passt before the guest has its address hangs (the SYN
 # goes nowhere), and every SSH handshake costs the TCG guest real CPU time, so: a cheap probe

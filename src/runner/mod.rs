@@ -213,11 +213,15 @@ pub fn validate(req: &RunRequest) -> Result<(), RunnerError> {
     }
     for arg in &req.formula.input_args {
         if !builtins.iter().any(|b| b == arg) {
+            let given = if req.item_type.is_empty() {
+                "no item type (-t)".to_string()
+            } else {
+                format!("item type `{}`", req.item_type)
+            };
             return Err(RunnerError::Invalid(format!(
-                "{}: task expects input `{arg}` (input.args), but this run provides item type `{}`; \
+                "{}: task expects input `{arg}` (input.args), but this run has {given}; \
                  run it with `-t {arg} -i ITEM`",
                 req.formula.path.display(),
-                req.item_type
             )));
         }
     }
