@@ -20,6 +20,7 @@
 #
 # Environment: DEBIAN_MIRROR (default: the host's Debian mirror), DEBIAN_ROOT_SIZE (default 4G).
 set -euo pipefail
+# shellcheck disable=SC2034 # used by lib/image-common.sh
 PROG=build-debian
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/image-common.sh

@@ -18,6 +18,7 @@
 # Needs: busybox-static dropbear-bin openssh-sftp-server linux-image-cloud-amd64 zstd cpio
 # e2fsprogs qemu-utils xz-utils (provisioning/host-setup.sh installs them).
 set -euo pipefail
+# shellcheck disable=SC2034 # used by lib/image-common.sh
 PROG=build-tiny
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/image-common.sh

@@ -5,7 +5,7 @@
 #   provisioning/try-boot.sh [options] IMAGE.qcow2
 #     --memory MIB     guest memory (default: 256 for tiny, 512 otherwise)
 #     --vcpus N        (default 1)
-#     --timeout S      seconds to wait for SSH (default: 60 tiny, 180 debian, 240 cloudinit)
+#     --timeout S      seconds to wait for SSH (default: 90 tiny, 300 debian, 420 cloudinit; as images/*.yaml)
 #     --keep-log FILE  copy the serial console log to FILE
 #     --exec CMD       also run CMD in the guest and show its output (repeatable)
 #     --append ARGS    extra kernel command line arguments (debugging, e.g. "loglevel=7")
@@ -59,9 +59,9 @@ user=$(meta user)
 [[ -f $kernel && -f $initrd ]] || die "kernel/initrd sidecars missing ($kernel, $initrd)"
 # Defaults as in images/*.yaml (boot.memory_mib, boot.timeout_s).
 case $distro/$(meta flavor) in
-  tiny/*) memory=${memory:-256}; timeout=${timeout:-60} ;;
-  */cloudinit) memory=${memory:-512}; timeout=${timeout:-240} ;;
-  *) memory=${memory:-512}; timeout=${timeout:-180} ;;
+  tiny/*) memory=${memory:-256}; timeout=${timeout:-90} ;;
+  */cloudinit) memory=${memory:-512}; timeout=${timeout:-420} ;;
+  *) memory=${memory:-512}; timeout=${timeout:-300} ;;
 esac
 
 run_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -93,24 +93,20 @@ qemu-img create -q -f qcow2 -b "$image" -F qcow2 "$tmp/overlay.qcow2"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
-python3 - "$here/domain-template.xml" "$tmp/domain.xml" <<PY
-import sys
-import re
+# Fill the template (values XML-escaped; passed through the environment, not interpolated).
+V_NAME=$name V_UUID=$run_uuid V_MEMORY_MIB=$memory V_VCPUS=$vcpus V_KERNEL=$kernel \
+V_INITRD=$initrd V_CMDLINE=$cmdline V_OVERLAY=$tmp/overlay.qcow2 V_BASE=$image \
+V_SEED=$tmp/seed.iso V_SSH_PORT=$port V_CONSOLE_LOG=$tmp/console.log V_RUN_UUID=$run_uuid \
+V_OWNER="try-boot@$(hostname)" V_IMAGE=$(basename "$image") \
+V_CREATED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+python3 - "$here/domain-template.xml" "$tmp/domain.xml" <<'PY'
+import os, re, sys
 from xml.sax.saxutils import escape
 tpl = open(sys.argv[1]).read()
-vals = {
-    "NAME": "$name", "UUID": "$run_uuid", "MEMORY_MIB": "$memory", "VCPUS": "$vcpus",
-    "KERNEL": "$kernel", "INITRD": "$initrd", "CMDLINE": """$cmdline""",
-    "OVERLAY": "$tmp/overlay.qcow2", "BASE": "$image", "SEED": "$tmp/seed.iso",
-    "SSH_PORT": "$port", "CONSOLE_LOG": "$tmp/console.log",
-    "RUN_UUID": "$run_uuid", "OWNER": "try-boot@$(hostname)", "IMAGE": "$(basename "$image")",
-    "CREATED_AT": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
-}
 body = tpl[tpl.index("<domain"):]   # drop the explanatory comment
-for k, v in vals.items():
-    body = body.replace("@%s@" % k, escape(v, {"'": "&apos;", '"': "&quot;"}))
-left = re.findall(r"@[A-Z_]+@", body)
-assert not left, "unfilled placeholders: %s" % left
+def fill(m):
+    return escape(os.environ["V_" + m.group(1)], {"'": "&apos;", '"': "&quot;"})
+body = re.sub(r"@([A-Z_]+)@", fill, body)
 open(sys.argv[2], "w").write(body)
 PY
 
