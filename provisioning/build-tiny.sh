@@ -342,7 +342,8 @@ write_meta_json "$tmp/$stem.json" \
   distro tiny release 1 flavor base arch x86_64 \
   kernel "$stem.vmlinux" initrd "$stem.initrd" cmdline "$CMDLINE" \
   boot direct user root built_at "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
-  kernel_version "$kver" image "$stem.qcow2"
+  kernel_version "$kver" image "$stem.qcow2" \
+  memory_mib 256 vcpus 1 timeout_s 120
 
 publish "$outdir" "$stem" "$tmp"
 t1=$(date +%s.%N)
