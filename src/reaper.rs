@@ -4,8 +4,6 @@
 //! runs, never by anything a process remembers, so a reaper started after a crash (or on
 //! another host) sees exactly what the crashed process left.
 
-use std::collections::HashSet;
-
 use crate::provider::{Listed, Provider};
 use crate::store::Store;
 
@@ -13,11 +11,12 @@ use crate::store::Store;
 pub enum Verdict {
     /// Its run is still live: not ours to touch.
     Live,
-    /// Its run is over or unknown: a leak.
+    /// Its run is over: a leak.
     Leaked,
     /// Its metadata cannot be read: reported, never destroyed automatically.
     Unattributed,
-    /// Owned by someone the caller excluded.
+    /// Its run is not in this store (another farm or another data directory shares the
+    /// hypervisor), or its owner is not the one asked for: not ours to touch.
     Foreign,
 }
 
@@ -29,36 +28,33 @@ pub struct Finding {
     pub error: Option<String>,
 }
 
-/// Classifies every instance `provider` can see. `owner`, when given, limits leaks to
-/// instances that owner created (one farm must not reap another's machines).
+/// Classifies every instance `provider` can see. Only runs this store knows can leak, so
+/// farms (or data directories) sharing one hypervisor never reap each other's machines;
+/// `owner`, when given, narrows that further to the instances one owner created.
 pub async fn survey(
     provider: &dyn Provider,
     store: &Store,
     owner: Option<&str>,
 ) -> Result<Vec<Finding>, String> {
     let listed = provider.list().await.map_err(|e| e.to_string())?;
-    let live: HashSet<uuid::Uuid> = store
-        .live_runs()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .collect();
-    Ok(listed
-        .into_iter()
-        .map(|instance| {
-            let verdict = match &instance.meta {
-                None => Verdict::Unattributed,
-                Some(m) if owner.is_some_and(|o| o != m.owner) => Verdict::Foreign,
-                Some(m) if live.contains(&m.run_uuid) => Verdict::Live,
-                Some(_) => Verdict::Leaked,
-            };
-            Finding {
-                instance,
-                verdict,
-                error: None,
-            }
-        })
-        .collect())
+    let mut findings = Vec::with_capacity(listed.len());
+    for instance in listed {
+        let verdict = match &instance.meta {
+            None => Verdict::Unattributed,
+            Some(m) if owner.is_some_and(|o| o != m.owner) => Verdict::Foreign,
+            Some(m) => match store.run(m.run_uuid).await.map_err(|e| e.to_string())? {
+                None => Verdict::Foreign,
+                Some(run) if run.state.is_terminal() => Verdict::Leaked,
+                Some(_) => Verdict::Live,
+            },
+        };
+        findings.push(Finding {
+            instance,
+            verdict,
+            error: None,
+        });
+    }
+    Ok(findings)
 }
 
 /// Destroys the leaked instances among `findings` (unless `dry_run`), recording failures.

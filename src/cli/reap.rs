@@ -75,7 +75,7 @@ pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
                 (Verdict::Leaked, None, true) => "LEAKED, would destroy".into(),
                 (Verdict::Leaked, None, false) => "LEAKED, destroyed".into(),
                 (Verdict::Live, _, _) => "live, kept".into(),
-                (Verdict::Foreign, _, _) => "other owner, kept".into(),
+                (Verdict::Foreign, _, _) => "not this store's run or owner, kept".into(),
                 (Verdict::Unattributed, _, _) => "unattributed, kept (inspect by hand)".into(),
             };
             println!("{:<8} {:<48} {run}: {action}", p.kind(), f.instance.id);
