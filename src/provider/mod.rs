@@ -11,6 +11,7 @@
 
 pub mod libvirt;
 pub mod local;
+pub mod openstack;
 pub mod seed;
 pub mod ssh;
 
@@ -132,11 +133,20 @@ pub trait Provider: Send + Sync {
     async fn list(&self) -> Result<Vec<Listed>, ProviderError>;
 
     async fn capacity(&self) -> Result<Capacity, ProviderError>;
+
+    /// Why a connection to instance `id` may have been lost (deleted behind our back, in an
+    /// error state), for the run's error; `None` when there is nothing to say.
+    async fn explain_loss(&self, _id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Runs a helper program (qemu-img, genisoimage) to completion; its stderr becomes the
 /// error.
-pub(crate) async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<(), ProviderError> {
+pub(crate) async fn run_tool(
+    cmd: &mut tokio::process::Command,
+    what: &str,
+) -> Result<(), ProviderError> {
     let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| {
         ProviderError::Permanent(format!("cannot run {what}: {e} (is it installed?)"))
     })?;
@@ -149,4 +159,3 @@ pub(crate) async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> R
         )))
     }
 }
-
