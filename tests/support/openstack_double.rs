@@ -158,6 +158,8 @@ struct State {
     fail_next_boots: u32,
     injected: Vec<Injected>,
     log: Vec<(String, String, u16)>,
+    /// The compute microversion of every Nova request.
+    microversions: Vec<String>,
     auths: usize,
 }
 
@@ -327,6 +329,11 @@ impl Double {
 
     pub fn revoke_tokens(&self) {
         self.st().tokens.clear();
+    }
+
+    /// The compute microversions clients asked for, in order.
+    pub fn microversions(&self) -> Vec<String> {
+        self.st().microversions.clone()
     }
 
     pub fn auth_count(&self) -> usize {
@@ -628,6 +635,7 @@ async fn route(
                 );
             }
             let mv = microversion(headers);
+            s.st.lock().expect("state").microversions.push(mv.clone());
             let mut r = compute(s, method, uri, rest, &body, &mv).await;
             for h in ["OpenStack-API-Version", "X-OpenStack-Nova-API-Version"] {
                 let v = if h.starts_with("OpenStack") {
@@ -1437,6 +1445,7 @@ async fn destroy_server(s: &Arc<Shared>, id: &str) {
             return;
         };
         r.deleting = true;
+        r.task_state = Some("deleting".into());
         (r.domain.take(), std::mem::take(&mut r.forwarders))
     };
     for f in fwds {

@@ -7,11 +7,13 @@ import base64
 import json
 import sys
 
+import importlib.metadata
+
 import openstack
 
 cloud, image_file = sys.argv[1], sys.argv[2]
 conn = openstack.connect(cloud=cloud)
-out = {"sdk_version": openstack.version.__version__}
+out = {"sdk_version": importlib.metadata.version("openstacksdk")}
 
 # Catalog, version discovery, microversion negotiation.
 out["compute_microversion"] = conn.compute.get_endpoint_data().max_microversion and str(

@@ -637,7 +637,7 @@ clouds:
             "clouds:\n  prod:\n    auth:\n      password: hunter2\n",
         );
         let files = [missing, broken, first.clone(), later];
-        let c = load_from(Some("prod"), &files, &[secure.clone()], &[]).unwrap();
+        let c = load_from(Some("prod"), &files, std::slice::from_ref(&secure), &[]).unwrap();
         assert_eq!(c.source.as_deref(), Some(first.as_path()));
         assert_eq!(c.region.as_deref(), Some("RegionTwo"));
         assert_eq!(c.interface, "public");

@@ -371,6 +371,12 @@ impl Provider for OpenStackProvider {
             Ok(None) => Some(format!(
                 "{what} no longer exists: it was deleted outside this run"
             )),
+            Ok(Some(s))
+                if s.task_state.as_deref() == Some("deleting")
+                    || matches!(s.status.as_str(), "DELETED" | "SOFT_DELETED") =>
+            {
+                Some(format!("{what} is being deleted outside this run"))
+            }
             Ok(Some(s)) if s.status != "ACTIVE" => Some(format!(
                 "{what} is {}{}",
                 s.status,

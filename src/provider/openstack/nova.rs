@@ -22,6 +22,8 @@ pub struct Server {
     pub addresses: BTreeMap<String, Vec<Address>>,
     #[serde(default)]
     pub fault: Option<Fault>,
+    #[serde(rename = "OS-EXT-STS:task_state", default)]
+    pub task_state: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
