@@ -7,7 +7,7 @@ use crate::provider::openstack::{OpenStackProvider, Overrides};
 #[derive(Args, Debug, Clone, Default)]
 pub struct CloudArgs {
     /// OpenStack cloud from clouds.yaml (./, ~/.config/openstack/, /etc/openstack/, or
-    /// $OS_CLIENT_CONFIG_FILE) [default: $OS_CLOUD]. For `reap`: also reap that cloud.
+    /// $OS_CLIENT_CONFIG_FILE) [default: $OS_CLOUD].
     #[arg(long, visible_alias = "os-cloud", value_name = "NAME")]
     pub cloud: Option<String>,
     /// Nova flavor (name or id) [default: the cloud's `ferrotron: {flavor}`].

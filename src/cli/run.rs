@@ -148,6 +148,16 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
         }
         (None, Backend::Openstack) => {
             let p = args.cloud.provider().map_err(|e| (exit::USAGE, e))?;
+            if p.cloud().settings.flavor.is_none() {
+                return Err((
+                    exit::USAGE,
+                    format!(
+                        "cloud `{}`: no flavor: pass --flavor or set `ferrotron: {{flavor: …}}` \
+                         in its clouds.yaml entry",
+                        p.cloud().name
+                    ),
+                ));
+            }
             let image = args
                 .image
                 .clone()
