@@ -33,7 +33,7 @@ fn libvirt_enabled() -> bool {
 /// ferrotron's settings for the double: its SSH port, quick polls, short timeouts.
 fn settings(d: &Double, extra: &str) -> String {
     format!(
-        "    ferrotron:\n      flavor: m1.tiny\n      network: private\n      ssh_port: {}\n      \
+        "    ferrotron:\n      flavor: m1.small\n      network: private\n      ssh_port: {}\n      \
          poll_interval: 0.2\n      active_timeout: 180\n      boot_timeout: 180\n      \
          delete_timeout: 60\n      max_instances: 4\n{extra}",
         d.ssh_port
@@ -709,4 +709,51 @@ fn a_server_deleted_mid_task_is_a_clear_run_error() {
         "{e}"
     );
     assert_no_leak(&d, dir.path());
+}
+
+#[test]
+fn floating_ips_are_allocated_and_released_with_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = api_double(dir.path());
+    let p = provider(
+        &d,
+        dir.path(),
+        "      address: floating\n      floating_network: public\n",
+    );
+    let imgdir = tempfile::tempdir().unwrap();
+    let base = fake_base_image(imgdir.path(), "260101_0900");
+    d.block_on(async {
+        glance::upload_base_image(p.client(), &base).await.unwrap();
+        let inst = p.create(&spec("tiny")).await.unwrap();
+        let fixed = d.servers()[0].fixed_ip.clone().unwrap();
+        let host = match &inst.access {
+            ferrotron::provider::Access::Ssh(t) => t.host.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(host, fixed, "reached by its floating address");
+        assert_eq!(d.count("POST", "/network/v2.0/floatingips"), 1);
+        p.delete(&inst.id).await.unwrap();
+        assert_eq!(d.count("DELETE", "/network/v2.0/floatingips/"), 1);
+        let left = p
+            .client()
+            .json("network", reqwest::Method::GET, "/floatingips", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            left["floatingips"],
+            serde_json::json!([]),
+            "released with the server"
+        );
+    });
+    // Without a pool to allocate from, floating mode is a configuration error.
+    let p = provider(&d, dir.path(), "      address: floating\n");
+    d.block_on(async {
+        let e = p.create(&spec("tiny")).await.unwrap_err();
+        assert!(matches!(e, ProviderError::Permanent(_)), "{e}");
+        assert!(e.to_string().contains("floating_network"), "{e}");
+        assert!(
+            d.wait_for(Duration::from_secs(10), |s| s.is_empty()),
+            "the server was deleted"
+        );
+    });
 }

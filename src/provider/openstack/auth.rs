@@ -587,7 +587,7 @@ impl Client {
     }
 
     /// [`Client::send`], then a JSON answer or an [`ApiError`] carrying the service's
-    /// message. `Ok(None)` for 404 when `missing_ok`.
+    /// message.
     pub async fn json(
         &self,
         service: &str,

@@ -15,7 +15,7 @@
 //! Python tools ignore keys they do not know): see [`Settings`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -584,14 +584,10 @@ fn build(name: &str, source: Option<PathBuf>, entry: Value) -> Result<CloudConfi
     })
 }
 
-/// A path in messages, relative to nothing.
-pub fn show(p: &Path) -> String {
-    p.display().to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
