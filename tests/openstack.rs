@@ -649,8 +649,8 @@ fn error_servers_and_quota_are_retried_by_the_run() {
     }
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let out = child.wait_with_output().unwrap();
-    let v = parse_report(&out);
     assert_eq!(out.status.code(), Some(0), "{seen}{}", rest.join("\n"));
+    let v = parse_report(&out);
     assert_eq!(v["attempts"], 2);
     // Two attempts, two POSTs: the quota answer was not hammered.
     assert_eq!(d.count("POST", "/compute/v2.1/servers"), 4);
@@ -695,6 +695,7 @@ fn a_server_deleted_mid_task_is_a_clear_run_error() {
     d.delete_behind_the_back(&servers[0].id);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{seen}{}", rest.join("\n"));
     let v = parse_report(&out);
     assert!(
         t0.elapsed() < Duration::from_secs(60),
