@@ -2,6 +2,7 @@
 //! happens in the library modules.
 
 mod bench;
+mod cloud;
 mod reap;
 mod run;
 

@@ -28,6 +28,9 @@ pub struct ReapArgs {
     /// libvirt connection URI; `none` skips libvirt.
     #[arg(long, env = "FERROTRON_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
+    /// Also reap this OpenStack cloud [default: $OS_CLOUD when set].
+    #[arg(long, visible_alias = "os-cloud", value_name = "NAME")]
+    pub cloud: Option<String>,
 }
 
 pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
@@ -50,6 +53,19 @@ pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
         })));
     }
     let mut code = exit::OK;
+    let cloud = super::cloud::CloudArgs {
+        cloud: args.cloud.clone(),
+        ..Default::default()
+    };
+    if cloud.configured() {
+        match cloud.provider() {
+            Ok(p) => providers.push(Arc::new(p)),
+            Err(e) => {
+                eprintln!("error: openstack backend: {e}");
+                code = exit::INFRA;
+            }
+        }
+    }
     for p in providers {
         let mut findings = match reaper::survey(p.as_ref(), &store, args.owner.as_deref()).await {
             Ok(f) => f,

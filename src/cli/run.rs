@@ -43,7 +43,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub uuid: Option<Uuid>,
     /// Where the task runs: `local` on this host without isolation (developer mode),
-    /// `libvirt` in a disposable VM cloned from --image.
+    /// `libvirt` in a disposable VM cloned from --image, `openstack` in a disposable
+    /// Nova server booted from the Glance image --image names (see --cloud).
     #[arg(long, value_enum, default_value_t = Backend::Local)]
     pub backend: Backend,
     /// Run on an existing machine over SSH instead (nothing is created or destroyed).
@@ -53,9 +54,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", requires = "ssh")]
     pub ssh_privkey: Option<PathBuf>,
     /// Base image for VM backends: an image file, a recipe name from images/ (its newest
-    /// build, built on first use), or DISTRO-RELEASE-FLAVOR[-ARCH].
-    #[arg(long, env = "FERROTRON_IMAGE", default_value = "tiny")]
-    pub image: String,
+    /// build, built on first use), or DISTRO-RELEASE-FLAVOR[-ARCH]. For openstack: a
+    /// Glance image id, name, or DISTRO[-RELEASE…] prefix of ferrotron's image names
+    /// (newest wins) [default: tiny, or the cloud's `ferrotron: {image}`].
+    #[arg(long, env = "FERROTRON_IMAGE")]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub cloud: super::cloud::CloudArgs,
     /// libvirt connection URI.
     #[arg(long, env = "FERROTRON_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
@@ -79,10 +84,13 @@ pub struct RunArgs {
     pub artifacts_cap: u64,
 }
 
+const DEFAULT_IMAGE: &str = "tiny";
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Backend {
     Local,
     Libvirt,
+    Openstack,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -122,13 +130,14 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
         (None, Backend::Libvirt) => {
             let images_dir = global.images_dir();
             let recipes = args.recipes.clone();
-            let spec = args.image.clone();
+            let spec = args.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into());
+            let named = spec.clone();
             let image = tokio::task::spawn_blocking(move || {
                 image::recipe::resolve(&spec, &recipes, &images_dir, true)
             })
             .await
             .map_err(|e| (exit::INFRA, e.to_string()))?
-            .map_err(|e| (exit::USAGE, format!("--image {}: {e}", args.image)))?;
+            .map_err(|e| (exit::USAGE, format!("--image {named}: {e}")))?;
             let p = LibvirtProvider::new(LibvirtConfig {
                 uri: args.libvirt_uri.clone(),
                 state_dir: data_dir.join("instances"),
@@ -136,6 +145,25 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
                 accel: Accel::Auto,
             });
             (Arc::new(p), image.path.display().to_string())
+        }
+        (None, Backend::Openstack) => {
+            let p = args.cloud.provider().map_err(|e| (exit::USAGE, e))?;
+            if p.cloud().settings.flavor.is_none() {
+                return Err((
+                    exit::USAGE,
+                    format!(
+                        "cloud `{}`: no flavor: pass --flavor or set `ferrotron: {{flavor: …}}` \
+                         in its clouds.yaml entry",
+                        p.cloud().name
+                    ),
+                ));
+            }
+            let image = args
+                .image
+                .clone()
+                .or_else(|| p.default_image().map(String::from))
+                .unwrap_or_else(|| DEFAULT_IMAGE.into());
+            (Arc::new(p), image)
         }
     };
     let json = args.format == Format::Json;

@@ -11,6 +11,7 @@
 
 pub mod libvirt;
 pub mod local;
+pub mod openstack;
 pub mod seed;
 pub mod ssh;
 
@@ -132,6 +133,12 @@ pub trait Provider: Send + Sync {
     async fn list(&self) -> Result<Vec<Listed>, ProviderError>;
 
     async fn capacity(&self) -> Result<Capacity, ProviderError>;
+
+    /// Why a connection to instance `id` may have been lost (deleted behind our back, in an
+    /// error state), for the run's error; `None` when there is nothing to say.
+    async fn explain_loss(&self, _id: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Runs a helper program (qemu-img, genisoimage) to completion; its stderr becomes the

@@ -9,20 +9,16 @@ use std::path::Path;
 
 use super::{InstanceSpec, ProviderError};
 
-/// Writes the seed for `spec` to `out`, staging its files in `root` (removed afterwards,
-/// since it holds the guest's private host key).
-pub async fn write(root: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), ProviderError> {
-    let root = root.to_path_buf();
-    let fdir = root.join("ferrotron");
-    std::fs::create_dir_all(&fdir).map_err(ProviderError::io("creating the seed tree"))?;
-    let uuid = spec.meta.run_uuid;
-    let short: String = uuid.simple().to_string().chars().take(8).collect();
+/// The cloud-init user-data that delivers the run's keys: `spec`'s client key may log in
+/// as root, and the guest's host key is the pinned pair (cloud-init generates none). Cloud
+/// backends pass the same text as their user data.
+pub fn user_data(spec: &InstanceSpec) -> String {
     let indent = |s: &str| {
         s.lines()
             .map(|l| format!("      {l}\n"))
             .collect::<String>()
     };
-    let user_data = format!(
+    format!(
         "#cloud-config\n\
          disable_root: false\n\
          users: []\n\
@@ -33,7 +29,18 @@ pub async fn write(root: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), P
         client = spec.client_public_key.trim(),
         pem = indent(&spec.host_private_key_openssh),
         host = spec.host_public_key.trim(),
-    );
+    )
+}
+
+/// Writes the seed for `spec` to `out`, staging its files in `root` (removed afterwards,
+/// since it holds the guest's private host key).
+pub async fn write(root: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), ProviderError> {
+    let root = root.to_path_buf();
+    let fdir = root.join("ferrotron");
+    std::fs::create_dir_all(&fdir).map_err(ProviderError::io("creating the seed tree"))?;
+    let uuid = spec.meta.run_uuid;
+    let short: String = uuid.simple().to_string().chars().take(8).collect();
+    let user_data = user_data(spec);
     let files = [
         (
             root.join("meta-data"),

@@ -408,7 +408,7 @@ impl Runner {
             }
         };
         if let Err(e) = cx.phase("upload", upload).await {
-            return Ending::Infra(format!("uploading the task: {e}"));
+            return Ending::Infra(self.explain(cx, format!("uploading the task: {e}")).await);
         }
 
         let mut vars = Vars::default();
@@ -454,11 +454,32 @@ impl Runner {
                     return Ending::TaskFailed(format!("action `{}` failed: {e}", action.name));
                 }
                 Err(ActionError::Guest(e)) => {
-                    return Ending::Infra(format!("action `{}`: {e}", action.name));
+                    return Ending::Infra(
+                        self.explain(cx, format!("action `{}`: {e}", action.name))
+                            .await,
+                    );
                 }
             }
         }
         Ending::Completed
+    }
+
+    /// Adds the provider's word on the instance to a lost-connection error (it may have been
+    /// deleted behind our back).
+    async fn explain(&self, cx: &RunCtx, error: String) -> String {
+        let id = cx
+            .instance
+            .lock()
+            .expect("instance lock")
+            .as_ref()
+            .map(|i| i.id.clone());
+        match id {
+            Some(id) => match self.provider.explain_loss(&id).await {
+                Some(why) => format!("{error} ({why})"),
+                None => error,
+            },
+            None => error,
+        }
     }
 
     /// Creates an instance and connects to it, retrying spawns that do not come up.
@@ -473,7 +494,7 @@ impl Runner {
             *cx.attempts.lock().expect("attempts lock") = attempt as usize;
             let started_at = OffsetDateTime::now_utc();
             let result = self.spawn_once(req, cx).await;
-            let error = result.as_ref().err().cloned();
+            let error = result.as_ref().err().map(|(e, _)| e.clone());
             let _ = self
                 .store
                 .record_attempt(
@@ -488,15 +509,22 @@ impl Runner {
                 .await;
             match result {
                 Ok(session) => return Ok(session),
-                Err(e) => {
+                Err((e, retry)) => {
                     cx.emit(Event::Notice(format!(
                         "spawn attempt {attempt}/{attempts} failed: {e}"
                     )));
                     last_error = e;
                     // A half-made instance is torn down before the next try.
                     self.destroy(cx).await;
+                    if !retry {
+                        return Err(format!(
+                            "no usable instance (not retried, retrying cannot help): {last_error}"
+                        ));
+                    }
                     if attempt < attempts {
-                        let backoff = Duration::from_secs(1 << attempt.min(5));
+                        // Jittered, so that runs refused together do not retry together.
+                        let backoff = Duration::from_secs(1 << attempt.min(5))
+                            + Duration::from_millis(rand::random_range(0..1000));
                         tokio::time::sleep(backoff).await;
                     }
                 }
@@ -507,7 +535,12 @@ impl Runner {
         ))
     }
 
-    async fn spawn_once(&self, req: &RunRequest, cx: &RunCtx) -> Result<Arc<dyn Session>, String> {
+    /// One spawn; an error says whether another attempt may help.
+    async fn spawn_once(
+        &self,
+        req: &RunRequest,
+        cx: &RunCtx,
+    ) -> Result<Arc<dyn Session>, (String, bool)> {
         let spec = InstanceSpec {
             meta: InstanceMeta {
                 run_uuid: req.uuid,
@@ -522,12 +555,15 @@ impl Runner {
         let instance = cx
             .phase("clone", self.provider.create(&spec))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                let retry = !matches!(e, crate::provider::ProviderError::Permanent(_));
+                (e.to_string(), retry)
+            })?;
         *cx.instance.lock().expect("instance lock") = Some(instance.clone());
         let session = cx
             .phase("boot", connect(&instance, &cx.keys))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (e.to_string(), true))?;
         *cx.session.lock().expect("session lock") = Some(session.clone());
         Ok(session)
     }

@@ -1,0 +1,2 @@
+//! Test doubles shared by integration tests.
+pub mod openstack_double;
