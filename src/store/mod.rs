@@ -13,6 +13,7 @@ macro_rules! data_lookup_sql {
     };
 }
 
+mod query;
 mod results;
 mod runs;
 pub mod schema;
@@ -27,6 +28,10 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
+pub use query::{
+    DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
+    like_pattern,
+};
 pub use results::{NewGroup, NewResult, StoredResult};
 pub use runs::{Attempt, NewRun, Phase, RunRecord, RunState, UnknownRunState};
 
