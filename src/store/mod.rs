@@ -7,9 +7,14 @@
 
 /// WHERE fragment on `result_data d` (`$1` = key, `$2` = value) that the `result_data_lookup`
 /// index serves; a macro so that static SQL can `concat!` it. See `schema::DATA_LOOKUP_SQL`.
+///
+/// The full-value check compares `CAST(d.value AS TEXT)`, not the bare column: SQLite's
+/// constant propagation would otherwise rewrite `substr(d.value, …)` into `substr($2, …)`
+/// (given `d.value = $2`), the expression would no longer match the index, and the lookup
+/// would scan every row of the key.
 macro_rules! data_lookup_sql {
     () => {
-        "d.key = $1 AND substr(d.value, 1, 200) = substr($2, 1, 200) AND d.value = $2"
+        "d.key = $1 AND substr(d.value, 1, 200) = substr($2, 1, 200) AND CAST(d.value AS TEXT) = $2"
     };
 }
 

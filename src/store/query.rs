@@ -118,46 +118,80 @@ impl ResultFilter {
     }
 
     /// `WHERE …` (or nothing) on `results r`.
+    ///
+    /// One exact data filter (`item` when there is one) drives the query through the
+    /// `result_data_lookup` index; every other condition is checked per candidate row through
+    /// primary keys (`EXISTS`), so a broad filter such as `type=koji_build` never materialises
+    /// a million ids.
     fn where_sql(&self, sql: &mut Sql) {
         let mut conds: Vec<String> = Vec::new();
-        // Data filters first: the exact ones are the selective ones (the item lookup).
-        for (key, m) in &self.data {
+        let driver = self
+            .data
+            .iter()
+            .position(|(k, m)| k == "item" && matches!(m, DataMatch::Exact(_)))
+            .or_else(|| {
+                self.data
+                    .iter()
+                    .position(|(_, m)| matches!(m, DataMatch::Exact(_)))
+            });
+        if let Some(i) = driver
+            && let (key, DataMatch::Exact(values)) = &self.data[i]
+        {
             let k = sql.arg_str(key);
-            let alts: Vec<String> = match m {
-                DataMatch::Exact(values) => values
-                    .iter()
-                    .map(|v| {
-                        let v = sql.arg_str(v);
-                        // The one spelling the `result_data_lookup` index serves.
-                        format!(
-                            "({})",
-                            schema::DATA_LOOKUP_SQL
-                                .replace("$1", "\u{1}")
-                                .replace("$2", "\u{2}")
-                                .replace('\u{1}', &k)
-                                .replace('\u{2}', &v)
-                        )
-                    })
-                    .collect(),
-                DataMatch::Like(patterns) => patterns
-                    .iter()
-                    .map(|p| {
-                        let p = sql.arg_str(&like_pattern(p));
-                        format!("(d.key = {k} AND d.value LIKE {p} ESCAPE '\\')")
-                    })
-                    .collect(),
-            };
+            let alts: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    let v = sql.arg_str(v);
+                    // The one spelling the `result_data_lookup` index serves.
+                    format!(
+                        "({})",
+                        schema::DATA_LOOKUP_SQL
+                            .replace("$1", "\u{1}")
+                            .replace("$2", "\u{2}")
+                            .replace('\u{1}', &k)
+                            .replace('\u{2}', &v)
+                    )
+                })
+                .collect();
             conds.push(format!(
                 "r.id IN (SELECT d.result_id FROM result_data d WHERE {})",
                 alts.join(" OR ")
             ));
         }
+        for (i, (key, m)) in self.data.iter().enumerate() {
+            if Some(i) == driver {
+                continue;
+            }
+            let k = sql.arg_str(key);
+            let test = match m {
+                DataMatch::Exact(values) => format!("d.value IN {}", sql.list(values)),
+                DataMatch::Like(patterns) => patterns
+                    .iter()
+                    .map(|p| {
+                        let p = sql.arg_str(&like_pattern(p));
+                        format!("d.value LIKE {p} ESCAPE '\\'")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" OR "),
+            };
+            conds.push(format!(
+                "EXISTS (SELECT 1 FROM result_data d WHERE d.result_id = r.id AND d.key = {k} \
+                 AND ({test}))"
+            ));
+        }
         if !self.groups.is_empty() {
             let l = sql.list(&self.groups);
-            conds.push(format!(
-                "r.id IN (SELECT rg.result_id FROM results_groups rg \
-                 JOIN result_groups g ON g.id = rg.group_id WHERE g.uuid IN {l})"
-            ));
+            conds.push(if driver.is_some() {
+                format!(
+                    "EXISTS (SELECT 1 FROM results_groups rg JOIN result_groups g ON g.id = rg.group_id \
+                     WHERE rg.result_id = r.id AND g.uuid IN {l})"
+                )
+            } else {
+                format!(
+                    "r.id IN (SELECT rg.result_id FROM results_groups rg \
+                     JOIN result_groups g ON g.id = rg.group_id WHERE g.uuid IN {l})"
+                )
+            });
         }
         let mut tc: Vec<String> = Vec::new();
         if !self.testcases.is_empty() {
@@ -702,4 +736,60 @@ fn summary_from_row(row: &AnyRow) -> Result<RunSummary, String> {
         outcomes: BTreeMap::new(),
         cancel_requested: cancel.is_some(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for the id query of `f` (what `result_page` runs).
+    async fn plan(store: &Store, f: &ResultFilter, latest: bool) -> String {
+        let mut sql = Sql::new("EXPLAIN QUERY PLAN SELECT r.id FROM results r");
+        if latest {
+            sql = Sql::new(
+                "EXPLAIN QUERY PLAN SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.testcase_id ORDER BY r.submit_time DESC) FROM results r",
+            );
+        }
+        f.where_sql(&mut sql);
+        sql.push(f.order_sql());
+        let rows = sql.query().fetch_all(store.pool()).await.unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(3).unwrap())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    #[tokio::test]
+    async fn sqlite_filters_drive_by_the_item_index_and_never_scan_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/p.db", dir.path().display()))
+            .await
+            .unwrap();
+        let exact = |k: &str, v: &str| (k.to_string(), DataMatch::Exact(vec![v.to_string()]));
+        let item_only = ResultFilter {
+            data: vec![exact("item", "x")],
+            ..ResultFilter::default()
+        };
+        // `arch` sorts before `item` but must not drive; `type` matches everything.
+        let broad = ResultFilter {
+            data: vec![
+                exact("arch", "x86_64"),
+                exact("item", "x"),
+                exact("type", "koji_build"),
+            ],
+            groups: vec!["g".into()],
+            outcomes: vec!["PASSED".into()],
+            ..ResultFilter::default()
+        };
+        for (f, latest) in [(&item_only, false), (&broad, false), (&broad, true)] {
+            let p = plan(&store, f, latest).await;
+            assert!(p.contains("result_data_lookup (key=? AND <expr>=?)"), "{p}");
+            assert!(!p.contains("SCAN r"), "{p}");
+            assert_eq!(
+                p.matches("LIST SUBQUERY").count(),
+                1,
+                "one driving list: {p}"
+            );
+        }
+    }
 }
