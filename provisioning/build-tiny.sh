@@ -27,7 +27,8 @@ usage() { echo "usage: $0 OUTDIR" >&2; exit 2; }
 [[ $# -eq 1 && $1 != -* ]] || usage
 outdir=$1
 
-CMDLINE=${TINY_CMDLINE:-"console=ttyS0 root=/dev/vda rw quiet"}
+# cryptomgr.notests: skip the crypto self-tests at boot (~1 s under TCG)
+CMDLINE=${TINY_CMDLINE:-"console=ttyS0 root=/dev/vda rw quiet cryptomgr.notests"}
 ROOT_SIZE=${TINY_ROOT_SIZE:-1G}
 
 need_cmds busybox dropbear dropbearconvert dropbearkey zstdcat cpio mkfs.ext4 qemu-img xz ldd
@@ -127,7 +128,7 @@ while read -r m; do
 done </modules.order
 echo "initramfs: modules loaded at $(cut -d' ' -f1 /proc/uptime)s" >/dev/console
 
-root=/dev/vda rootfstype=ext4 rootflags= init=/sbin/init mode=rw
+root=/dev/vda rootfstype=ext4 rootflags='' init=/sbin/init mode=rw
 for arg in $(cat /proc/cmdline); do
   case $arg in
     root=*) root=${arg#root=} ;;

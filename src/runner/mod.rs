@@ -102,6 +102,8 @@ pub enum RunnerError {
     Invalid(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("generating the run's SSH keys: {0}")]
+    Keys(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -211,11 +213,15 @@ pub fn validate(req: &RunRequest) -> Result<(), RunnerError> {
     }
     for arg in &req.formula.input_args {
         if !builtins.iter().any(|b| b == arg) {
+            let given = if req.item_type.is_empty() {
+                "no item type (-t)".to_string()
+            } else {
+                format!("item type `{}`", req.item_type)
+            };
             return Err(RunnerError::Invalid(format!(
-                "{}: task expects input `{arg}` (input.args), but this run provides item type `{}`; \
+                "{}: task expects input `{arg}` (input.args), but this run has {given}; \
                  run it with `-t {arg} -i ITEM`",
                 req.formula.path.display(),
-                req.item_type
             )));
         }
     }
@@ -232,7 +238,7 @@ impl Runner {
         mut cancel: watch::Receiver<bool>,
     ) -> Result<RunReport, RunnerError> {
         validate(&req)?;
-        let keys = RunKeys::generate().map_err(|e| RunnerError::Invalid(e.to_string()))?;
+        let keys = RunKeys::generate().map_err(|e| RunnerError::Keys(e.to_string()))?;
         let run_dir = self.data_dir.join("artifacts").join(req.uuid.to_string());
         let artifacts_dir = run_dir.join("task");
         let log_path = run_dir.join("ferrotron.log");
