@@ -681,7 +681,7 @@ async fn runs_api_cancel_and_files(s: Server) {
         seen.contains("data: [lint] appended while watching\n"),
         "{seen}"
     );
-    assert!(seen.contains("event: end"), "{seen}");
+    assert!(seen.contains("event: end\ndata: end\n"), "{seen}");
 }
 
 on_both!(pages_render_and_escape);
@@ -812,4 +812,56 @@ json.dump(out, sys.stdout)
     assert_eq!(v["basic"]["outcome"], "INFO");
     // 5 + basic; the anonymous one was not stored.
     assert_eq!(count_results(&s).await, 6);
+}
+
+// --- the real binary ------------------------------------------------------------------------
+
+/// `ferrotron web` serves an existing store read-only: pages and GETs work, writes get 403
+/// and store nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_command_is_read_only() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/ferrotron.db", data.path().display());
+    let store = Store::open(&db).await.unwrap();
+    store
+        .create_result(&ferrotron::store::NewResult {
+            testcase: "t".into(),
+            outcome: "PASSED".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut child = common::command(data.path(), &["web", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.split_whitespace().last().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let s = Server {
+        url,
+        store: store.clone(),
+        data,
+        _pg: None,
+    };
+    let (st, v) = get(&s, "/api/v2.0/results").await;
+    assert_eq!((st, v["data"].as_array().unwrap().len()), (200, 1));
+    let (st, v) = post(
+        &s,
+        "/api/v2.0/results",
+        json!({"outcome": "PASSED", "testcase": "t"}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    assert!(message(&v).contains("read-only"));
+    assert_eq!(count_results(&s).await, 1);
+    let r = client().get(format!("{}/", s.url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -146,7 +146,8 @@ pub fn log_events(
                     let line = String::from_utf8_lossy(&pending).into_owned();
                     let _ = tx.send(Event::default().data(line)).await;
                 }
-                let _ = tx.send(Event::default().event("end").data("")).await;
+                // Non-empty data: browsers do not dispatch an event whose data is empty.
+                let _ = tx.send(Event::default().event("end").data("end")).await;
                 return;
             }
             tokio::time::sleep(POLL).await;
