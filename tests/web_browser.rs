@@ -126,7 +126,7 @@ async fn seed(data: &Path) -> (Uuid, Uuid) {
     let store = Store::open(&format!("sqlite://{}/ferrotron.db", data.display()))
         .await
         .unwrap();
-    let mut make = |task: &'static str, item: &'static str| {
+    let make = |task: &'static str, item: &'static str| {
         let store = store.clone();
         async move {
             let uuid = Uuid::now_v7();

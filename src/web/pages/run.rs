@@ -19,19 +19,13 @@ use crate::web::runs_api::reproduce_command;
 /// Most of a finished log inlined in the page; the rest is one click away.
 const LOG_INLINE_MAX: u64 = 2 * 1024 * 1024;
 
-fn uuid_or_404(s: &str) -> Result<Uuid, Response> {
-    Uuid::parse_str(s).map_err(|_| {
-        error_page(
-            StatusCode::NOT_FOUND,
-            &format!("no run `{s}`: not a run uuid"),
-        )
-    })
+fn not_a_run(s: &str) -> Response {
+    error_page(StatusCode::NOT_FOUND, &format!("no run `{s}`: not a run uuid"))
 }
 
 pub async fn page(State(st): State<WebState>, Path(uuid): Path<String>) -> Response {
-    let uuid = match uuid_or_404(&uuid) {
-        Ok(u) => u,
-        Err(r) => return r,
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return not_a_run(&uuid);
     };
     let run = match st.store.run(uuid).await {
         Ok(Some(r)) => r,
@@ -255,9 +249,8 @@ async fn read_head(path: &std::path::Path, max: u64) -> Option<(String, bool)> {
 
 /// The whole log as plain text.
 pub async fn log(State(st): State<WebState>, Path(uuid): Path<String>) -> Response {
-    let uuid = match uuid_or_404(&uuid) {
-        Ok(u) => u,
-        Err(r) => return r,
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return not_a_run(&uuid);
     };
     serve_file(
         files::log_path(&st, uuid),
@@ -269,9 +262,8 @@ pub async fn log(State(st): State<WebState>, Path(uuid): Path<String>) -> Respon
 
 /// The log as server-sent events: everything so far, then new lines until the run ends.
 pub async fn log_stream(State(st): State<WebState>, Path(uuid): Path<String>) -> Response {
-    let uuid = match uuid_or_404(&uuid) {
-        Ok(u) => u,
-        Err(r) => return r,
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return not_a_run(&uuid);
     };
     match st.store.run(uuid).await {
         Ok(Some(_)) => {}
@@ -285,9 +277,8 @@ pub async fn log_stream(State(st): State<WebState>, Path(uuid): Path<String>) ->
 }
 
 pub async fn artifacts_index(State(st): State<WebState>, Path(uuid): Path<String>) -> Response {
-    let uuid = match uuid_or_404(&uuid) {
-        Ok(u) => u,
-        Err(r) => return r,
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return not_a_run(&uuid);
     };
     let root = files::artifacts_root(&st, uuid);
     let listed = tokio::task::spawn_blocking(move || files::list_artifacts(&root))
@@ -314,9 +305,8 @@ pub async fn artifact(
     Query(q): Query<DownloadQuery>,
     req: Request<Body>,
 ) -> Response {
-    let uuid = match uuid_or_404(&uuid) {
-        Ok(u) => u,
-        Err(r) => return r,
+    let Ok(uuid) = Uuid::parse_str(&uuid) else {
+        return not_a_run(&uuid);
     };
     let root = files::artifacts_root(&st, uuid);
     let found = tokio::task::spawn_blocking(move || {
