@@ -20,7 +20,10 @@ use crate::web::runs_api::reproduce_command;
 const LOG_INLINE_MAX: u64 = 2 * 1024 * 1024;
 
 fn not_a_run(s: &str) -> Response {
-    error_page(StatusCode::NOT_FOUND, &format!("no run `{s}`: not a run uuid"))
+    error_page(
+        StatusCode::NOT_FOUND,
+        &format!("no run `{s}`: not a run uuid"),
+    )
 }
 
 pub async fn page(State(st): State<WebState>, Path(uuid): Path<String>) -> Response {
