@@ -131,7 +131,7 @@ async fn generate(url: &str, sqlite: &std::path::Path, opts: &Options) -> Result
     let have: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM results")
         .fetch_one(pool)
         .await?;
-    if opts.reuse && have as u64 == opts.results {
+    if opts.reuse && have as u64 >= opts.results {
         return Ok(0.0);
     }
     if store.dialect() == Dialect::Postgres {

@@ -24,6 +24,12 @@ pub struct WebArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: WebArgs) -> i32 {
+    // glibc gives every thread that contends its own malloc arena and keeps freed memory in
+    // each: with the runtime's and SQLite's threads that is most of the resident size.
+    // SAFETY: mallopt only sets an allocator tunable.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let tokens = match &args.token_file {
         None => Vec::new(),
         Some(p) => match std::fs::read_to_string(p) {

@@ -215,8 +215,10 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
         }
     }
 
-    // A local file needs no liveness ping per checkout.
+    // A local file needs no liveness ping per checkout. Four connections: SQLite has one
+    // writer at a time, and every connection keeps its own page and statement caches.
     let mut options = AnyPoolOptions::new()
+        .max_connections(4)
         .test_before_acquire(false)
         .after_connect(|conn, _meta| {
             Box::pin(async move {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AssertSqlSafe, Row};
+use sqlx::{Any, AssertSqlSafe};
 use uuid::Uuid;
 
 use super::runs::{RunRecord, RunState};
@@ -124,6 +124,15 @@ impl ResultFilter {
     /// primary keys (`EXISTS`), so a broad filter such as `type=koji_build` never materialises
     /// a million ids.
     fn where_sql(&self, sql: &mut Sql) {
+        let conds = self.where_conds(sql);
+        if !conds.is_empty() {
+            sql.push(" WHERE ");
+            sql.push(&conds.join(" AND "));
+        }
+    }
+
+    /// The conditions of [`Self::where_sql`], to AND with others.
+    fn where_conds(&self, sql: &mut Sql) -> Vec<String> {
         let mut conds: Vec<String> = Vec::new();
         let driver = self
             .data
@@ -220,10 +229,7 @@ impl ResultFilter {
                 conds.push(format!("r.submit_time <= {t}"));
             }
         }
-        if !conds.is_empty() {
-            sql.push(" WHERE ");
-            sql.push(&conds.join(" AND "));
-        }
+        conds
     }
 
     fn order_sql(&self) -> &'static str {
@@ -286,49 +292,47 @@ pub struct RunSummary {
     pub cancel_requested: bool,
 }
 
+/// Result rows with their testcase; conditions follow as `AND …`. `CROSS JOIN` keeps SQLite
+/// from driving the query from the (small) testcases table.
+const RESULT_ROWS: &str = "SELECT r.id, r.outcome, r.note, r.ref_url, r.submit_time, \
+    t.name AS testcase, t.ref_url AS testcase_ref_url \
+    FROM results r CROSS JOIN testcases t WHERE t.id = r.testcase_id";
+
 const RUN_COLUMNS: &str = "r.id, r.uuid, r.task, r.item, r.item_type, r.arch, r.backend, \
     r.state, r.exit_code, r.params, r.error, r.log_path, r.artifacts_dir, r.owner, \
     r.created_at, r.started_at, r.finished_at, r.cancel_requested_at";
 
 impl Store {
     /// One page of results matching `f`: `limit` rows after skipping `offset`, plus one more
-    /// when there is one (so the caller can tell whether a next page exists). Four statements.
+    /// when there is one (so the caller can tell whether a next page exists). Two statements.
     pub async fn result_page(
         &self,
         f: &ResultFilter,
         limit: u32,
         offset: u64,
     ) -> Result<Vec<StoredResult>, StoreError> {
-        let op = || "listing results".to_string();
-        let mut sql = Sql::new("SELECT r.id FROM results r");
-        f.where_sql(&mut sql);
+        let mut sql = Sql::new(RESULT_ROWS);
+        for c in f.where_conds(&mut sql) {
+            sql.push(" AND ");
+            sql.push(&c);
+        }
         sql.push(f.order_sql());
         let l = sql.arg_i64(i64::from(limit) + 1);
         let o = sql.arg_i64(i64::try_from(offset).unwrap_or(i64::MAX));
         sql.push(&format!(" LIMIT {l} OFFSET {o}"));
-        let ids: Vec<i64> = sql
-            .query()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db(op))?
-            .iter()
-            .map(|row| row.try_get::<i64, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(db(op))?;
-        self.results_by_ids(&ids).await
+        self.load_rows(&sql, || "listing results".to_string()).await
     }
 
     /// The newest result matching `f` per testcase, and per the first value of each of
-    /// the `distinct_on` data keys (ResultsDB's `/results/latest`), newest first.
+    /// the `distinct_on` data keys (ResultsDB's `/results/latest`), newest first. Two
+    /// statements.
     pub async fn latest_results(
         &self,
         f: &ResultFilter,
         distinct_on: &[String],
     ) -> Result<Vec<StoredResult>, StoreError> {
-        let op = || "listing the latest results".to_string();
-        let mut sql = Sql::new(
-            "SELECT id FROM (SELECT r.id, r.submit_time, ROW_NUMBER() OVER (PARTITION BY r.testcase_id",
-        );
+        let mut sql = Sql::new(RESULT_ROWS);
+        sql.push(" AND r.id IN (SELECT id FROM (SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.testcase_id");
         for key in distinct_on {
             let k = sql.arg_str(key);
             sql.push(&format!(
@@ -338,17 +342,56 @@ impl Store {
         }
         sql.push(" ORDER BY r.submit_time DESC, r.id DESC) AS rn FROM results r");
         f.where_sql(&mut sql);
-        sql.push(") x WHERE rn = 1 ORDER BY submit_time DESC, id DESC");
-        let ids: Vec<i64> = sql
-            .query()
-            .fetch_all(&self.pool)
+        sql.push(") x WHERE rn = 1) ORDER BY r.submit_time DESC, r.id DESC");
+        self.load_rows(&sql, || "listing the latest results".to_string())
             .await
-            .map_err(db(op))?
-            .iter()
-            .map(|row| row.try_get::<i64, _>(0))
-            .collect::<Result<_, _>>()
-            .map_err(db(op))?;
-        self.results_by_ids(&ids).await
+    }
+
+    /// Runs `sql` (a [`RESULT_ROWS`] query), then loads the groups and data of those results
+    /// in one more statement.
+    async fn load_rows(
+        &self,
+        sql: &Sql,
+        op: impl Fn() -> String + Copy,
+    ) -> Result<Vec<StoredResult>, StoreError> {
+        let corrupt = |message| StoreError::Corrupt { op: op(), message };
+        let mut conn = self.pool.acquire().await.map_err(db(op))?;
+        let rows = sql.query().fetch_all(&mut *conn).await.map_err(db(op))?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut results = Vec::with_capacity(rows.len());
+        let mut index = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let r = super::results::result_from_row(row).map_err(corrupt)?;
+            index.insert(r.id, results.len());
+            results.push(r);
+        }
+        let mut more = Sql::default();
+        let ids: Vec<String> = results.iter().map(|r| more.arg_i64(r.id)).collect();
+        let ids = ids.join(", ");
+        more.push(&format!(
+            "SELECT rg.result_id AS result_id, CAST(0 AS BIGINT) AS kind, g.uuid AS k, \
+             CAST('' AS TEXT) AS v, g.id AS o FROM results_groups rg \
+             JOIN result_groups g ON g.id = rg.group_id WHERE rg.result_id IN ({ids}) \
+             UNION ALL SELECT d.result_id, CAST(1 AS BIGINT), d.key, d.value, CAST(d.ord AS BIGINT) \
+             FROM result_data d WHERE d.result_id IN ({ids}) ORDER BY 1, 2, 5"
+        ));
+        for row in more.query().fetch_all(&mut *conn).await.map_err(db(op))? {
+            let id: i64 = col(&row, "result_id").map_err(corrupt)?;
+            let Some(&i) = index.get(&id) else { continue };
+            let kind: i64 = col(&row, "kind").map_err(corrupt)?;
+            let k: String = col(&row, "k").map_err(corrupt)?;
+            if kind == 0 {
+                let uuid =
+                    Uuid::parse_str(&k).map_err(|e| corrupt(format!("group uuid `{k}`: {e}")))?;
+                results[i].groups.push(uuid);
+            } else {
+                let v: String = col(&row, "v").map_err(corrupt)?;
+                results[i].data.entry(k).or_default().push(v);
+            }
+        }
+        Ok(results)
     }
 
     /// A page of groups (`limit + 1` rows at most), newest first.
@@ -741,6 +784,7 @@ fn summary_from_row(row: &AnyRow) -> Result<RunSummary, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Row;
 
     /// SQLite's plan for the id query of `f` (what `result_page` runs).
     async fn plan(store: &Store, f: &ResultFilter, latest: bool) -> String {
