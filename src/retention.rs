@@ -232,4 +232,115 @@ mod tests {
                 .contains("keep_dayz")
         );
     }
+
+    /// Old runs of a short-lived task go by age, then the oldest finished runs by budget; a
+    /// running run, results and everything outside artifacts/ stay; a dry run deletes nothing.
+    #[tokio::test]
+    async fn prunes_by_age_then_budget_and_keeps_live_runs() {
+        use crate::store::{NewResult, NewRun, RunState};
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/db.sqlite", data.path().display()))
+            .await
+            .unwrap();
+        let day: i64 = 86_400_000_000;
+        let now: i64 = 1_000 * day;
+        let mut runs = Vec::new();
+        // (task, age in days, state, bytes)
+        for (task, age, state, bytes) in [
+            ("lint", 10, RunState::Finished, 100), // lint keeps 7 days: age
+            ("build", 10, RunState::Finished, 300), // oldest finished build: budget
+            ("build", 5, RunState::Failed, 300),   // kept: under budget after the first
+            ("build", 20, RunState::Running, 500), // live: never touched
+            ("lint", 1, RunState::Finished, 100),  // young: kept
+        ] {
+            let uuid = Uuid::now_v7();
+            store
+                .create_run(&NewRun {
+                    uuid,
+                    task: task.into(),
+                    item: "i".into(),
+                    item_type: "t".into(),
+                    arch: "a".into(),
+                    backend: "local".into(),
+                    params: serde_json::json!({}),
+                    log_path: String::new(),
+                    artifacts_dir: String::new(),
+                    owner: None,
+                })
+                .await
+                .unwrap();
+            if state.is_terminal() {
+                store.finish_run(uuid, state, Some(0), None).await.unwrap();
+            } else {
+                store.set_run_state(uuid, state).await.unwrap();
+            }
+            sqlx::query("UPDATE runs SET created_at = $1 WHERE uuid = $2")
+                .bind(now - age * day)
+                .bind(uuid.to_string())
+                .execute(store.pool())
+                .await
+                .unwrap();
+            let dir = data
+                .path()
+                .join("artifacts")
+                .join(uuid.to_string())
+                .join("task");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("f"), vec![b'x'; bytes]).unwrap();
+            store
+                .create_result(&NewResult {
+                    testcase: task.into(),
+                    groups: vec![uuid.into()],
+                    outcome: "PASSED".into(),
+                    ..NewResult::default()
+                })
+                .await
+                .unwrap();
+            runs.push(uuid);
+        }
+        std::fs::create_dir_all(data.path().join("keys")).unwrap();
+        std::fs::write(data.path().join("keys/k"), vec![b'k'; 10_000]).unwrap();
+        let policy = Policy {
+            keep_days: Some(30),
+            task_keep_days: [("lint".to_string(), 7)].into_iter().collect(),
+            max_bytes: Some(1_000),
+        };
+
+        let dry = prune(&store, data.path(), &policy, now, true)
+            .await
+            .unwrap();
+        let gone: Vec<(Uuid, Reason)> = dry
+            .pruned
+            .iter()
+            .map(|p| (p.uuid, p.reason.clone()))
+            .collect();
+        assert_eq!(
+            gone,
+            [
+                (runs[0], Reason::Age { keep_days: 7 }),
+                (runs[1], Reason::Budget)
+            ]
+        );
+        assert_eq!(dry.total_before, 1_300);
+        assert!(
+            runs.iter()
+                .all(|u| data.path().join("artifacts").join(u.to_string()).exists())
+        );
+
+        let done = prune(&store, data.path(), &policy, now, false)
+            .await
+            .unwrap();
+        assert_eq!(done.pruned.len(), 2);
+        assert_eq!(done.total_after, 900);
+        for (i, u) in runs.iter().enumerate() {
+            let exists = data.path().join("artifacts").join(u.to_string()).exists();
+            assert_eq!(exists, i >= 2, "run {i}");
+        }
+        assert!(data.path().join("keys/k").exists());
+        let results: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM results")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(results, 5, "results stay");
+    }
 }
