@@ -24,6 +24,8 @@ if ! cmp -s provisioning/test-requirements.txt "$venv/.requirements"; then
   cp provisioning/test-requirements.txt "$venv/.requirements"
 fi
 export FERROTRON_TEST_PYTHON=$venv/bin/python
+# host-setup.sh --test installed chromium and chromium-driver: the web UI tests drive them.
+export FERROTRON_TEST_BROWSER=1
 
 # Guest images: built once per machine, reused by later runs.
 export FERROTRON_TEST_IMAGES=${FERROTRON_TEST_IMAGES:-/var/lib/ferrotron/test-images}

@@ -8,6 +8,8 @@ pub mod outcome;
 pub mod provider;
 pub mod reaper;
 pub mod results;
+pub mod retention;
 pub mod runner;
 pub mod store;
 pub mod task;
+pub mod web;

@@ -3,8 +3,10 @@
 
 mod bench;
 mod cloud;
+mod prune;
 mod reap;
 mod run;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +90,10 @@ pub enum Commands {
     Reap(reap::ReapArgs),
     /// Benchmarks that print figures.
     Bench(bench::BenchArgs),
+    /// Serve the review UI and the ResultsDB/runs APIs for an existing store (read-only).
+    Web(web::WebArgs),
+    /// Delete old runs' artifacts and logs (per-task keep_days, a size budget); results stay.
+    Prune(prune::PruneArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -108,6 +114,8 @@ pub fn main() -> ExitCode {
             Commands::Run(args) => run::run(&cli.global, *args).await,
             Commands::Reap(args) => reap::run(&cli.global, args).await,
             Commands::Bench(args) => bench::run(&cli.global, args).await,
+            Commands::Web(args) => web::run(&cli.global, args).await,
+            Commands::Prune(args) => prune::run(&cli.global, args).await,
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

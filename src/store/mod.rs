@@ -7,12 +7,18 @@
 
 /// WHERE fragment on `result_data d` (`$1` = key, `$2` = value) that the `result_data_lookup`
 /// index serves; a macro so that static SQL can `concat!` it. See `schema::DATA_LOOKUP_SQL`.
+///
+/// The full-value check compares `CAST(d.value AS TEXT)`, not the bare column: SQLite's
+/// constant propagation would otherwise rewrite `substr(d.value, …)` into `substr($2, …)`
+/// (given `d.value = $2`), the expression would no longer match the index, and the lookup
+/// would scan every row of the key.
 macro_rules! data_lookup_sql {
     () => {
-        "d.key = $1 AND substr(d.value, 1, 200) = substr($2, 1, 200) AND d.value = $2"
+        "d.key = $1 AND substr(d.value, 1, 200) = substr($2, 1, 200) AND CAST(d.value AS TEXT) = $2"
     };
 }
 
+mod query;
 mod results;
 mod runs;
 pub mod schema;
@@ -27,6 +33,10 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
+pub use query::{
+    DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
+    like_pattern,
+};
 pub use results::{NewGroup, NewResult, StoredResult};
 pub use runs::{Attempt, NewRun, Phase, RunRecord, RunState, UnknownRunState};
 
@@ -205,8 +215,10 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
         }
     }
 
-    // A local file needs no liveness ping per checkout.
+    // A local file needs no liveness ping per checkout. Four connections: SQLite has one
+    // writer at a time, and every connection keeps its own page and statement caches.
     let mut options = AnyPoolOptions::new()
+        .max_connections(4)
         .test_before_acquire(false)
         .after_connect(|conn, _meta| {
             Box::pin(async move {

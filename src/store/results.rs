@@ -430,7 +430,7 @@ impl Failure {
     }
 }
 
-fn result_from_row(row: &AnyRow) -> Result<StoredResult, String> {
+pub(super) fn result_from_row(row: &AnyRow) -> Result<StoredResult, String> {
     Ok(StoredResult {
         id: col(row, "id")?,
         testcase: col(row, "testcase")?,

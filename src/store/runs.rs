@@ -369,7 +369,7 @@ impl Store {
     }
 }
 
-fn run_from_row(row: &AnyRow) -> Result<RunRecord, String> {
+pub(super) fn run_from_row(row: &AnyRow) -> Result<RunRecord, String> {
     let uuid: String = col(row, "uuid")?;
     let state: String = col(row, "state")?;
     let params: String = col(row, "params")?;

@@ -60,3 +60,63 @@ pub fn reachable_tempdir() -> tempfile::TempDir {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A fresh PostgreSQL database under the server named by `FERROTRON_TEST_PG`, dropped when
+/// this value is; None (the caller prints SKIPPED) when the variable is unset.
+pub struct PgDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PgDb {
+    pub async fn create() -> Option<PgDb> {
+        use sqlx::{Connection, Executor};
+        let admin = std::env::var("FERROTRON_TEST_PG").ok()?;
+        sqlx::any::install_default_drivers();
+        let name = format!("ferrotron_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::AnyConnection::connect(&admin)
+            .await
+            .expect("connect to FERROTRON_TEST_PG");
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create test database");
+        let (base, query) = match admin.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (admin.as_str(), None),
+        };
+        let after_scheme = base.find("://").map_or(0, |i| i + 3);
+        let host_end = base[after_scheme..]
+            .find('/')
+            .map_or(base.len(), |i| after_scheme + i);
+        let mut url = format!("{}/{name}", &base[..host_end]);
+        if let Some(q) = query {
+            url.push('?');
+            url.push_str(q);
+        }
+        Some(PgDb { url, admin, name })
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        // Dropped from sync code: a short-lived thread with its own runtime.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::{Connection, Executor};
+                let mut c = sqlx::AnyConnection::connect(&admin).await.ok()?;
+                c.execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}

@@ -1,0 +1,335 @@
+//! Runs API (`/api/v1/runs`): the list with filters and paging, one run with everything the
+//! run page shows, and cancel requests (recorded in the store; the owning daemon acts).
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use super::params::{self, Pairs, csv, fmt_time};
+use super::{WebState, auth, base_url, files, resultsdb};
+use crate::outcome::Outcome;
+use crate::store::{RunFilter, RunRecord, RunState, RunSummary};
+
+pub fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/api/v1/runs", get(list))
+        .route("/api/v1/runs/{uuid}", get(one))
+        .route("/api/v1/runs/{uuid}/cancel", post(cancel))
+}
+
+/// The runs list's filters: `task`, `item`, `type`, `arch`, `state`, `outcome` (comma lists),
+/// `from`/`to` (ISO dates or times; a bare `to` date includes that day), `q` (substring).
+pub fn run_filter(pairs: &Pairs) -> ApiResult<RunFilter> {
+    let mut f = RunFilter::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "page" | "limit" => {}
+            "task" => f.task.extend(csv(v)),
+            "item" => f.item.extend(csv(v)),
+            "type" => f.item_type.extend(csv(v)),
+            "arch" => f.arch.extend(csv(v)),
+            "state" => {
+                for s in csv(v) {
+                    f.state.push(
+                        s.parse::<RunState>()
+                            .map_err(|e| ApiError::bad_request(format!("state: {e}")))?,
+                    );
+                }
+            }
+            "outcome" => {
+                for o in csv(v) {
+                    let o = o.to_uppercase();
+                    o.parse::<Outcome>()
+                        .map_err(|e| ApiError::bad_request(format!("outcome: {e}")))?;
+                    f.outcome.push(o);
+                }
+            }
+            "from" if !v.is_empty() => f.from = Some(params::parse_time("from", v)?),
+            "to" if !v.is_empty() => {
+                let t = params::parse_time("to", v)?;
+                // A date alone means the whole day.
+                let day = v.trim().len() == 10;
+                f.to = Some(if day { t + 86_400_000_000 - 1 } else { t });
+            }
+            "from" | "to" => {}
+            "q" => f.search = Some(v.trim().to_string()).filter(|s| !s.is_empty()),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{other}: unknown parameter (runs filter on task, item, type, arch, state, \
+                     outcome, from, to, q)"
+                )));
+            }
+        }
+    }
+    Ok(f)
+}
+
+fn opt_time(t: Option<time::OffsetDateTime>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(fmt_time(t)))
+}
+
+fn summary_json(s: &RunSummary, base: &str) -> Value {
+    let r = &s.run;
+    json!({
+        "uuid": r.uuid,
+        "task": r.task,
+        "item": r.item,
+        "type": r.item_type,
+        "arch": r.arch,
+        "backend": r.backend,
+        "state": r.state,
+        "exit_code": r.exit_code,
+        "error": r.error,
+        "owner": r.owner,
+        "created_at": fmt_time(r.created_at),
+        "started_at": opt_time(r.started_at),
+        "finished_at": opt_time(r.finished_at),
+        "cancel_requested": s.cancel_requested,
+        "outcomes": s.outcomes,
+        "href": format!("{base}/api/v1/runs/{}", r.uuid),
+        "html": format!("{base}/runs/{}", r.uuid),
+    })
+}
+
+async fn list(
+    State(st): State<WebState>,
+    headers: HeaderMap,
+    q: Result<Query<Pairs>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let pairs = params::pairs(q)?;
+    let p = params::paging(&pairs, params::DEFAULT_LIMIT)?;
+    let f = run_filter(&pairs)?;
+    let mut rows = st.store.run_page(&f, p.limit, p.offset()).await?;
+    let has_next = rows.len() > p.limit as usize;
+    rows.truncate(p.limit as usize);
+    let base = base_url(&headers);
+    let (prev, next) = params::page_links(&format!("{base}/api/v1/runs"), &pairs, p, has_next);
+    Ok(Json(json!({
+        "data": rows.iter().map(|r| summary_json(r, &base)).collect::<Vec<_>>(),
+        "prev": prev,
+        "next": next,
+    })))
+}
+
+/// A run's uuid from the path; anything else is a 404 naming it.
+pub fn parse_run_uuid(s: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(s)
+        .map_err(|_| ApiError::not_found(format!("Run not found: `{s}` is not a run uuid")))
+}
+
+async fn one(
+    State(st): State<WebState>,
+    headers: HeaderMap,
+    Path(uuid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let uuid = parse_run_uuid(&uuid)?;
+    let run = st
+        .store
+        .run(uuid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Run not found: {uuid}")))?;
+    let results = st.store.run_results(uuid).await?;
+    let cancel_requested = st.store.cancel_requested(uuid).await?.unwrap_or(false);
+    let base = base_url(&headers);
+    let root = files::artifacts_root(&st, uuid);
+    let artifacts = tokio::task::spawn_blocking(move || files::list_artifacts(&root))
+        .await
+        .unwrap_or_default();
+    let mut v = summary_json(
+        &RunSummary {
+            run: run.clone(),
+            outcomes: Default::default(),
+            cancel_requested,
+        },
+        &base,
+    );
+    let m = v.as_object_mut().expect("an object");
+    m.remove("outcomes");
+    m.insert("params".into(), run.params.clone());
+    m.insert(
+        "phases".into(),
+        run.phases
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "started_at": fmt_time(p.started_at),
+                    "duration_ms": p.duration.as_secs_f64() * 1000.0,
+                })
+            })
+            .collect(),
+    );
+    m.insert(
+        "attempts".into(),
+        run.attempts
+            .iter()
+            .map(|a| {
+                json!({
+                    "attempt": a.attempt,
+                    "started_at": fmt_time(a.started_at),
+                    "finished_at": opt_time(a.finished_at),
+                    "error": a.error,
+                })
+            })
+            .collect(),
+    );
+    m.insert(
+        "results".into(),
+        results
+            .iter()
+            .map(|r| resultsdb::result_json(r, &base))
+            .collect(),
+    );
+    m.insert(
+        "artifacts".into(),
+        artifacts
+            .iter()
+            .map(|a| {
+                json!({
+                    "path": a.path,
+                    "size": a.size,
+                    "href": format!("{base}/runs/{uuid}/artifacts/{}", a.path.split('/').map(super::pages::seg).collect::<Vec<_>>().join("/")),
+                })
+            })
+            .collect(),
+    );
+    m.insert("log".into(), json!(format!("{base}/runs/{uuid}/log")));
+    m.insert("command".into(), json!(reproduce_command(&run)));
+    Ok(Json(v))
+}
+
+async fn cancel(
+    State(st): State<WebState>,
+    headers: HeaderMap,
+    Path(uuid): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body_token = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("_auth_token")?.as_str().map(str::to_string));
+    auth::require_token(&st, &headers, body_token.as_deref())?;
+    let uuid = parse_run_uuid(&uuid)?;
+    let state = st.store.request_cancel(uuid).await?;
+    if state.is_terminal() {
+        return Err(ApiError::status(
+            StatusCode::CONFLICT,
+            format!("run {uuid} is already {state}: nothing to cancel"),
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"uuid": uuid, "state": state, "cancel_requested": true})),
+    ))
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+fn sh(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@+,%".contains(&b))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// The `ferrotron run` command that runs this job again locally (same uuid omitted).
+pub fn reproduce_command(run: &RunRecord) -> String {
+    let p = &run.params;
+    let mut words: Vec<String> = vec!["ferrotron".into(), "run".into()];
+    for (flag, value) in [("-i", &run.item), ("-t", &run.item_type), ("-a", &run.arch)] {
+        if !value.is_empty() {
+            words.push(flag.into());
+            words.push(sh(value));
+        }
+    }
+    if let Some(jobid) = p
+        .get("jobid")
+        .and_then(Value::as_str)
+        .filter(|j| *j != "-1")
+    {
+        words.push("-j".into());
+        words.push(sh(jobid));
+    }
+    match run.backend.as_str() {
+        "local" => {}
+        "ssh" => {
+            if let Some(target) = p.get("image").and_then(Value::as_str) {
+                words.push("--ssh".into());
+                words.push(sh(target));
+            }
+        }
+        backend => {
+            words.push("--backend".into());
+            words.push(sh(backend));
+            if let Some(image) = p.get("image").and_then(Value::as_str) {
+                words.push("--image".into());
+                words.push(sh(image));
+            }
+        }
+    }
+    if let Some(t) = p
+        .get("task_timeout_s")
+        .and_then(Value::as_u64)
+        .filter(|t| *t != 7200)
+    {
+        words.push("--timeout".into());
+        words.push(t.to_string());
+    }
+    if p.get("keep_instance").and_then(Value::as_bool) == Some(true) {
+        words.push("--no-destroy".into());
+    }
+    let formula = p
+        .get("formula")
+        .and_then(Value::as_str)
+        .unwrap_or(&run.task);
+    let formula = formula.strip_suffix("/runtask.yml").unwrap_or(formula);
+    words.push(sh(formula));
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_filters_parse_and_name_bad_values() {
+        let pairs: Pairs = [
+            ("state", "running,failed"),
+            ("to", "2025-01-12"),
+            ("q", " x "),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let f = run_filter(&pairs).unwrap();
+        assert_eq!(f.state, [RunState::Running, RunState::Failed]);
+        assert_eq!(f.to, Some(1_736_726_399_999_999));
+        assert_eq!(f.search.as_deref(), Some("x"));
+        for (k, v) in [
+            ("state", "sleeping"),
+            ("outcome", "meh"),
+            ("from", "later"),
+            ("colour", "red"),
+        ] {
+            let e = run_filter(&vec![(k.to_string(), v.to_string())]).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(k), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(sh("bash-5.2-1.fc41"), "bash-5.2-1.fc41");
+        assert_eq!(sh("a b"), "'a b'");
+        assert_eq!(sh("it's"), "'it'\\''s'");
+        assert_eq!(sh(""), "''");
+    }
+}

@@ -1,0 +1,867 @@
+//! The review HTTP surface over real sockets: the ResultsDB v2.0 API (also through the real
+//! `resultsdb_api` Python client), the runs API, auth, errors, files and the live log. Each
+//! HTTP test runs on SQLite and on PostgreSQL (a fresh database; skipped when
+//! FERROTRON_TEST_PG is unset).
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferrotron::store::{NewRun, Phase, RunState, Store};
+use ferrotron::web::{WebState, router};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const TOKEN: &str = "s3cret-token";
+
+struct Server {
+    url: String,
+    store: Store,
+    data: tempfile::TempDir,
+    _pg: Option<common::PgDb>,
+}
+
+async fn serve(store: Store, pg: Option<common::PgDb>) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let state = WebState::new(store.clone(), data.path().to_path_buf(), vec![TOKEN.into()]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    Server {
+        url,
+        store,
+        data,
+        _pg: pg,
+    }
+}
+
+async fn sqlite_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/db.sqlite", dir.path().display()))
+        .await
+        .unwrap();
+    let s = serve(store, None).await;
+    // Keep the database directory alive as long as the data dir (leaked on purpose: tiny).
+    std::mem::forget(dir);
+    s
+}
+
+async fn postgres_server() -> Option<Server> {
+    let pg = common::PgDb::create().await?;
+    let store = Store::open(&pg.url).await.unwrap();
+    Some(serve(store, Some(pg)).await)
+}
+
+/// Runs a test body on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::sqlite_server().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                match super::postgres_server().await {
+                    Some(s) => super::$name(s).await,
+                    None => common_skip(),
+                }
+            }
+            fn common_skip() {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    b"SKIPPED: FERROTRON_TEST_PG not set (PostgreSQL half did not run)\n",
+                );
+            }
+        }
+    };
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn get(s: &Server, path: &str) -> (u16, Value) {
+    let r = client()
+        .get(format!("{}{path}", s.url))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"));
+    (status, v)
+}
+
+async fn post(s: &Server, path: &str, body: Value, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = client().post(format!("{}{path}", s.url)).json(&body);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+async fn count_results(s: &Server) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM results")
+        .fetch_one(s.store.pool())
+        .await
+        .unwrap()
+}
+
+fn message(v: &Value) -> &str {
+    v["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {v}"))
+}
+
+// --- ResultsDB API -------------------------------------------------------------------------
+
+on_both!(resultsdb_results_filters_and_pages);
+async fn resultsdb_results_filters_and_pages(s: Server) {
+    let group = Uuid::now_v7();
+    for i in 0..5 {
+        let (st, v) = post(
+            &s,
+            "/api/v2.0/results",
+            json!({
+                "outcome": if i % 2 == 0 { "PASSED" } else { "FAILED" },
+                "testcase": {"name": format!("dist.check{}", i % 2), "ref_url": "http://tc"},
+                "groups": [group.to_string()],
+                "note": format!("n{i}"),
+                "data": {"item": format!("pkg-{}", i % 3), "type": "koji_build", "arch": ["x86_64", "noarch"]},
+                "submit_time": format!("2025-01-1{}T10:00:00", i + 1),
+            }),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(st, 201, "{v}");
+        assert_eq!(v["outcome"], if i % 2 == 0 { "PASSED" } else { "FAILED" });
+        assert_eq!(v["data"]["arch"], json!(["x86_64", "noarch"]));
+        assert_eq!(v["groups"], json!([group.to_string()]));
+        assert!(
+            v["href"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}/api/v2.0/results/", s.url))
+        );
+    }
+
+    // item filter, newest first, data values as lists, absolute hrefs.
+    let (st, v) = get(&s, "/api/v2.0/results?item=pkg-0").await;
+    assert_eq!(st, 200);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["submit_time"], "2025-01-14T10:00:00");
+    assert_eq!(data[1]["submit_time"], "2025-01-11T10:00:00");
+    assert_eq!(data[0]["data"]["item"], json!(["pkg-0"]));
+    assert_eq!(data[0]["testcase"]["name"], "dist.check1");
+    assert_eq!(data[0]["testcase"]["ref_url"], "http://tc");
+    assert_eq!(v["prev"], Value::Null);
+    assert_eq!(v["next"], Value::Null);
+
+    // OR within a parameter, AND across; like on testcases and data; outcome; since; sort.
+    let n = |v: &Value| v["data"].as_array().unwrap().len();
+    assert_eq!(n(&get(&s, "/api/v2.0/results?item=pkg-0,pkg-1").await.1), 4);
+    assert_eq!(
+        n(&get(&s, "/api/v2.0/results?item=pkg-0&outcome=PASSED")
+            .await
+            .1),
+        1
+    );
+    assert_eq!(
+        n(&get(&s, "/api/v2.0/results?testcases=dist.check0").await.1),
+        3
+    );
+    assert_eq!(
+        n(&get(&s, "/api/v2.0/results?testcases:like=dist.*").await.1),
+        5
+    );
+    assert_eq!(
+        n(&get(&s, "/api/v2.0/results?item:like=pkg-*&arch=noarch")
+            .await
+            .1),
+        5
+    );
+    assert_eq!(n(&get(&s, "/api/v2.0/results?type=rpm").await.1), 0);
+    assert_eq!(
+        n(&get(&s, &format!("/api/v2.0/results?groups={group}"))
+            .await
+            .1),
+        5
+    );
+    assert_eq!(n(&get(&s, "/api/v2.0/results?since=2025-01-13").await.1), 3);
+    assert_eq!(
+        n(
+            &get(&s, "/api/v2.0/results?since=2025-01-12,2025-01-13T10:00:00")
+                .await
+                .1
+        ),
+        2
+    );
+    let (_, v) = get(&s, "/api/v2.0/results?_sort=asc:submit_time&limit=1").await;
+    assert_eq!(v["data"][0]["note"], "n0");
+
+    // Pages: absolute prev/next from the Host, carrying the query; past the end: empty.
+    let (_, p0) = get(&s, "/api/v2.0/results?type=koji_build&limit=2").await;
+    assert_eq!(n(&p0), 2);
+    assert_eq!(p0["prev"], Value::Null);
+    let next = p0["next"].as_str().unwrap();
+    assert_eq!(
+        next,
+        format!("{}/api/v2.0/results?type=koji_build&limit=2&page=1", s.url)
+    );
+    let (_, p2) = get(&s, "/api/v2.0/results?type=koji_build&limit=2&page=2").await;
+    assert_eq!(n(&p2), 1);
+    assert_eq!(p2["next"], Value::Null);
+    assert!(p2["prev"].as_str().unwrap().ends_with("page=1"));
+    let (_, p9) = get(&s, "/api/v2.0/results?type=koji_build&limit=2&page=9").await;
+    assert_eq!(n(&p9), 0);
+    assert_eq!(p9["next"], Value::Null);
+    assert!(p9["prev"].as_str().unwrap().ends_with("page=8"));
+    let r = client()
+        .get(format!("{}/api/v2.0/results?limit=1", s.url))
+        .header("Host", "results.example.org")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["next"],
+        "http://results.example.org/api/v2.0/results?limit=1&page=1"
+    );
+
+    // Latest: newest per testcase; with _distinct_on per testcase and data value.
+    let (_, v) = get(&s, "/api/v2.0/results/latest?type=koji_build").await;
+    assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), ["data"]);
+    let notes: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["note"].as_str().unwrap())
+        .collect();
+    assert_eq!(notes, ["n4", "n3"]);
+    let (_, v) = get(
+        &s,
+        "/api/v2.0/results/latest?type=koji_build&_distinct_on=item",
+    )
+    .await;
+    let mut notes: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["note"].as_str().unwrap())
+        .collect();
+    notes.sort();
+    // check0: pkg-0 n0/n3? no — check0 has n0 (pkg-0), n2 (pkg-2), n4 (pkg-1); check1 has n1 (pkg-1), n3 (pkg-0).
+    assert_eq!(notes, ["n0", "n1", "n2", "n3", "n4"]);
+    let (_, v) = get(&s, "/api/v2.0/results/latest?item=pkg-0&_distinct_on=type").await;
+    let notes: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["note"].as_str().unwrap())
+        .collect();
+    assert_eq!(notes, ["n3", "n0"]);
+
+    // One result, groups, testcases.
+    let id = p0["data"][0]["id"].as_i64().unwrap();
+    let (st, v) = get(&s, &format!("/api/v2.0/results/{id}")).await;
+    assert_eq!((st, v["id"].as_i64()), (200, Some(id)));
+    let (st, v) = get(&s, &format!("/api/v2.0/groups/{group}")).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["results_count"], 5);
+    assert_eq!(
+        v["results"],
+        format!("{}/api/v2.0/results?groups={group}", s.url)
+    );
+    assert_eq!(
+        n(&get(
+            &s,
+            &format!("/api/v2.0/groups/{group}/results?outcome=FAILED")
+        )
+        .await
+        .1),
+        2
+    );
+    let (_, v) = get(&s, "/api/v2.0/testcases?name:like=dist.*").await;
+    assert_eq!(n(&v), 2);
+    let (st, v) = get(&s, "/api/v2.0/testcases/dist.check1").await;
+    assert_eq!((st, v["ref_url"].as_str()), (200, Some("http://tc")));
+    assert_eq!(
+        n(&get(&s, "/api/v2.0/testcases/dist.check1/results").await.1),
+        2
+    );
+    let (st, v) = post(
+        &s,
+        "/api/v2.0/testcases",
+        json!({"name": "new.tc", "ref_url": "u"}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!((st, v["name"].as_str()), (201, Some("new.tc")));
+    let (st, v) = post(
+        &s,
+        "/api/v2.0/groups",
+        json!({"description": "made by hand"}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(st, 201);
+    assert_eq!(v["results_count"], 0);
+    let (_, v) = get(&s, "/api/v2.0/groups?description:like=made*").await;
+    assert_eq!(n(&v), 1);
+    let (st, v) = get(&s, "/api/v2.0/").await;
+    assert_eq!(
+        (
+            st,
+            v["results"]
+                .as_str()
+                .map(|u| u.ends_with("/api/v2.0/results"))
+        ),
+        (200, Some(true))
+    );
+    let (st, _) = get(&s, "/api/v2.0/healthcheck").await;
+    assert_eq!(st, 200);
+}
+
+on_both!(resultsdb_errors_and_auth);
+async fn resultsdb_errors_and_auth(s: Server) {
+    // 400 with a message naming the parameter and value.
+    for (path, words) in [
+        (
+            "/api/v2.0/results?since=notadate",
+            &["since", "notadate"][..],
+        ),
+        ("/api/v2.0/results?limit=-3", &["limit", "-3"]),
+        ("/api/v2.0/results?page=x", &["page", "x"]),
+        ("/api/v2.0/results?outcome=MAYBE", &["outcome", "MAYBE"]),
+        ("/api/v2.0/results?_sort=sideways", &["_sort"]),
+        ("/api/v2.0/results?item:regex=x", &["item:regex"]),
+        (
+            "/api/v2.0/results/latest?_distinct_on=item",
+            &["_distinct_on"],
+        ),
+        ("/api/v2.0/groups?colour=red", &["colour"]),
+        ("/api/v1/runs?state=sleeping", &["state", "sleeping"]),
+    ] {
+        let (st, v) = get(&s, path).await;
+        assert_eq!(st, 400, "{path}: {v}");
+        for w in words {
+            assert!(
+                message(&v).contains(w),
+                "{path}: `{}` lacks {w}",
+                message(&v)
+            );
+        }
+    }
+    // 404 with a message.
+    for path in [
+        "/api/v2.0/results/999999",
+        "/api/v2.0/results/abc",
+        "/api/v2.0/groups/0190a4c8-0000-7000-8000-000000000009",
+        "/api/v2.0/groups/0190a4c8-0000-7000-8000-000000000009/results",
+        "/api/v2.0/testcases/nope",
+        "/api/v1/runs/0190a4c8-0000-7000-8000-000000000009",
+        "/api/v1/runs/not-a-uuid",
+    ] {
+        let (st, v) = get(&s, path).await;
+        assert_eq!(st, 404, "{path}: {v}");
+        assert!(message(&v).contains("not found"), "{path}: {v}");
+    }
+    let (_, v) = get(&s, "/api/v2.0/results/999999").await;
+    assert_eq!(message(&v), "Result not found");
+
+    // No token, a wrong token: 401 and nothing stored; bad bodies: 400 naming the field.
+    let body = json!({"outcome": "PASSED", "testcase": "t", "data": {"item": "x"}});
+    for bearer in [None, Some("wrong")] {
+        for path in [
+            "/api/v2.0/results",
+            "/api/v2.0/testcases",
+            "/api/v2.0/groups",
+        ] {
+            let (st, v) = post(
+                &s,
+                path,
+                json!({"name": "t", "outcome": "PASSED", "testcase": "t"}),
+                bearer,
+            )
+            .await;
+            assert_eq!(st, 401, "{path} {bearer:?}: {v}");
+            assert!(!message(&v).is_empty());
+        }
+    }
+    let (st, _) = post(
+        &s,
+        "/api/v2.0/results",
+        json!({"outcome": "PASSED", "testcase": "t", "_auth_token": "wrong"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 401);
+    assert_eq!(count_results(&s).await, 0);
+    let tcs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM testcases")
+        .fetch_one(s.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(tcs, 0, "a refused POST created a testcase");
+
+    for (b, word) in [
+        (json!({"testcase": "t"}), "outcome"),
+        (json!({"outcome": "SUPER", "testcase": "t"}), "SUPER"),
+        (
+            json!({"outcome": "PASSED", "testcase": "t", "groups": ["zzz"]}),
+            "zzz",
+        ),
+        (
+            json!({"outcome": "PASSED", "testcase": "t", "data": {"a:b": 1}}),
+            "a:b",
+        ),
+        (json!([1, 2]), "object"),
+    ] {
+        let (st, v) = post(&s, "/api/v2.0/results", b, Some(TOKEN)).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(message(&v).contains(word), "{v}");
+    }
+    let r = client()
+        .post(format!("{}/api/v2.0/results", s.url))
+        .bearer_auth(TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(
+        r.json::<Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("JSON")
+    );
+    assert_eq!(count_results(&s).await, 0);
+
+    // The token in the body and as HTTP Basic password both work.
+    let (st, _) = post(
+        &s,
+        "/api/v2.0/results",
+        json!({"outcome": "PASSED", "testcase": "t", "_auth_token": TOKEN}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 201);
+    let r = client()
+        .post(format!("{}/api/v2.0/results", s.url))
+        .basic_auth("anyone", Some(TOKEN))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(count_results(&s).await, 2);
+}
+
+// --- runs API, files, live log ---------------------------------------------------------------
+
+/// A run as the runner records it, with a log and artifacts under the data dir.
+async fn make_run(s: &Server, task: &str, item: &str, state: RunState) -> Uuid {
+    let uuid = Uuid::now_v7();
+    let dir = s.data.path().join("artifacts").join(uuid.to_string());
+    std::fs::create_dir_all(dir.join("task/sub")).unwrap();
+    std::fs::write(
+        dir.join("ferrotron.log"),
+        "ferrotron: run starts\n[lint] line one\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("task/sub/report.txt"), "report body\n").unwrap();
+    s.store
+        .create_run(&NewRun {
+            uuid,
+            task: task.into(),
+            item: item.into(),
+            item_type: "koji_build".into(),
+            arch: "x86_64".into(),
+            backend: "libvirt".into(),
+            params: json!({"formula": "tasks/shell-lint/runtask.yml", "jobid": "-1", "image": "tiny", "task_timeout_s": 600, "keep_instance": false}),
+            log_path: dir.join("ferrotron.log").display().to_string(),
+            artifacts_dir: dir.join("task").display().to_string(),
+            owner: Some("test".into()),
+        })
+        .await
+        .unwrap();
+    s.store
+        .set_run_state(uuid, RunState::Running)
+        .await
+        .unwrap();
+    s.store
+        .record_phases(
+            uuid,
+            &[Phase {
+                name: "boot".into(),
+                started_at: time::OffsetDateTime::now_utc(),
+                duration: Duration::from_millis(1500),
+            }],
+        )
+        .await
+        .unwrap();
+    if state.is_terminal() {
+        s.store
+            .finish_run(uuid, state, Some(0), None)
+            .await
+            .unwrap();
+    }
+    uuid
+}
+
+fn secret_outside(data: &Path) -> PathBuf {
+    let keys = data.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("id_ed25519"), "PRIVATE KEY").unwrap();
+    keys
+}
+
+on_both!(runs_api_cancel_and_files);
+async fn runs_api_cancel_and_files(s: Server) {
+    let done = make_run(&s, "shell-lint", "pkg-a", RunState::Finished).await;
+    let live = make_run(&s, "rpmlint", "pkg-b", RunState::Running).await;
+    let keys = secret_outside(s.data.path());
+    // A task that planted a link to the keys must not get them served.
+    std::os::unix::fs::symlink(
+        &keys,
+        s.data.path().join(format!("artifacts/{done}/task/keys")),
+    )
+    .unwrap();
+
+    let (st, v) = get(&s, "/api/v1/runs").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"][0]["uuid"], live.to_string());
+    let (_, v) = get(&s, "/api/v1/runs?task=shell-lint").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    let (_, v) = get(&s, "/api/v1/runs?state=running&q=pkg-").await;
+    assert_eq!(v["data"][0]["uuid"], live.to_string());
+    let (_, v) = get(&s, "/api/v1/runs?limit=1").await;
+    assert!(v["next"].as_str().unwrap().ends_with("limit=1&page=1"));
+
+    let (st, v) = get(&s, &format!("/api/v1/runs/{done}")).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["state"], "finished");
+    assert_eq!(v["phases"][0]["name"], "boot");
+    assert_eq!(v["phases"][0]["duration_ms"], 1500.0);
+    assert_eq!(v["params"]["image"], "tiny");
+    assert_eq!(
+        v["artifacts"],
+        json!([{"path": "sub/report.txt", "size": 12, "href": format!("{}/runs/{done}/artifacts/sub/report.txt", s.url)}])
+    );
+    assert_eq!(
+        v["command"],
+        "ferrotron run -i pkg-a -t koji_build -a x86_64 --backend libvirt --image tiny --timeout 600 tasks/shell-lint"
+    );
+
+    // Cancel: token required, recorded for a live run, refused for a finished one.
+    let (st, _) = post(&s, &format!("/api/v1/runs/{live}/cancel"), json!({}), None).await;
+    assert_eq!(st, 401);
+    assert_eq!(s.store.cancel_requested(live).await.unwrap(), Some(false));
+    let (st, v) = post(
+        &s,
+        &format!("/api/v1/runs/{live}/cancel"),
+        json!({}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!((st, v["cancel_requested"].as_bool()), (202, Some(true)));
+    assert_eq!(s.store.cancel_requested(live).await.unwrap(), Some(true));
+    let (st, v) = post(
+        &s,
+        &format!("/api/v1/runs/{done}/cancel"),
+        json!({}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(st, 409, "{v}");
+    let (st, _) = post(
+        &s,
+        &format!("/api/v1/runs/{}/cancel", Uuid::now_v7()),
+        json!({}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(st, 404);
+
+    // Files: the artifact (inline text, and as a download), nothing outside the run's dir.
+    let r = client()
+        .get(format!("{}/runs/{done}/artifacts/sub/report.txt", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.text().await.unwrap(), "report body\n");
+    let r = client()
+        .get(format!(
+            "{}/runs/{done}/artifacts/sub/report.txt?download=1",
+            s.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    for bad in [
+        format!("/runs/{done}/artifacts/keys/id_ed25519"),
+        format!("/runs/{done}/artifacts/..%2F..%2F..%2Fkeys%2Fid_ed25519"),
+        format!("/runs/{done}/artifacts/sub/..%2F..%2Fferrotron.log"),
+        format!("/runs/{done}/artifacts/%2Fetc%2Fpasswd"),
+        "/runs/..%2Fkeys/artifacts/id_ed25519".to_string(),
+    ] {
+        let r = client()
+            .get(format!("{}{bad}", s.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, 404, "{bad}");
+        assert!(!body.contains("PRIVATE KEY"), "{bad}");
+    }
+    let r = client()
+        .get(format!("{}/runs/{done}/log", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "ferrotron: run starts\n[lint] line one\n"
+    );
+
+    // Live log: the lines so far, then appended ones, then `end` once the run finishes.
+    let mut resp = client()
+        .get(format!("{}/runs/{live}/log/stream", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let log = s
+        .data
+        .path()
+        .join(format!("artifacts/{live}/ferrotron.log"));
+    let mut seen = String::new();
+    let mut appended = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains("event: end") {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("stream stalled")
+            .unwrap();
+        let Some(chunk) = chunk else { break };
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if !appended && seen.contains("data: [lint] line one") {
+            appended = true;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            writeln!(f, "[lint] appended while watching").unwrap();
+            f.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            s.store
+                .finish_run(live, RunState::Finished, Some(0), None)
+                .await
+                .unwrap();
+        }
+    }
+    assert!(seen.contains("data: ferrotron: run starts\n"), "{seen}");
+    assert!(
+        seen.contains("data: [lint] appended while watching\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("event: end\ndata: end\n"), "{seen}");
+}
+
+on_both!(pages_render_and_escape);
+async fn pages_render_and_escape(s: Server) {
+    let uuid = make_run(&s, "<script>x</script>", "pkg-<b>", RunState::Finished).await;
+    let base = s.url.clone();
+    let html = |path: String| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for path in [
+        "/".to_string(),
+        format!("/runs/{uuid}"),
+        "/items/pkg-%3Cb%3E".to_string(),
+        "/tasks/%3Cscript%3Ex%3C%2Fscript%3E".to_string(),
+    ] {
+        let (st, body) = html(path.clone()).await;
+        assert_eq!(st, 200, "{path}: {body}");
+        assert!(!body.contains("<script>x"), "{path} does not escape");
+        assert!(
+            body.contains("&lt;script&gt;x") || body.contains("pkg-&lt;b&gt;"),
+            "{path}"
+        );
+    }
+    let (_, body) = html(format!("/runs/{uuid}")).await;
+    assert!(body.contains("[lint] line one"), "finished log is inlined");
+    assert!(body.contains("id=\"timeline\""));
+    let (st, body) = html("/?state=sleeping".into()).await;
+    assert_eq!(st, 400);
+    assert!(body.contains("sleeping"));
+    let (st, _) = html(format!("/runs/{}", Uuid::now_v7())).await;
+    assert_eq!(st, 404);
+    let (st, _) = html("/tasks/never-ran".into()).await;
+    assert_eq!(st, 404);
+}
+
+// --- the real resultsdb_api client ----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resultsdb_api_python_client() {
+    let Ok(python) = std::env::var("FERROTRON_TEST_PYTHON") else {
+        let _ = writeln!(std::io::stderr(), "SKIPPED: FERROTRON_TEST_PYTHON not set");
+        return;
+    };
+    let s = sqlite_server().await;
+    let script = r#"
+import json, os, sys
+import resultsdb_api
+url = os.environ["URL"] + "/api/v2.0"
+api = resultsdb_api.ResultsDBapi(url, auth_token=os.environ["TOKEN"], max_retries=0)
+out = {}
+g = "0190a4c8-0000-7000-8000-00000000abcd"
+for i in range(5):
+    r = api.create_result(outcome="PASSED" if i % 2 == 0 else "FAILED", testcase="py.check%d" % (i % 2),
+                          groups=[g], note="n%d" % i, item="pkg-%d" % (i % 2), type="koji_build", arch=["x86_64", "noarch"])
+    out.setdefault("created", []).append(r["id"])
+out["one"] = api.get_result(out["created"][0])
+out["by_item"] = api.get_results(item="pkg-0")
+out["failed"] = api.get_results(outcome="FAILED", testcases_like="py.*")
+p0 = api.get_results(limit=2, type="koji_build")
+out["p0"] = p0
+p1 = api.session.get(p0["next"]).json()
+out["p1"] = p1
+out["latest"] = api.session.get(url + "/results/latest", params={"item": "pkg-0", "_distinct_on": "arch"}).json()
+out["group"] = api.get_group(g)
+out["testcase"] = api.get_testcase("py.check1")
+out["testcases"] = api.get_testcases(name_like="py.*")
+out["group_updated"] = api.update_group(g, description="updated by python")
+try:
+    api.get_result(987654)
+except resultsdb_api.ResultsDBapiException as e:
+    out["missing"] = [e.message, e.response.status_code]
+try:
+    api.get_results(since="notadate")
+except resultsdb_api.ResultsDBapiException as e:
+    out["bad_since"] = [e.message, e.response.status_code]
+anon = resultsdb_api.ResultsDBapi(url, max_retries=0)
+try:
+    anon.create_result(outcome="PASSED", testcase="py.anon", item="x")
+except resultsdb_api.ResultsDBapiException as e:
+    out["anon"] = [e.message, e.response.status_code]
+basic = resultsdb_api.ResultsDBapi(url, request_auth=resultsdb_api.ResultsDBAuth.basic_auth("me", os.environ["TOKEN"]), max_retries=0)
+out["basic"] = basic.create_result(outcome="INFO", testcase="py.basic", item="pkg-9")
+json.dump(out, sys.stdout)
+"#;
+    let out = tokio::process::Command::new(&python)
+        .args(["-c", script])
+        .env("URL", &s.url)
+        .env("TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let len = |k: &str| v[k]["data"].as_array().unwrap().len();
+
+    assert_eq!(v["created"].as_array().unwrap().len(), 5);
+    assert_eq!(v["one"]["testcase"]["name"], "py.check0");
+    assert_eq!(v["one"]["data"]["arch"], json!(["x86_64", "noarch"]));
+    assert_eq!(
+        v["one"]["groups"],
+        json!(["0190a4c8-0000-7000-8000-00000000abcd"])
+    );
+    assert_eq!(len("by_item"), 3);
+    assert_eq!(len("failed"), 2);
+    assert_eq!(len("p0"), 2);
+    assert_eq!(len("p1"), 2);
+    assert_ne!(v["p0"]["data"][0]["id"], v["p1"]["data"][0]["id"]);
+    assert!(v["p1"]["prev"].as_str().unwrap().ends_with("page=0"));
+    // pkg-0: n0 (check0), n2 (check0), n4 (check0): one testcase, one arch list → one row.
+    assert_eq!(len("latest"), 1);
+    assert_eq!(v["latest"]["data"][0]["note"], "n4");
+    assert_eq!(v["group"]["results_count"], 5);
+    assert_eq!(v["testcase"]["name"], "py.check1");
+    assert_eq!(len("testcases"), 2);
+    assert_eq!(v["group_updated"]["description"], "updated by python");
+    assert_eq!(v["missing"], json!(["Result not found (HTTP 404)", 404]));
+    assert_eq!(v["bad_since"][1], 400);
+    assert!(v["bad_since"][0].as_str().unwrap().contains("since"));
+    assert_eq!(v["anon"][1], 401);
+    assert_eq!(v["basic"]["outcome"], "INFO");
+    // 5 + basic; the anonymous one was not stored.
+    assert_eq!(count_results(&s).await, 6);
+}
+
+// --- the real binary ------------------------------------------------------------------------
+
+/// `ferrotron web` serves an existing store read-only: pages and GETs work, writes get 403
+/// and store nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_command_is_read_only() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/ferrotron.db", data.path().display());
+    let store = Store::open(&db).await.unwrap();
+    store
+        .create_result(&ferrotron::store::NewResult {
+            testcase: "t".into(),
+            outcome: "PASSED".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut child = common::command(data.path(), &["web", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.split_whitespace().last().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let s = Server {
+        url,
+        store: store.clone(),
+        data,
+        _pg: None,
+    };
+    let (st, v) = get(&s, "/api/v2.0/results").await;
+    assert_eq!((st, v["data"].as_array().unwrap().len()), (200, 1));
+    let (st, v) = post(
+        &s,
+        "/api/v2.0/results",
+        json!({"outcome": "PASSED", "testcase": "t"}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(st, 403, "{v}");
+    assert!(message(&v).contains("read-only"));
+    assert_eq!(count_results(&s).await, 1);
+    let r = client().get(format!("{}/", s.url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
