@@ -206,6 +206,23 @@ fn task_failure_and_timeout_exit_codes() {
     assert_eq!(v["state"], "failed");
     assert!(v["error"].as_str().unwrap().contains("status 7"), "{v}");
 
+    // A per-action timeout fails that action, whatever the task's timeout.
+    std::fs::write(
+        dir.path().join("stuck.yml"),
+        "name: s\ndesc: d\nmaintainer: m\nactions:\n  - name: stuck\n    timeout: 1\n    shell: [\"sleep 30\"]\n",
+    )
+    .unwrap();
+    let stuck = dir.path().join("stuck.yml");
+    let t0 = std::time::Instant::now();
+    let (out, v) = json_run(data.path(), &[stuck.to_str().unwrap()]);
+    assert!(t0.elapsed().as_secs() < 20);
+    assert_eq!(out.status.code(), Some(3));
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("`stuck`") && e.contains("exceeded its timeout of 1.00s"),
+        "{e}"
+    );
+
     let slow = dir.path().join("slow.yml");
     let t0 = std::time::Instant::now();
     let (out, v) = json_run(data.path(), &["--timeout", "1", slow.to_str().unwrap()]);

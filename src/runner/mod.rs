@@ -437,11 +437,21 @@ impl Runner {
         for (i, action) in req.formula.actions.iter().enumerate() {
             let name = format!("action {}", action.name);
             let mut state = std::mem::take(&mut *cx.task.lock().expect("task lock"));
+            let run = actions::run_action(&acx, i, action, &vars, &mut state);
             let r = cx
-                .phase(
-                    &name,
-                    actions::run_action(&acx, i, action, &vars, &mut state),
-                )
+                .phase(&name, async {
+                    match action.timeout {
+                        None => run.await,
+                        Some(limit) => {
+                            tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                                Err(ActionError::Task(format!(
+                                    "exceeded its timeout of {}",
+                                    event::human_duration(limit)
+                                )))
+                            })
+                        }
+                    }
+                })
                 .await;
             *cx.task.lock().expect("task lock") = state;
             match r {

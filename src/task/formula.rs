@@ -53,6 +53,9 @@ pub struct Action {
     pub directive: Directive,
     /// The variable that receives this action's output.
     pub export: Option<String>,
+    /// `timeout:` in seconds: the action fails when it runs longer (ferrotron's addition;
+    /// the whole task has its own timeout too).
+    pub timeout: Option<std::time::Duration>,
     /// Line of the action in the formula file (0 if unknown).
     pub line: usize,
 }
@@ -199,7 +202,7 @@ pub enum FormulaErrorKind {
     )]
     ActionsAndTask,
     #[error(
-        "unknown directive `{key}` (expected one of shell, python, resultsdb, exitcode, dummy; an action may also have `name` and `export`)"
+        "unknown directive `{key}` (expected one of shell, python, resultsdb, exitcode, dummy; an action may also have `name`, `export` and `timeout`)"
     )]
     UnknownDirective { key: String },
     #[error(
@@ -667,6 +670,7 @@ impl<'a> Parser<'a> {
         let label = format!("{list_key}[{index}] (`{name}`)");
 
         let mut export = None;
+        let mut timeout = None;
         let mut directive: Option<(String, &Node, &Node)> = None;
         for (k, v) in entries {
             let key = self.key_name(k, at, &label)?;
@@ -683,6 +687,24 @@ impl<'a> Parser<'a> {
                         ));
                     }
                     export = Some(value);
+                }
+                "timeout" => {
+                    let field = format!("{label}: timeout");
+                    let secs = match &v.kind {
+                        Kind::Number(_) => v.scalar_text().and_then(|t| t.parse::<u64>().ok()),
+                        _ => None,
+                    };
+                    match secs {
+                        Some(n) if n > 0 => timeout = Some(std::time::Duration::from_secs(n)),
+                        _ => {
+                            return Err(self.wrong_type(
+                                v,
+                                k.at,
+                                &field,
+                                "a whole number of seconds above 0",
+                            ));
+                        }
+                    }
                 }
                 d if DIRECTIVES.contains(&d) => {
                     if let Some((first, _, _)) = &directive {
@@ -721,6 +743,7 @@ impl<'a> Parser<'a> {
             name,
             directive,
             export,
+            timeout,
             line,
         })
     }
@@ -1278,7 +1301,7 @@ actions:
         assert_eq!(
             e.to_string(),
             "tasks/rpmlint/runtask.yml:8:5: actions[1] (`report`): unknown directive `frobnicate` \
-             (expected one of shell, python, resultsdb, exitcode, dummy; an action may also have `name` and `export`)"
+             (expected one of shell, python, resultsdb, exitcode, dummy; an action may also have `name`, `export` and `timeout`)"
         );
     }
 
@@ -1773,6 +1796,28 @@ actions:
                 Ok(f) => { let _ = f.check_variables(BUILTIN); }
                 Err(e) => prop_assert!(!e.to_string().contains('\n'), "{}", e),
             }
+        }
+    }
+
+    #[test]
+    fn action_timeouts_are_whole_seconds() {
+        let ok = "name: n\ndesc: d\nmaintainer: m\nactions:\n  - name: a\n    shell: [x]\n    timeout: 30\n";
+        let f = Formula::parse(ok, Path::new("t.yml")).unwrap();
+        assert_eq!(
+            f.actions[0].timeout,
+            Some(std::time::Duration::from_secs(30))
+        );
+        for bad in ["0", "-1", "soon", "1.5"] {
+            let text = format!(
+                "name: n\ndesc: d\nmaintainer: m\nactions:\n  - name: a\n    shell: [x]\n    timeout: {bad}\n"
+            );
+            let e = Formula::parse(&text, Path::new("t.yml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("t.yml:7:") && e.contains("timeout"),
+                "{bad}: {e}"
+            );
         }
     }
 }
