@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::median;
 use crate::guest::keys::RunKeys;
 use crate::image::BaseImage;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
+use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider, Network};
 use crate::provider::{InstanceMeta, InstanceSpec, seed};
 use crate::runner::{Event, RunRequest, Runner};
 use crate::store::Store;
@@ -279,6 +279,7 @@ async fn through_ferrotron(opts: &Options) -> anyhow::Result<(f64, Vec<(String, 
             state_dir: data.path().join("instances"),
             max_instances: 1,
             accel: Accel::Tcg,
+            network: Network::Passt,
         })),
         store,
         data_dir: data.path().to_path_buf(),

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::GlobalArgs;
 use crate::provider::Provider;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
+use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider, Network};
 use crate::provider::local::LocalProvider;
 use crate::reaper::{self, Verdict};
 use crate::runner::exit;
@@ -50,6 +50,7 @@ pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
             state_dir: data_dir.join("instances"),
             max_instances: 1,
             accel: Accel::Tcg,
+            network: Network::Passt,
         })));
     }
     let mut code = exit::OK;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::GlobalArgs;
 use crate::image;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
+use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider, Network};
 use crate::provider::ssh::SshProvider;
 use crate::provider::{Provider, local::LocalProvider};
 use crate::runner::{Event, RunReport, RunRequest, Runner, RunnerError, exit};
@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// libvirt connection URI.
     #[arg(long, env = "FERROTRON_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
+    /// Guest networking: `passt` (user networking with a loopback port forward; no bridge
+    /// needed) or the name of a libvirt network (the guest is reached at its DHCP address).
+    #[arg(long, env = "FERROTRON_LIBVIRT_NETWORK", default_value = "passt")]
+    pub libvirt_network: String,
     /// Directory of image recipes.
     #[arg(long, env = "FERROTRON_RECIPES", default_value = "images")]
     pub recipes: PathBuf,
@@ -138,11 +142,16 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
             .await
             .map_err(|e| (exit::INFRA, e.to_string()))?
             .map_err(|e| (exit::USAGE, format!("--image {named}: {e}")))?;
+            let network = match args.libvirt_network.as_str() {
+                "passt" => Network::Passt,
+                name => Network::Libvirt(name.to_string()),
+            };
             let p = LibvirtProvider::new(LibvirtConfig {
                 uri: args.libvirt_uri.clone(),
                 state_dir: data_dir.join("instances"),
                 max_instances: 64,
                 accel: Accel::Auto,
+                network: network.clone(),
             });
             (Arc::new(p), image.path.display().to_string())
         }

@@ -37,6 +37,18 @@ pub enum Accel {
     Tcg,
 }
 
+/// How guests are networked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Network {
+    /// passt user networking with a loopback port forward to the guest's port 22: needs no
+    /// bridge, no root networking, no firewall rules.
+    #[default]
+    Passt,
+    /// A libvirt network by name (e.g. `default`); the guest is reached at the address its
+    /// DHCP lease gives it, port 22.
+    Libvirt(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct LibvirtConfig {
     /// `qemu:///system`, or `qemu+ssh://host/system` (files must then exist on that host).
@@ -45,6 +57,7 @@ pub struct LibvirtConfig {
     pub state_dir: PathBuf,
     pub max_instances: usize,
     pub accel: Accel,
+    pub network: Network,
 }
 
 pub struct LibvirtProvider {
@@ -130,7 +143,10 @@ impl LibvirtProvider {
         )
         .await?;
         seed::write(&dir.join("seed"), &seed, spec).await?;
-        let port = free_port()?;
+        let port = match self.cfg.network {
+            Network::Passt => free_port()?,
+            Network::Libvirt(_) => 22,
+        };
         let xml = domain_xml(&DomainParams {
             name,
             spec,
@@ -140,6 +156,7 @@ impl LibvirtProvider {
             console: &console,
             port,
             accel,
+            network: &self.cfg.network,
         });
         tokio::fs::write(dir.join("domain.xml"), &xml)
             .await
@@ -150,18 +167,56 @@ impl LibvirtProvider {
                 .map_err(virt_err("starting the domain"))
         })
         .await?;
+        let boot_timeout = Duration::from_secs(image.boot.boot_timeout_s);
+        let host = match &self.cfg.network {
+            Network::Passt => "127.0.0.1".to_string(),
+            Network::Libvirt(_) => self.wait_for_lease(name, boot_timeout).await?,
+        };
         Ok(Instance {
             id: name.to_string(),
             meta: spec.meta.clone(),
             access: Access::Ssh(SshTarget {
-                host: "127.0.0.1".into(),
+                host,
                 port,
                 user: image.boot.user.clone(),
                 host_key: Some(spec.host_public_key.clone()),
                 identity: None,
             }),
-            boot_timeout: Duration::from_secs(image.boot.boot_timeout_s),
+            boot_timeout,
         })
+    }
+
+    /// The guest's IPv4 address from its DHCP lease on a libvirt network.
+    async fn wait_for_lease(&self, name: &str, limit: Duration) -> Result<String, ProviderError> {
+        let start = std::time::Instant::now();
+        loop {
+            let n = name.to_string();
+            let addr = self
+                .blocking(move |c| {
+                    let dom = c
+                        .lookup_domain_by_name(&n)
+                        .map_err(virt_err("looking up the domain"))?;
+                    let ifaces = dom
+                        .interface_addresses(virt::sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+                        .unwrap_or_default();
+                    Ok(ifaces
+                        .into_iter()
+                        .flat_map(|i| i.addrs)
+                        .find(|a| a.typed == virt::sys::VIR_IP_ADDR_TYPE_IPV4 as i64)
+                        .map(|a| a.addr))
+                })
+                .await?;
+            if let Some(a) = addr {
+                return Ok(a);
+            }
+            if start.elapsed() > limit {
+                return Err(ProviderError::Transient(format!(
+                    "{name} got no DHCP lease within {}s",
+                    limit.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
@@ -302,6 +357,7 @@ struct DomainParams<'a> {
     console: &'a Path,
     port: u16,
     accel: Accel,
+    network: &'a Network,
 }
 
 fn domain_xml(p: &DomainParams<'_>) -> String {
@@ -359,11 +415,7 @@ fn domain_xml(p: &DomainParams<'_>) -> String {
       <target dev='vdb' bus='virtio'/>
       <readonly/>
     </disk>
-    <interface type='user'>
-      <backend type='passt'/>
-      <model type='virtio'/>
-      <portForward proto='tcp' address='127.0.0.1'><range start='{port}' to='22'/></portForward>
-    </interface>
+    {interface}
     <serial type='file'><source path='{console}'/><target port='0'/></serial>
     <console type='file'><source path='{console}'/><target type='serial' port='0'/></console>
     <controller type='usb' model='none'/>
@@ -386,7 +438,20 @@ fn domain_xml(p: &DomainParams<'_>) -> String {
         base = path(&p.image.path),
         seed = path(p.seed),
         console = path(p.console),
-        port = p.port,
+        interface = match p.network {
+            Network::Passt => format!(
+                "<interface type='user'>
+      <backend type='passt'/>
+      <model type='virtio'/>
+      <portForward proto='tcp' address='127.0.0.1'><range start='{}' to='22'/></portForward>
+    </interface>",
+                p.port
+            ),
+            Network::Libvirt(net) => format!(
+                "<interface type='network'><source network='{}'/><model type='virtio'/></interface>",
+                e(net)
+            ),
+        },
     )
 }
 
@@ -561,6 +626,7 @@ mod tests {
             console: Path::new("/s/console.log"),
             port: 40022,
             accel: Accel::Tcg,
+            network: &Network::Passt,
         });
         assert!(xml.contains("<domain type='qemu'>"));
         assert!(xml.contains("<kernel>/img/k</kernel>"));
@@ -575,6 +641,21 @@ mod tests {
             meta.run_uuid
         );
         assert_eq!(parse_metadata(&returned), Some(meta));
+
+        let on_net = domain_xml(&DomainParams {
+            name: "ferrotron-x",
+            spec: &spec,
+            image: &image,
+            overlay: Path::new("/s/disk.qcow2"),
+            seed: Path::new("/s/seed.iso"),
+            console: Path::new("/s/console.log"),
+            port: 22,
+            accel: Accel::Kvm,
+            network: &Network::Libvirt("default".into()),
+        });
+        assert!(on_net.contains("<source network='default'/>"));
+        assert!(!on_net.contains("passt"));
+        assert!(on_net.contains("<domain type='kvm'>"));
     }
 
     #[test]
@@ -584,6 +665,7 @@ mod tests {
             state_dir: "/tmp/x".into(),
             max_instances: 1,
             accel: Accel::Tcg,
+            network: Network::Passt,
         });
         assert!(p.instance_dir("ferrotron-abc").is_ok());
         for bad in ["other", "ferrotron-../x", "ferrotron-a/b"] {

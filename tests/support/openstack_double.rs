@@ -31,7 +31,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use ferrotron::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
+use ferrotron::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider, Network};
 use ferrotron::provider::{Access, InstanceMeta, InstanceSpec, Provider};
 use serde_json::{Value, json};
 
@@ -241,6 +241,7 @@ impl Double {
                     state_dir: state_dir.clone(),
                     max_instances: 16,
                     accel: Accel::Auto,
+                    network: Network::Passt,
                 }))
             }
         };
