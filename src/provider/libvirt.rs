@@ -654,7 +654,7 @@ mod tests {
             network: &Network::Libvirt("default".into()),
         });
         assert!(on_net.contains("<source network='default'/>"));
-        assert!(!on_net.contains("passt"));
+        assert!(!on_net.contains("<backend type='passt'/>"));
         assert!(on_net.contains("<domain type='kvm'>"));
     }
 
