@@ -44,6 +44,6 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 [[ "${1:-}" == "--" ]] && shift
 status=0
-cargo test "$@" || status=$?
+cargo test --no-fail-fast "$@" || status=$?
 echo "== tests done in $((SECONDS - started))s, exit $status"
 exit "$status"

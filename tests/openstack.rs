@@ -422,6 +422,42 @@ fn reap_destroys_leaked_servers_only() {
     );
     let unattributed = d.insert_server("ferrotron-half-made", &[]);
     let foreign = d.insert_server("someone-elses-web-server", &[("role", "web")]);
+    // A server of a run another store knows (another farm on the same cloud).
+    let other_run = uuid::Uuid::now_v7().to_string();
+    let other_farms = d.insert_server(
+        &format!("ferrotron-{other_run}"),
+        &[
+            ("ferrotron_run", other_run.as_str()),
+            ("ferrotron_owner", "farm-b"),
+            ("ferrotron_image", "tiny"),
+            ("ferrotron_created_at", "2026-01-01T00:00:00Z"),
+        ],
+    );
+    // Only runs this store knows can leak: record the leaked one as finished.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let db = format!("sqlite://{}", data.path().join("ferrotron.db").display());
+        let store = ferrotron::store::Store::open(&db).await.unwrap();
+        let uuid: uuid::Uuid = leaked_run.parse().unwrap();
+        store
+            .create_run(&ferrotron::store::NewRun {
+                uuid,
+                task: "t".into(),
+                item: "i".into(),
+                item_type: "koji_build".into(),
+                arch: "noarch".into(),
+                backend: "openstack".into(),
+                params: serde_json::json!({}),
+                log_path: String::new(),
+                artifacts_dir: String::new(),
+                owner: Some("run@elsewhere".into()),
+            })
+            .await
+            .unwrap();
+        store
+            .finish_run(uuid, ferrotron::store::RunState::Finished, Some(0), None)
+            .await
+            .unwrap();
+    });
 
     let reap = |extra: &[&str]| -> Output {
         let mut args = vec!["reap", "--libvirt-uri", "none", "--cloud", CLOUD];
@@ -440,19 +476,24 @@ fn reap_destroys_leaked_servers_only() {
         "{text}"
     );
     assert!(!text.contains(&foreign), "{text}");
-    assert_eq!(d.servers().len(), 3);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&other_farms) && l.contains("not this store's run or owner, kept")),
+        "{text}"
+    );
+    assert_eq!(d.servers().len(), 4);
 
     // Another owner's leak is not ours to reap.
     let out = reap(&["--owner", "run@here"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("other owner, kept"));
-    assert_eq!(d.servers().len(), 3);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not this store's run or owner, kept"));
+    assert_eq!(d.servers().len(), 4);
 
     let out = reap(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("LEAKED, destroyed"));
     let left: Vec<String> = d.servers().into_iter().map(|s| s.id).collect();
-    assert_eq!(left.len(), 2);
-    assert!(left.contains(&unattributed) && left.contains(&foreign));
+    assert_eq!(left.len(), 3);
+    assert!(left.contains(&unattributed) && left.contains(&foreign) && left.contains(&other_farms));
 
     // A cloud that is not configured is an error that says where it looked.
     let out = os_command(
