@@ -2,6 +2,7 @@
 //! happens in the library modules.
 
 mod bench;
+mod image;
 mod reap;
 mod run;
 
@@ -87,6 +88,8 @@ pub enum Commands {
     Reap(reap::ReapArgs),
     /// Benchmarks that print figures.
     Bench(bench::BenchArgs),
+    /// Base images: build them from recipes, list them, prune old builds.
+    Image(image::ImageArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
             Commands::Run(args) => run::run(&cli.global, *args).await,
             Commands::Reap(args) => reap::run(&cli.global, args).await,
             Commands::Bench(args) => bench::run(&cli.global, args).await,
+            Commands::Image(args) => image::run(&cli.global, args).await,
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -186,7 +186,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
 
 /// The first SIGINT/SIGTERM cancels the run (which still destroys its machine); later ones
 /// only say that teardown is under way, so an impatient second Ctrl-C cannot leak a VM.
-async fn forward_signals(cancel: tokio::sync::watch::Sender<bool>) {
+pub(super) async fn forward_signals(cancel: tokio::sync::watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -259,7 +259,7 @@ fn print_summary(r: &RunReport) {
     let _ = writeln!(out, "artifacts: {}", r.artifacts_dir.display());
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
