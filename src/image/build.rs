@@ -275,7 +275,10 @@ async fn body(
     })
     .await?;
     let boot = boot_sidecar(recipe, &src);
-    write_json(&staging.join("source.json"), &boot)?;
+    // A first boot does more (cloud-init's first run, key generation) on a busy build host.
+    let mut first_boot = boot.clone();
+    first_boot["timeout_s"] = serde_json::json!(recipe.boot.timeout_s * 2);
+    write_json(&staging.join("source.json"), &first_boot)?;
 
     let keys = RunKeys::generate().map_err(|e| ImageError::Infra(e.to_string()))?;
     let session = phase(
