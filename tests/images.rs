@@ -203,7 +203,14 @@ impl Pool {
         let name = format!("ferrotron-test-{}", std::process::id());
         std::fs::create_dir_all(dir).unwrap();
         let ok = Command::new("virsh")
-            .args(["-c", "qemu:///system", "pool-create-as", &name, "dir", "--target"])
+            .args([
+                "-c",
+                "qemu:///system",
+                "pool-create-as",
+                &name,
+                "dir",
+                "--target",
+            ])
             .arg(dir)
             .status()
             .unwrap();
@@ -441,7 +448,10 @@ fn sigterm_during_provisioning_leaves_nothing() {
         if line.contains("provisioning slowly") {
             break;
         }
-        assert!(Instant::now() < deadline, "provisioning never started:\n{seen}");
+        assert!(
+            Instant::now() < deadline,
+            "provisioning never started:\n{seen}"
+        );
     }
     // SAFETY: plain kill(2) on our own child.
     unsafe {
@@ -525,13 +535,20 @@ fn debian_12_is_built_from_scratch_runs_a_task_and_is_pruned() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(text.contains("[clean] cleanup: cloud-init state cleaned"), "{text}");
+    assert!(
+        text.contains("[clean] cleanup: cloud-init state cleaned"),
+        "{text}"
+    );
     let images = data.path().join("images");
     let built = ferrotron::image::newest(&images, "debian-12-cloud-x86_64").expect("an image");
     let side: serde_json::Value =
         serde_json::from_slice(&std::fs::read(built.with_extension("json")).unwrap()).unwrap();
     for pkg in ["cloud-init", "openssh-server", "python3"] {
-        assert!(side["packages"][pkg].is_string(), "{pkg} not in {}", side["packages"]);
+        assert!(
+            side["packages"][pkg].is_string(),
+            "{pkg} not in {}",
+            side["packages"]
+        );
     }
     assert_eq!(side["source"]["kind"], "debootstrap");
 
@@ -555,14 +572,22 @@ fn debian_12_is_built_from_scratch_runs_a_task_and_is_pruned() {
     );
     let err = stderr(&run);
     assert_eq!(run.status.code(), Some(0), "{err}");
-    for want in ["[check] 42", "[check] provisioned", "[check] cloud-init ran"] {
+    for want in [
+        "[check] 42",
+        "[check] provisioned",
+        "[check] cloud-init ran",
+    ] {
         assert!(err.contains(want), "{want}: {err}");
     }
     assert_eq!(v["state"], "finished");
 
     // Prune keeps the newest even with --keep 1; an older copy goes.
     let old = "240101_0000-debian-12-cloud-x86_64";
-    std::fs::copy(built.with_extension("json"), images.join(format!("{old}.json"))).unwrap();
+    std::fs::copy(
+        built.with_extension("json"),
+        images.join(format!("{old}.json")),
+    )
+    .unwrap();
     std::fs::hard_link(&built, images.join(format!("{old}.qcow2"))).unwrap();
     let pruned = ferrotron(data.path(), &["image", "prune", "--keep", "1"]);
     assert_eq!(pruned.status.code(), Some(0), "{}", stderr(&pruned));

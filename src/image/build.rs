@@ -429,7 +429,8 @@ async fn body(
                     .map_err(|e| ImageError::Infra(e.to_string()))
             })
             .await?;
-        if let Some(id) = state.instance.lock().expect("instance lock").take() {
+        let id = state.instance.lock().expect("instance lock").take();
+        if let Some(id) = id {
             delete_instance(opts.provider.as_ref(), &id, ctl).await;
         }
         Ok(())
@@ -627,7 +628,8 @@ async fn boot_instance(
             Err(ImageError::Infra(e)) => {
                 last = e;
                 ctl.note(format!("build instance did not answer: {last}"));
-                if let Some(id) = state.instance.lock().expect("instance lock").take() {
+                let id = state.instance.lock().expect("instance lock").take();
+                if let Some(id) = id {
                     delete_instance(opts.provider.as_ref(), &id, ctl).await;
                 }
             }

@@ -153,15 +153,15 @@ struct RawBoot {
 fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum S {
-        S(String),
-        U(u64),
-        F(f64),
+    enum Scalar {
+        Text(String),
+        Int(u64),
+        Float(f64),
     }
-    Ok(match S::deserialize(d)? {
-        S::S(s) => s,
-        S::U(u) => u.to_string(),
-        S::F(f) => f.to_string(),
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Text(s) => s,
+        Scalar::Int(u) => u.to_string(),
+        Scalar::Float(f) => f.to_string(),
     })
 }
 

@@ -576,7 +576,7 @@ mod tests {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(left, [want.clone()]);
+        assert_eq!(left, std::slice::from_ref(&want));
 
         // Not found: no retries, the status in the message.
         let e = download(&format!("{base}/missing.img"), &wrong, cache.path(), &ctl)
