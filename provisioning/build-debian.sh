@@ -96,6 +96,9 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/ferrotron-debian.XXXXXX")
 r=$tmp/root
 cleanup() {
   local rc=$? m
+  # A second SIGTERM (ferrotron signals the whole process group) must not cut the clean-up
+  # short: what runs from here ignores it.
+  trap '' INT TERM
   # never rm -rf through a live bind mount
   for m in "$r/proc" "$r/sys" "$r/dev/pts" "$r/dev"; do
     if mountpoint -q "$m" 2>/dev/null; then umount -l "$m" || true; fi

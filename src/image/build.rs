@@ -241,11 +241,11 @@ pub async fn build(
                 .and_then(|()| std::fs::rename(&log_path, failed.join(format!("{stem}.log"))))
                 .map(|()| failed.join(format!("{stem}.log")));
             ctl.note(format!(
-                "build of {stem} {}: {e}; nothing was published{}",
+                "build of {stem} {}; nothing was published{}",
                 if matches!(e, ImageError::Cancelled) {
-                    "interrupted"
+                    "interrupted".to_string()
                 } else {
-                    "failed"
+                    format!("failed: {e}")
                 },
                 match &kept {
                     Ok(p) => format!("; log: {}", p.display()),

@@ -334,38 +334,35 @@ pub(crate) async fn run_logged(
         child.wait().await
     };
     tokio::pin!(run);
-    tokio::select! {
+    let stop = tokio::select! {
         status = &mut run => {
             let status = status.map_err(|e| ImageError::Infra(format!("waiting for {what}: {e}")))?;
-            if status.success() {
+            return if status.success() {
                 Ok(())
             } else {
                 Err(ImageError::Build(format!("{what} failed ({status}); its output is above")))
-            }
+            };
         }
-        e = ctl.stop.stopped() => {
-            if let Some(pid) = pid {
-                ctl.note(format!("stopping {what} (process group {pid})"));
-                terminate_group(pid).await;
-            }
-            Err(e)
-        }
-    }
-}
-
-/// SIGTERM to a process group, then SIGKILL if it is still there after a minute (a script
-/// unmounting its chroot needs a moment).
-async fn terminate_group(pgid: i32) {
-    // SAFETY: kill(2) with a negative pid signals the group we created; no memory involved.
-    let alive = || unsafe { libc::kill(-pgid, 0) } == 0;
-    unsafe { libc::kill(-pgid, libc::SIGTERM) };
-    let until = Instant::now() + Duration::from_secs(60);
-    while alive() && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if alive() {
+        e = ctl.stop.stopped() => e,
+    };
+    if let Some(pgid) = pid {
+        // SIGTERM to the whole group stops whatever the script runs (debootstrap, apt); the
+        // script's trap then unmounts and cleans up. A minute for that, then SIGKILL for
+        // anything left in the group.
+        ctl.note(format!("stopping {what} (process group {pgid})"));
+        // SAFETY: kill(2) on the process group we created; no memory involved.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let stopped = tokio::time::timeout(Duration::from_secs(60), &mut run)
+            .await
+            .is_ok();
+        // SAFETY: as above.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        if !stopped {
+            ctl.note(format!("{what} did not stop within 60s; killed it"));
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut run).await;
+        }
     }
+    Err(stop)
 }
 
 /// Downloads `url` into `dir/<sha256>` unless it is there already, resuming a partial
