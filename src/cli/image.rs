@@ -393,6 +393,10 @@ async fn prune_images(global: &GlobalArgs, args: PruneArgs) -> i32 {
             name.stem()
         );
     }
+    if plan.remove.is_empty() && plan.failed_logs.is_empty() {
+        println!("nothing to prune (keeping {} per image)", args.keep);
+        return exit::OK;
+    }
     if args.dry_run {
         return exit::OK;
     }

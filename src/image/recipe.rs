@@ -541,13 +541,17 @@ pub fn find(spec: &str, recipes_dir: &Path) -> Result<Recipe, ImageError> {
     if as_path.is_file() {
         return Recipe::load(as_path);
     }
+    if spec.contains('/') || spec.ends_with(".yaml") {
+        return Err(ImageError::NotFound(format!("no recipe file {spec}")));
+    }
     let named = recipes_dir.join(format!("{spec}.yaml"));
-    if !spec.contains('/') && named.is_file() {
+    if named.is_file() {
         return Recipe::load(&named);
     }
     Err(ImageError::NotFound(format!(
-        "no recipe `{spec}`: not a file, and no {}",
-        named.display()
+        "no recipe `{spec}`: no {} (give a recipe file or a name from {})",
+        named.display(),
+        recipes_dir.display()
     )))
 }
 
