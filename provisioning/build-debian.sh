@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
-# Builds a ferrotron Debian 12 (bookworm) guest image with debootstrap, offline except for the
-# Debian mirror. Needs root (debootstrap, chroot).
+# Builds a ferrotron Debian guest image with debootstrap, offline except for the Debian
+# mirror. Needs root (debootstrap, chroot). `ferrotron image build` runs it for recipes with a
+# `debootstrap` source; the `debian` and `debian-cloudinit` recipes run it directly.
 #
-#   provisioning/build-debian.sh OUTDIR [--cloud-init] [--no-cache]
+#   provisioning/build-debian.sh OUTDIR [--cloud-init] [--no-cache] [--suite S] [--release R]
+#       [--flavor F] [--variant V] [--include PKG,...] [--packages PKG,...] [--cache-dir DIR]
 #
-#   (default)     flavor `minimal`: the light `ferrotron-seed.service` installs the pinned SSH
-#                 host key and root's authorized_keys from the cidata seed's ferrotron/ files
-#   --cloud-init  flavor `cloudinit`: cloud-init (NoCloud) reads the seed's user-data/meta-data
-#                 instead, like a stock cloud image (adds ~12-17 s to the boot under TCG)
-#   --no-cache    ignore and do not write OUTDIR/.cache
+#   (default)       bookworm (12), flavor `minimal`: the light `ferrotron-seed.service` installs
+#                   the pinned SSH host key and root's authorized_keys from the cidata seed's
+#                   ferrotron/ files
+#   --cloud-init    flavor `cloudinit` with cloud-init (NoCloud) reading the seed's
+#                   user-data/meta-data instead, like a stock cloud image (adds ~12-17 s to the
+#                   boot under TCG); same as --flavor cloudinit --packages cloud-init
+#   --suite, --release, --variant   debootstrap suite, its release number (the image name's
+#                   RELEASE), debootstrap variant (default minbase)
+#   --include       more packages for debootstrap's --include (the base set below is always in)
+#   --packages      packages installed with apt-get in the chroot after debootstrap (resolves
+#                   virtual packages); with cloud-init among them the image uses cloud-init
+#   --flavor        the image name's FLAVOR
+#   --cache-dir     where debootstrap trees and packages are cached (default OUTDIR/.cache)
+#   --no-cache      ignore and do not write the cache
 #
-# Produces in OUTDIR: YYMMDD_HHMM-debian-12-{minimal,cloudinit}-x86_64.{qcow2,vmlinux,initrd,json}
+# Produces in OUTDIR: YYMMDD_HHMM-debian-RELEASE-FLAVOR-x86_64.{qcow2,vmlinux,initrd,json}
 # Direct kernel boot: the Debian cloud kernel installed in the image (uncompressed to .vmlinux)
 # and the initramfs-tools initrd built inside the chroot; root=/dev/vda (ext4, whole disk).
 #
-# Cache (optional, safe to delete): OUTDIR/.cache/debootstrap/*.tar.zst holds the unconfigured
-# trees (bookworm-minbase-KEY: debootstrap output; bookworm-cloudinit-KEY: plus cloud-init),
-# keyed by suite, mirror and package set; OUTDIR/.cache/debs the downloaded packages.
+# Cache (optional, safe to delete): CACHE/debootstrap/*.tar.zst holds the unconfigured trees
+# (SUITE-VARIANT-KEY: debootstrap output; SUITE-VARIANT-apt-KEY: plus the --packages), keyed by
+# suite, mirror and package sets; CACHE/debs the downloaded packages.
 #
-# Environment: DEBIAN_MIRROR (default: the host's Debian mirror), DEBIAN_ROOT_SIZE (default 4G).
+# Environment: DEBIAN_MIRROR (default: the host's Debian mirror), DEBIAN_ROOT_SIZE (default 4G),
+# DEBIAN_CMDLINE (the kernel command line recorded in the sidecar).
 set -euo pipefail
 # shellcheck disable=SC2034 # used by lib/image-common.sh
 PROG=build-debian
@@ -26,12 +38,25 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/image-common.sh
 . "$here/lib/image-common.sh"
 
-usage() { echo "usage: $0 OUTDIR [--cloud-init] [--no-cache]" >&2; exit 2; }
-outdir='' flavor=minimal use_cache=1
+usage() { echo "usage: $0 OUTDIR [--cloud-init] [--no-cache] [--suite S] [--release R] [--flavor F] [--variant V] [--include PKGS] [--packages PKGS] [--cache-dir DIR]" >&2; exit 2; }
+outdir='' flavor=minimal use_cache=1 cache_dir=''
+SUITE=bookworm RELEASE=12 variant=minbase include='' extra=()
 while (($#)); do
   case $1 in
-    --cloud-init) flavor=cloudinit; shift ;;
+    --cloud-init) flavor=cloudinit; extra+=(cloud-init); shift ;;
     --no-cache) use_cache=0; shift ;;
+    --suite|--release|--flavor|--variant|--include|--packages|--cache-dir)
+      (($# >= 2)) || usage
+      case $1 in
+        --suite) SUITE=$2 ;;
+        --release) RELEASE=$2 ;;
+        --flavor) flavor=$2 ;;
+        --variant) variant=$2 ;;
+        --include) include=$2 ;;
+        --packages) IFS=, read -r -a more <<<"$2"; extra+=("${more[@]}") ;;
+        --cache-dir) cache_dir=$2 ;;
+      esac
+      shift 2 ;;
     -h|--help) usage ;;
     -*) usage ;;
     *) [[ -z $outdir ]] || usage; outdir=$1; shift ;;
@@ -41,8 +66,6 @@ done
 [[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot)"
 need_cmds debootstrap chroot mkfs.ext4 qemu-img zstd zstdcat tar
 
-SUITE=bookworm
-RELEASE=12
 # cryptomgr.notests: skip the crypto self-tests at boot (~1 s under TCG)
 CMDLINE=${DEBIAN_CMDLINE:-"console=ttyS0 root=/dev/vda rw quiet cryptomgr.notests"}
 ROOT_SIZE=${DEBIAN_ROOT_SIZE:-4G}
@@ -53,18 +76,29 @@ mirror=${mirror:-http://deb.debian.org/debian}
 # debootstrap's own resolver handles the base set; extras go through apt in the chroot (it
 # resolves virtual packages, e.g. cloud-init -> python3-cryptography -> python3-cffi-backend-api-*).
 pkgs=systemd-sysv,udev,openssh-server,python3,iproute2,kmod,linux-image-cloud-amd64,initramfs-tools,zstd
-extra=()
-[[ $flavor == cloudinit ]] && extra=(cloud-init)
+# --include adds to the base set; what it already has changes nothing (nor the cache key).
+IFS=, read -r -a more <<<"$include"
+for p in "${more[@]}"; do
+  [[ ,$pkgs, == *",$p,"* ]] || pkgs+=",$p"
+done
+# The apt extras, sorted and unique, so the cache key does not depend on their order.
+if ((${#extra[@]})); then
+  mapfile -t extra < <(printf '%s\n' "${extra[@]}" | sort -u)
+fi
 
 mkdir -p "$outdir"
 outdir=$(cd "$outdir" && pwd)
 stamp=$(build_stamp)
 stem=$stamp-debian-$RELEASE-$flavor-x86_64
+cache_dir=${cache_dir:-$outdir/.cache}
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ferrotron-debian.XXXXXX")
 r=$tmp/root
 cleanup() {
   local rc=$? m
+  # A second SIGTERM (ferrotron signals the whole process group) must not cut the clean-up
+  # short: what runs from here ignores it.
+  trap '' INT TERM
   # never rm -rf through a live bind mount
   for m in "$r/proc" "$r/sys" "$r/dev/pts" "$r/dev"; do
     if mountpoint -q "$m" 2>/dev/null; then umount -l "$m" || true; fi
@@ -96,7 +130,7 @@ chroot_umounts() {
   for m in "$r/dev/pts" "$r/dev" "$r/sys" "$r/proc"; do umount "$m"; done
 }
 in_root() { chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"; }
-tree_key() { printf '%s|%s|%s|minbase|%s' "$SUITE" "$mirror" "$pkgs" "$*" | sha256sum | cut -c1-12; }
+tree_key() { printf '%s|%s|%s|%s|%s' "$SUITE" "$mirror" "$pkgs" "$variant" "$*" | sha256sum | cut -c1-12; }
 save_tree() { # save_tree TAR
   ((use_cache)) || return 0
   mkdir -p "$(dirname "$1")"
@@ -110,9 +144,8 @@ load_tree() { # load_tree TAR
   log "using cached tree $(basename "$1")"
   zstd -dc -T0 "$1" | tar -C "$r" --numeric-owner --xattrs --xattrs-include='*' -xpf -
 }
-cache_dir=$outdir/.cache
-base_tar=$cache_dir/debootstrap/$SUITE-minbase-$(tree_key).tar.zst
-full_tar=$cache_dir/debootstrap/$SUITE-$flavor-$(tree_key "${extra[@]}").tar.zst
+base_tar=$cache_dir/debootstrap/$SUITE-$variant-$(tree_key).tar.zst
+full_tar=$cache_dir/debootstrap/$SUITE-$variant-apt-$(tree_key "${extra[@]}").tar.zst
 mkdir -p "$r"
 if ((use_cache)) && ((${#extra[@]})) && [[ -f $full_tar ]]; then
   load_tree "$full_tar"
@@ -120,7 +153,7 @@ else
   if ((use_cache)) && [[ -f $base_tar ]]; then
     load_tree "$base_tar"
   else
-    dbopts=(--variant=minbase "--include=$pkgs" --components=main)
+    dbopts=("--variant=$variant" "--include=$pkgs" --components=main)
     if ((use_cache)); then
       mkdir -p "$cache_dir/debs"
       dbopts+=("--cache-dir=$cache_dir/debs")
@@ -223,7 +256,7 @@ printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\n' >"$r/etc/systemd/journ
 in_root systemctl enable systemd-networkd.service >/dev/null 2>&1 \
   || die "cannot enable systemd-networkd"
 
-if [[ $flavor == minimal ]]; then
+if [[ ! -f $r/etc/cloud/cloud.cfg ]]; then
   cat >"$r/usr/local/sbin/ferrotron-seed" <<'EOF'
 #!/bin/sh
 # Installs the pinned SSH host key and root's authorized_keys from the cidata seed
@@ -312,7 +345,7 @@ find "$r/var/log" -type f -exec truncate -s 0 {} +
 make_qcow2 "$r" "$ROOT_SIZE" debian-root "$tmp/$stem.qcow2" "$tmp"
 
 # Boot timeouts for TCG on a loaded 2-core host (measured: 23-97 s minimal, 43-173 s cloud-init).
-if [[ $flavor == cloudinit ]]; then boot_timeout=420; else boot_timeout=240; fi
+if [[ -f $r/etc/cloud/cloud.cfg ]]; then boot_timeout=420; else boot_timeout=240; fi
 write_meta_json "$tmp/$stem.json" \
   distro debian release "$RELEASE" flavor "$flavor" arch x86_64 \
   kernel "$stem.vmlinux" initrd "$stem.initrd" cmdline "$CMDLINE" \

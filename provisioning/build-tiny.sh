@@ -53,6 +53,7 @@ stem=$stamp-tiny-1-base-x86_64
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ferrotron-tiny.XXXXXX")
 cleanup() {
   local rc=$?
+  trap '' INT TERM
   rm -rf "$tmp"
   rm -f "$outdir/.partial-$stem".*
   ((rc == 0)) || log "failed (exit $rc); nothing was written to $outdir"

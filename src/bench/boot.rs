@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::median;
 use crate::guest::keys::RunKeys;
 use crate::image::BaseImage;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider, Network};
+use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
 use crate::provider::{InstanceMeta, InstanceSpec, seed};
 use crate::runner::{Event, RunRequest, Runner};
 use crate::store::Store;
@@ -275,11 +275,9 @@ async fn through_ferrotron(opts: &Options) -> anyhow::Result<(f64, Vec<(String, 
     let seen = first.clone();
     let runner = Runner {
         provider: Arc::new(LibvirtProvider::new(LibvirtConfig {
-            uri: opts.libvirt_uri.clone(),
-            state_dir: data.path().join("instances"),
             max_instances: 1,
             accel: Accel::Tcg,
-            network: Network::Passt,
+            ..LibvirtConfig::new(opts.libvirt_uri.clone(), data.path().join("instances"))
         })),
         store,
         data_dir: data.path().to_path_buf(),

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cloud;
+mod image;
 mod prune;
 mod reap;
 mod run;
@@ -94,6 +95,8 @@ pub enum Commands {
     Web(web::WebArgs),
     /// Delete old runs' artifacts and logs (per-task keep_days, a size budget); results stay.
     Prune(prune::PruneArgs),
+    /// Base images: build them from recipes, list them, prune old builds.
+    Image(image::ImageArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -116,6 +119,7 @@ pub fn main() -> ExitCode {
             Commands::Bench(args) => bench::run(&cli.global, args).await,
             Commands::Web(args) => web::run(&cli.global, args).await,
             Commands::Prune(args) => prune::run(&cli.global, args).await,
+            Commands::Image(args) => image::run(&cli.global, args).await,
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

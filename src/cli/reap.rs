@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::GlobalArgs;
 use crate::provider::Provider;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider, Network};
+use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
 use crate::provider::local::LocalProvider;
 use crate::reaper::{self, Verdict};
 use crate::runner::exit;
@@ -46,11 +46,9 @@ pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
         vec![Arc::new(LocalProvider::new(data_dir.join("local"), 1))];
     if args.libvirt_uri != "none" {
         providers.push(Arc::new(LibvirtProvider::new(LibvirtConfig {
-            uri: args.libvirt_uri.clone(),
-            state_dir: data_dir.join("instances"),
             max_instances: 1,
             accel: Accel::Tcg,
-            network: Network::Passt,
+            ..LibvirtConfig::new(args.libvirt_uri.clone(), data_dir.join("instances"))
         })));
     }
     let mut code = exit::OK;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::GlobalArgs;
 use crate::image;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider, Network};
+use crate::provider::libvirt::{LibvirtConfig, LibvirtProvider, Network};
 use crate::provider::ssh::SshProvider;
 use crate::provider::{Provider, local::LocalProvider};
 use crate::runner::{Event, RunReport, RunRequest, Runner, RunnerError, exit};
@@ -147,11 +147,8 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
                 name => Network::Libvirt(name.to_string()),
             };
             let p = LibvirtProvider::new(LibvirtConfig {
-                uri: args.libvirt_uri.clone(),
-                state_dir: data_dir.join("instances"),
-                max_instances: 64,
-                accel: Accel::Auto,
                 network: network.clone(),
+                ..LibvirtConfig::new(args.libvirt_uri.clone(), data_dir.join("instances"))
             });
             (Arc::new(p), image.path.display().to_string())
         }
@@ -223,7 +220,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
 
 /// The first SIGINT/SIGTERM cancels the run (which still destroys its machine); later ones
 /// only say that teardown is under way, so an impatient second Ctrl-C cannot leak a VM.
-async fn forward_signals(cancel: tokio::sync::watch::Sender<bool>) {
+pub(super) async fn forward_signals(cancel: tokio::sync::watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -296,7 +293,7 @@ fn print_summary(r: &RunReport) {
     let _ = writeln!(out, "artifacts: {}", r.artifacts_dir.display());
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())

@@ -2,9 +2,16 @@
 //!
 //! A base image is `YYMMDD_HHMM-DISTRO-RELEASE-FLAVOR-ARCH.qcow2` (Taskotron's convention; the
 //! newest build of a DISTRO-RELEASE-FLAVOR-ARCH wins), optionally with sidecars sharing its
-//! stem: `.json` (how to boot it), `.vmlinux` and `.initrd` (direct kernel boot).
+//! stem: `.json` (how to boot it, and how it was built), `.vmlinux` and `.initrd` (direct
+//! kernel boot), `.log` (its build log).
+//!
+//! `recipe` reads `images/*.yaml`; `build` turns a recipe into an image (`source` prepares
+//! the disk); `prune` removes old builds.
 
+pub mod build;
+pub mod prune;
 pub mod recipe;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,8 +30,16 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    /// The build itself failed: a script, a checksum, a provisioning step.
     #[error("{0}")]
     Build(String),
+    /// Something under the build failed: the provider, a connection, a missing tool.
+    #[error("{0}")]
+    Infra(String),
+    #[error("interrupted")]
+    Cancelled,
+    #[error("the build exceeded its timeout of {}s", .0.as_secs())]
+    TimedOut(std::time::Duration),
 }
 
 /// The parts of a base image's file name.
@@ -71,7 +86,41 @@ impl ImageName {
             self.distro, self.release, self.flavor, self.arch
         )
     }
+
+    /// `YYMMDD_HHMM-DISTRO-RELEASE-FLAVOR-ARCH`: the file name without its extension.
+    pub fn stem(&self) -> String {
+        format!("{}-{}", self.stamp, self.key())
+    }
+
+    /// The build time the stamp records (UTC).
+    pub fn built_at(&self) -> Option<time::OffsetDateTime> {
+        let n = |r: std::ops::Range<usize>| self.stamp.get(r)?.parse::<u8>().ok();
+        let date = time::Date::from_calendar_date(
+            2000 + i32::from(n(0..2)?),
+            time::Month::try_from(n(2..4)?).ok()?,
+            n(4..6)?,
+        )
+        .ok()?;
+        let t = time::Time::from_hms(n(7..9)?, n(9..11)?, 0).ok()?;
+        Some(time::PrimitiveDateTime::new(date, t).assume_utc())
+    }
 }
+
+/// The stamp for a build started at `t`: `YYMMDD_HHMM`, UTC.
+pub fn stamp(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:02}{:02}{:02}_{:02}{:02}",
+        t.year() % 100,
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
+}
+
+/// The files that belong to one image besides the disk, by extension.
+pub const SIDECARS: [&str; 4] = ["json", "vmlinux", "initrd", "log"];
 
 /// How to boot an image, from its `.json` sidecar. Every field is optional so that a stock
 /// cloud image without a sidecar boots with its own bootloader and defaults.
@@ -254,6 +303,20 @@ mod tests {
         assert!(got.ends_with("261101_0900-tiny-1-base-x86_64.qcow2"));
         assert!(newest(dir.path(), "tiny-3-base-x86_64").is_none());
         assert_eq!(list(dir.path()).len(), 3);
+    }
+
+    #[test]
+    fn stamps_are_build_times() {
+        let t = time::macros::datetime!(2026-11-27 21:05:59 UTC);
+        assert_eq!(stamp(t), "261127_2105");
+        let n = ImageName::parse("261127_2105-tiny-1-base-x86_64.qcow2").unwrap();
+        assert_eq!(
+            n.built_at(),
+            Some(time::macros::datetime!(2026-11-27 21:05 UTC))
+        );
+        assert_eq!(n.stem(), "261127_2105-tiny-1-base-x86_64");
+        let n = ImageName::parse("261399_2105-tiny-1-base-x86_64.qcow2").unwrap();
+        assert_eq!(n.built_at(), None);
     }
 
     #[test]

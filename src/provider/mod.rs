@@ -2,7 +2,8 @@
 //!
 //! A provider answers a handful of questions and nothing else (compare Nodepool's
 //! state-machine adapter): create an instance from an image with metadata, delete it, list
-//! the instances it can see with their metadata, and say its capacity. Leaks are found by
+//! the instances it can see with their metadata, and say its capacity; optionally capture an
+//! instance's disk and take in finished base images (the image build). Leaks are found by
 //! metadata, never by memory: every instance names the run and the daemon that own it, so a
 //! reaper that just started can still tell which instances are orphans.
 //!
@@ -15,8 +16,9 @@ pub mod openstack;
 pub mod seed;
 pub mod ssh;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -138,6 +140,33 @@ pub trait Provider: Send + Sync {
     /// error state), for the run's error; `None` when there is nothing to say.
     async fn explain_loss(&self, _id: &str) -> Option<String> {
         None
+    }
+
+    /// Waits (up to `grace`) for instance `id` to power itself off, then writes its disk,
+    /// flattened with the base image it was cloned from and compressed, to `dest` as a
+    /// standalone qcow2. The image build uses it; the instance still has to be deleted.
+    async fn capture_disk(
+        &self,
+        _id: &str,
+        _dest: &Path,
+        _grace: Duration,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Permanent(format!(
+            "the {} backend cannot capture an instance's disk (image builds need libvirt)",
+            self.kind()
+        )))
+    }
+
+    /// Publishes a finished base image where this provider's instances can use it (libvirt
+    /// storage pools, a Glance image service). Returns where it went, one entry per place.
+    async fn upload_image(
+        &self,
+        _image: &crate::image::BaseImage,
+    ) -> Result<Vec<String>, ProviderError> {
+        Err(ProviderError::Permanent(format!(
+            "the {} backend does not take uploaded images",
+            self.kind()
+        )))
     }
 }
 

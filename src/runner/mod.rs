@@ -664,7 +664,7 @@ impl Runner {
 }
 
 /// Turns an instance's access data into a session, waiting up to its boot timeout.
-async fn connect(
+pub async fn connect(
     instance: &Instance,
     keys: &RunKeys,
 ) -> Result<Arc<dyn Session>, guest::GuestError> {

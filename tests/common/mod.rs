@@ -11,8 +11,16 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The binary under test: FERROTRON_TEST_BIN when set (a copy that other builds sharing the
+/// target directory cannot replace mid-run), else the one cargo built.
+pub fn binary() -> PathBuf {
+    std::env::var_os("FERROTRON_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ferrotron")))
+}
+
 pub fn command(data: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferrotron"));
+    let mut c = Command::new(binary());
     c.args(args)
         .env("FERROTRON_DATA_DIR", data)
         .env_remove("FERROTRON_DB")

@@ -31,7 +31,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use ferrotron::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider, Network};
+use ferrotron::provider::libvirt::{LibvirtConfig, LibvirtProvider};
 use ferrotron::provider::{Access, InstanceMeta, InstanceSpec, Provider};
 use serde_json::{Value, json};
 
@@ -237,11 +237,8 @@ impl Double {
                     let _ = std::fs::write(state_dir.join("accel-probe"), v);
                 }
                 Some(LibvirtProvider::new(LibvirtConfig {
-                    uri: "qemu:///system".into(),
-                    state_dir: state_dir.clone(),
                     max_instances: 16,
-                    accel: Accel::Auto,
-                    network: Network::Passt,
+                    ..LibvirtConfig::new("qemu:///system", state_dir.clone())
                 }))
             }
         };
