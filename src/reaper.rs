@@ -45,6 +45,19 @@ pub async fn survey(
             Some(m) => match store.run(m.run_uuid).await.map_err(|e| e.to_string())? {
                 None => Verdict::Foreign,
                 Some(run) if run.state.is_terminal() => Verdict::Leaked,
+                // A command-line run killed with SIGKILL never wrote its ending: its record
+                // still says running, but the process that owned it is gone.
+                Some(_) if owner_process_gone(&m.owner) => {
+                    let _ = store
+                        .finish_run(
+                            m.run_uuid,
+                            crate::store::RunState::Crashed,
+                            None,
+                            Some("its ferrotron process died (found by the reaper)"),
+                        )
+                        .await;
+                    Verdict::Leaked
+                }
                 Some(_) => Verdict::Live,
             },
         };
@@ -57,6 +70,39 @@ pub async fn survey(
     Ok(findings)
 }
 
+/// The owner a command-line process writes on its runs and instances: `KIND@HOST:PID`.
+pub fn process_owner(kind: &str) -> String {
+    format!("{kind}@{}:{}", hostname(), std::process::id())
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether `owner` names a ferrotron process on this host that no longer exists. Owners of
+/// any other form (daemons, other hosts) are never judged here: daemons have leases.
+fn owner_process_gone(owner: &str) -> bool {
+    let Some((_, at)) = owner.split_once('@') else {
+        return false;
+    };
+    let Some((host, pid)) = at.rsplit_once(':') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    if host != hostname() {
+        return false;
+    }
+    // A reused pid that is not ferrotron does not keep a dead run alive.
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => !String::from_utf8_lossy(&cmd).contains("ferrotron"),
+        Err(_) => true,
+    }
+}
+
 /// Destroys the leaked instances among `findings` (unless `dry_run`), recording failures.
 pub async fn reap(provider: &dyn Provider, findings: &mut [Finding], dry_run: bool) {
     if dry_run {
@@ -66,5 +112,27 @@ pub async fn reap(provider: &dyn Provider, findings: &mut [Finding], dry_run: bo
         if let Err(e) = provider.delete(&f.instance.id).await {
             f.error = Some(e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_local_processes_are_gone() {
+        let me = process_owner("run");
+        assert!(me.ends_with(&format!(":{}", std::process::id())));
+        // The test binary's own command line names ferrotron: alive.
+        assert!(!owner_process_gone(&me));
+        // A pid that cannot exist.
+        assert!(owner_process_gone(&format!(
+            "run@{}:4294967295",
+            hostname()
+        )));
+        // Other hosts, daemons and malformed owners are never judged.
+        assert!(!owner_process_gone("run@elsewhere:1"));
+        assert!(!owner_process_gone("daemon-7f3a"));
+        assert!(!owner_process_gone(&format!("run@{}:notapid", hostname())));
     }
 }

@@ -244,6 +244,42 @@ fn an_image_that_never_answers_is_retried_then_reported() {
     assert_no_leak(data.path(), &v);
 }
 
+/// Starts `ferrotron run --format json` on a VM with a task that naps, and returns once the
+/// task has printed its first line, with the child and its remaining stderr lines.
+fn start_napping_run(
+    data: &Path,
+    task: &Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let t = write_task(
+        task,
+        "name: s\ndesc: d\nmaintainer: m\nactions:\n  - name: nap\n    shell: [\"echo napping; sleep 600\"]\n",
+    );
+    let mut args = vec!["run".to_string(), "--format".into(), "json".into()];
+    args.extend(vm(&[&t]));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(data, &refs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("[nap] napping") {
+            return (child, lines);
+        }
+        assert!(Instant::now() < deadline, "task never started:\n{seen}");
+    }
+    panic!("ferrotron ended before the task started:\n{seen}");
+}
+
 #[test]
 fn sigterm_mid_task_destroys_the_machine() {
     if !enabled() {
@@ -251,41 +287,55 @@ fn sigterm_mid_task_destroys_the_machine() {
     }
     let data = reachable_tempdir();
     let task = tempfile::tempdir().unwrap();
-    let t = write_task(
-        task.path(),
-        "name: s\ndesc: d\nmaintainer: m\nactions:\n  - name: nap\n    shell: [\"echo napping; sleep 600\"]\n",
-    );
-    let mut args = vec!["run".to_string(), "--format".into(), "json".into()];
-    args.extend(vm(&[&t]));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut child = command(data.path(), &refs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(err).lines();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut seen = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("[nap] napping") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "task never started:\n{seen}");
-    }
+    let (child, lines) = start_napping_run(data.path(), task.path());
     // SAFETY: plain kill(2) on our own child.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{seen}{}", rest.join("\n"));
+    assert_eq!(out.status.code(), Some(130), "{}", rest.join("\n"));
     let v = parse_report(&out);
     assert_eq!(v["state"], "cancelled");
     assert_no_leak(data.path(), &v);
+}
+
+#[test]
+fn sigkill_leaves_a_leak_that_reap_finds() {
+    if !enabled() {
+        return;
+    }
+    let data = reachable_tempdir();
+    let task = tempfile::tempdir().unwrap();
+    let (mut child, _lines) = start_napping_run(data.path(), task.path());
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+
+    let out = ferrotron(data.path(), &["reap"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("libvirt"))
+        .unwrap_or_else(|| panic!("the killed run's VM is not listed:\n{listing}"));
+    assert!(line.contains("LEAKED, destroyed"), "{listing}");
+    let uuid = line
+        .split_whitespace()
+        .nth(3)
+        .expect("run uuid in the listing")
+        .to_string();
+    assert_no_leak(data.path(), &serde_json::json!({ "uuid": uuid }));
+
+    // The run record says what happened to it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let state = rt.block_on(async {
+        let db = format!("sqlite://{}", data.path().join("ferrotron.db").display());
+        let store = ferrotron::store::Store::open(&db).await.unwrap();
+        let run = store.run(uuid.parse().unwrap()).await.unwrap().unwrap();
+        (run.state.as_str().to_string(), run.error)
+    });
+    assert_eq!(state.0, "crashed");
+    assert!(state.1.unwrap().contains("process died"));
 }
 
 #[test]

@@ -170,7 +170,7 @@ async fn build_all(global: &GlobalArgs, args: BuildArgs) -> i32 {
             continue;
         }
         let build_id = Uuid::now_v7();
-        let owner = format!("image-build@{}", super::run::hostname());
+        let owner = crate::reaper::process_owner("image-build");
         // The build instance is a run as far as the reaper is concerned: live while it builds.
         let record = store
             .create_run(&NewRun {

@@ -195,7 +195,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
         item_type: args.item_type,
         arch: args.arch,
         jobid: args.jobid,
-        owner: format!("run@{}", hostname()),
+        owner: crate::reaper::process_owner("run"),
         image,
         task_timeout: Duration::from_secs(args.timeout.max(1)),
         spawn_attempts: args.attempts.max(1),
@@ -291,10 +291,4 @@ fn print_summary(r: &RunReport) {
     let _ = writeln!(out, "phases:    {}", phases.join(" · "));
     let _ = writeln!(out, "log:       {}", r.log.display());
     let _ = writeln!(out, "artifacts: {}", r.artifacts_dir.display());
-}
-
-pub(super) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
