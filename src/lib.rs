@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod guest;
 pub mod image;
 pub mod outcome;
@@ -11,3 +12,4 @@ pub mod results;
 pub mod runner;
 pub mod store;
 pub mod task;
+pub mod trigger;

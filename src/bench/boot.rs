@@ -51,18 +51,30 @@ impl Report {
         let f = median(&self.ferrotron_first_line_s);
         println!("machine:  {}", self.machine);
         println!("image:    {} ({} rounds, medians)", self.image, self.rounds);
-        println!("baseline  qemu + direct boot + `ssh true`:      {b:6.2} s  {:?}", self.baseline_s);
+        println!(
+            "baseline  qemu + direct boot + `ssh true`:      {b:6.2} s  {:?}",
+            self.baseline_s
+        );
         println!(
             "ferrotron request → first task output line:    {f:6.2} s  {:?}",
             self.ferrotron_first_line_s
         );
-        println!("ratio     ferrotron / baseline:                 {:6.3}   (target ≤ 1.15)", if b > 0.0 { f / b } else { 0.0 });
+        println!(
+            "ratio     ferrotron / baseline:                 {:6.3}   (target ≤ 1.15)",
+            if b > 0.0 { f / b } else { 0.0 }
+        );
         println!("phases (median ms):");
         for (name, ms) in &self.phases_ms {
             println!("  {name:<24} {ms:9.1}");
         }
-        println!("clone: qcow2 overlay of a 1 GB base  {:7.2} ms", self.overlay_1g_ms);
-        println!("clone: qcow2 overlay of a 20 GB base {:7.2} ms   (target < 50 ms, flat)", self.overlay_20g_ms);
+        println!(
+            "clone: qcow2 overlay of a 1 GB base  {:7.2} ms",
+            self.overlay_1g_ms
+        );
+        println!(
+            "clone: qcow2 overlay of a 20 GB base {:7.2} ms   (target < 50 ms, flat)",
+            self.overlay_20g_ms
+        );
     }
 }
 
@@ -98,7 +110,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Report> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn baseline(opts: &Options) -> anyhow::Result<f64> {
@@ -111,7 +125,10 @@ async fn baseline(opts: &Options) -> anyhow::Result<f64> {
     keys.write_client_key(&key_path)?;
     let port = free_port()?;
     let known = dir.path().join("known_hosts");
-    std::fs::write(&known, format!("[127.0.0.1]:{port} {}\n", keys.host_public()))?;
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{port} {}\n", keys.host_public()),
+    )?;
     let spec = spec_for(&keys, &opts.image);
     let iso = dir.path().join("seed.iso");
     seed::write(&dir.path().join("seed"), &iso, &spec).await?;
@@ -126,25 +143,53 @@ async fn baseline(opts: &Options) -> anyhow::Result<f64> {
         bail!("qemu-img create failed");
     }
     let boot = &opts.image.boot;
-    let kernel = boot.kernel.as_ref().context("the image has no kernel for direct boot")?;
+    let kernel = boot
+        .kernel
+        .as_ref()
+        .context("the image has no kernel for direct boot")?;
     let mut qemu = tokio::process::Command::new("qemu-system-x86_64");
-    qemu.args(["-machine", "pc", "-accel", "tcg", "-cpu", "max", "-nodefaults"])
-        .args(["-display", "none", "-m", &boot.memory_mib.to_string()])
-        .args(["-smp", &boot.vcpus.to_string(), "-kernel"])
-        .arg(kernel)
-        .args(["-append", boot.cmdline.as_deref().unwrap_or("console=ttyS0")])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.path().join("console.log").display()))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2,cache=unsafe", overlay.display()))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw,readonly=on", iso.display()))
-        .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22")])
-        .args(["-device", "virtio-net-pci,netdev=n0", "-device", "virtio-rng-pci"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
+    qemu.args([
+        "-machine",
+        "pc",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-nodefaults",
+    ])
+    .args(["-display", "none", "-m", &boot.memory_mib.to_string()])
+    .args(["-smp", &boot.vcpus.to_string(), "-kernel"])
+    .arg(kernel)
+    .args([
+        "-append",
+        boot.cmdline.as_deref().unwrap_or("console=ttyS0"),
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", dir.path().join("console.log").display()))
+    .arg("-drive")
+    .arg(format!(
+        "file={},if=virtio,format=qcow2,cache=unsafe",
+        overlay.display()
+    ))
+    .arg("-drive")
+    .arg(format!(
+        "file={},if=virtio,format=raw,readonly=on",
+        iso.display()
+    ))
+    .args([
+        "-netdev",
+        &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+    ])
+    .args([
+        "-device",
+        "virtio-net-pci,netdev=n0",
+        "-device",
+        "virtio-rng-pci",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
     if let Some(initrd) = &boot.initrd {
         qemu.arg("-initrd").arg(initrd);
     }
@@ -153,12 +198,29 @@ async fn baseline(opts: &Options) -> anyhow::Result<f64> {
     let deadline = Duration::from_secs(boot.boot_timeout_s.max(60));
     loop {
         let ok = tokio::process::Command::new("ssh")
-            .args(["-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .args([
+                "-q",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", known.display()))
-            .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=2", "-i"])
+            .args([
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=2",
+                "-i",
+            ])
             .arg(&key_path)
-            .args(["-p", &port.to_string(), &format!("{}@127.0.0.1", boot.user), "true"])
+            .args([
+                "-p",
+                &port.to_string(),
+                &format!("{}@127.0.0.1", boot.user),
+                "true",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -204,7 +266,11 @@ async fn through_ferrotron(opts: &Options) -> anyhow::Result<(f64, Vec<(String, 
         "name: first-line\ndesc: prints one line\nmaintainer: bench\nactions:\n  - name: hello\n    shell: [\"echo first\"]\n",
     )?;
     let formula = Formula::load(&task_dir)?;
-    let store = Store::open(&format!("sqlite://{}", data.path().join("db.sqlite").display())).await?;
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        data.path().join("db.sqlite").display()
+    ))
+    .await?;
     let first: Arc<Mutex<Option<Instant>>> = Arc::default();
     let seen = first.clone();
     let runner = Runner {
@@ -261,7 +327,9 @@ async fn through_ferrotron(opts: &Options) -> anyhow::Result<(f64, Vec<(String, 
 
 /// Median time of `qemu-img create -b BASE` over a few tries, for a base of `size`.
 async fn overlay_cost(dir: &Path, size: &str) -> anyhow::Result<f64> {
-    let tmp = tempfile::Builder::new().prefix("bench-clone-").tempdir_in(dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("bench-clone-")
+        .tempdir_in(dir)?;
     let base = tmp.path().join("base.qcow2");
     let st = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])

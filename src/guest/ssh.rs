@@ -146,7 +146,9 @@ impl SshSession {
                         target: shown,
                     });
                 }
-                Ok(Some(Ok((_, false)))) => last = format!("user {} refused the run's key", target.user),
+                Ok(Some(Ok((_, false)))) => {
+                    last = format!("user {} refused the run's key", target.user)
+                }
                 Ok(Some(Err(e))) => {
                     if *mismatch.lock().expect("mismatch lock") {
                         return Err(GuestError::HostKeyMismatch {

@@ -16,11 +16,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use virt::connect::Connect;
 
+use super::seed;
 use super::{
     Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Provider, ProviderError,
     SshTarget,
 };
-use super::seed;
 use crate::image::BaseImage;
 
 const NAMESPACE: &str = "https://ferrotron.dev/xmlns/libvirt/instance/1";

@@ -136,7 +136,10 @@ pub trait Provider: Send + Sync {
 
 /// Runs a helper program (qemu-img, genisoimage) to completion; its stderr becomes the
 /// error.
-pub(crate) async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> Result<(), ProviderError> {
+pub(crate) async fn run_tool(
+    cmd: &mut tokio::process::Command,
+    what: &str,
+) -> Result<(), ProviderError> {
     let out = cmd.stdin(Stdio::null()).output().await.map_err(|e| {
         ProviderError::Permanent(format!("cannot run {what}: {e} (is it installed?)"))
     })?;
@@ -149,4 +152,3 @@ pub(crate) async fn run_tool(cmd: &mut tokio::process::Command, what: &str) -> R
         )))
     }
 }
-

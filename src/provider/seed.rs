@@ -69,4 +69,3 @@ pub async fn write(root: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), P
     let _ = std::fs::remove_dir_all(&root);
     r
 }
-

@@ -13,6 +13,7 @@ macro_rules! data_lookup_sql {
     };
 }
 
+mod queue;
 mod results;
 mod runs;
 pub mod schema;
@@ -27,6 +28,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
+pub use queue::{Enqueued, Job, JobEnd, NewJob, TaskLoad, run_uuid};
 pub use results::{NewGroup, NewResult, StoredResult};
 pub use runs::{Attempt, NewRun, Phase, RunRecord, RunState, UnknownRunState};
 

@@ -30,24 +30,25 @@ pub const DATA_VALUE_INDEX_PREFIX: usize = 200;
 /// `result_data_lookup` index; rows come back in index order when sorted by `d.result_id`.
 pub const DATA_LOOKUP_SQL: &str = data_lookup_sql!();
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "resultsdb model and runs",
-    statements: &[
-        // --- ResultsDB model -------------------------------------------------------------
-        "CREATE TABLE testcases (
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "resultsdb model and runs",
+        statements: &[
+            // --- ResultsDB model -------------------------------------------------------------
+            "CREATE TABLE testcases (
             id AUTO_ID,
             name TEXT NOT NULL UNIQUE CHECK (name <> ''),
             ref_url TEXT
         )",
-        // A run is the group whose uuid is the run's uuid.
-        "CREATE TABLE result_groups (
+            // A run is the group whose uuid is the run's uuid.
+            "CREATE TABLE result_groups (
             id AUTO_ID,
             uuid TEXT NOT NULL UNIQUE,
             description TEXT,
             ref_url TEXT
         )",
-        "CREATE TABLE results (
+            "CREATE TABLE results (
             id AUTO_ID,
             testcase_id BIGINT NOT NULL REFERENCES testcases (id),
             outcome TEXT NOT NULL CHECK (outcome <> ''),
@@ -55,29 +56,29 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             ref_url TEXT,
             submit_time BIGINT NOT NULL
         )",
-        // /testcases/<name>/results, /results/latest (newest per testcase), testcases= filter.
-        "CREATE INDEX results_testcase_time ON results (testcase_id, submit_time)",
-        // since= filter and _sort on submit_time.
-        "CREATE INDEX results_submit_time ON results (submit_time)",
-        "CREATE TABLE results_groups (
+            // /testcases/<name>/results, /results/latest (newest per testcase), testcases= filter.
+            "CREATE INDEX results_testcase_time ON results (testcase_id, submit_time)",
+            // since= filter and _sort on submit_time.
+            "CREATE INDEX results_submit_time ON results (submit_time)",
+            "CREATE TABLE results_groups (
             result_id BIGINT NOT NULL REFERENCES results (id) ON DELETE CASCADE,
             group_id BIGINT NOT NULL REFERENCES result_groups (id) ON DELETE CASCADE,
             PRIMARY KEY (result_id, group_id)
         )",
-        // /groups/<uuid>/results, groups= filter, run_results.
-        "CREATE INDEX results_groups_group ON results_groups (group_id, result_id)",
-        // Multi-valued data: `ord` keeps the order of a key's values.
-        "CREATE TABLE result_data (
+            // /groups/<uuid>/results, groups= filter, run_results.
+            "CREATE INDEX results_groups_group ON results_groups (group_id, result_id)",
+            // Multi-valued data: `ord` keeps the order of a key's values.
+            "CREATE TABLE result_data (
             result_id BIGINT NOT NULL REFERENCES results (id) ON DELETE CASCADE,
             key TEXT NOT NULL CHECK (key <> ''),
             ord INTEGER NOT NULL,
             value TEXT NOT NULL,
             PRIMARY KEY (result_id, key, ord)
         )",
-        // `results?item=X` newest first: equality on (key, value prefix), then result_id desc.
-        "CREATE INDEX result_data_lookup ON result_data (key, substr(value, 1, 200), result_id)",
-        // --- runs --------------------------------------------------------------------------
-        "CREATE TABLE runs (
+            // `results?item=X` newest first: equality on (key, value prefix), then result_id desc.
+            "CREATE INDEX result_data_lookup ON result_data (key, substr(value, 1, 200), result_id)",
+            // --- runs --------------------------------------------------------------------------
+            "CREATE TABLE runs (
             id AUTO_ID,
             uuid TEXT NOT NULL UNIQUE,
             task TEXT NOT NULL,
@@ -96,14 +97,14 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             started_at BIGINT,
             finished_at BIGINT
         )",
-        "CREATE INDEX runs_created ON runs (created_at)",
-        "CREATE INDEX runs_task_created ON runs (task, created_at)",
-        "CREATE INDEX runs_item_created ON runs (item, created_at)",
-        // Small partial index: only live runs are in it (the reaper's question). The predicate
-        // must match `runs::LIVE_PREDICATE` textually for SQLite to use it.
-        "CREATE INDEX runs_live ON runs (state)
+            "CREATE INDEX runs_created ON runs (created_at)",
+            "CREATE INDEX runs_task_created ON runs (task, created_at)",
+            "CREATE INDEX runs_item_created ON runs (item, created_at)",
+            // Small partial index: only live runs are in it (the reaper's question). The predicate
+            // must match `runs::LIVE_PREDICATE` textually for SQLite to use it.
+            "CREATE INDEX runs_live ON runs (state)
             WHERE state IN ('queued', 'provisioning', 'running', 'collecting')",
-        "CREATE TABLE run_phases (
+            "CREATE TABLE run_phases (
             run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
             seq INTEGER NOT NULL,
             name TEXT NOT NULL,
@@ -111,7 +112,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             duration_us BIGINT NOT NULL,
             PRIMARY KEY (run_id, seq)
         )",
-        "CREATE TABLE run_attempts (
+            "CREATE TABLE run_attempts (
             run_id BIGINT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
             attempt INTEGER NOT NULL,
             started_at BIGINT NOT NULL,
@@ -119,8 +120,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             error TEXT,
             PRIMARY KEY (run_id, attempt)
         )",
-    ],
-}];
+        ],
+    },
+    // The daemon's job queue (store/queue.rs).
+    super::queue::MIGRATION,
+];
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i64 {
