@@ -742,7 +742,10 @@ mod tests {
         )];
         let p = write(d.path(), "c3.yaml", MINIMAL);
         let e = Config::load_with_env(&p, &env).unwrap_err().to_string();
-        assert!(e.contains("FERROTRON__SCHEDULER__LEASE_S") && e.contains("soon"), "{e}");
+        assert!(
+            e.contains("FERROTRON__SCHEDULER__LEASE_S") && e.contains("soon"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod libvirt;
 pub mod local;
 pub mod seed;
+pub mod sim;
 pub mod ssh;
 
 use std::path::PathBuf;
