@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_norway::Value;
 
+use crate::provider::libvirt::Accel;
 use crate::trigger::{Rule, RuleError, RuleSet};
 
 /// Prefix of environment overrides.
@@ -269,9 +270,9 @@ pub enum ProviderKind {
         /// Base image: a file, a recipe name, or DISTRO-RELEASE-FLAVOR[-ARCH].
         #[serde(default = "default_image")]
         image: String,
-        /// `auto`, `kvm` or `tcg`.
+        /// `auto` (KVM when a real probe boots under it), `kvm` or `tcg`.
         #[serde(default = "default_accel")]
-        accel: String,
+        accel: Accel,
     },
     /// This host, no isolation (development only).
     Local,
@@ -295,8 +296,8 @@ fn default_libvirt_uri() -> String {
 fn default_image() -> String {
     "tiny".into()
 }
-fn default_accel() -> String {
-    "auto".into()
+fn default_accel() -> Accel {
+    Accel::Auto
 }
 
 #[derive(Debug, Clone, Deserialize)]

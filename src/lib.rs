@@ -13,6 +13,7 @@ pub mod reaper;
 pub mod results;
 pub mod runner;
 pub mod scheduler;
+pub mod serve;
 pub mod store;
 pub mod task;
 pub mod trigger;

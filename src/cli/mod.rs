@@ -3,7 +3,9 @@
 
 mod bench;
 mod reap;
+mod rules;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +89,10 @@ pub enum Commands {
     Reap(reap::ReapArgs),
     /// Benchmarks that print figures.
     Bench(bench::BenchArgs),
+    /// Run the farm daemon: bus consumers, scheduler, runners, HTTP.
+    Serve(serve::ServeArgs),
+    /// Check trigger rules, or show the jobs a message would create.
+    Rules(rules::RulesArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -107,6 +113,8 @@ pub fn main() -> ExitCode {
             Commands::Run(args) => run::run(&cli.global, *args).await,
             Commands::Reap(args) => reap::run(&cli.global, args).await,
             Commands::Bench(args) => bench::run(&cli.global, args).await,
+            Commands::Serve(args) => serve::run(&cli.global, args).await,
+            Commands::Rules(args) => rules::run(args),
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))
