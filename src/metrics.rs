@@ -115,6 +115,11 @@ impl Metrics {
             .insert(provider.into(), open);
     }
 
+    /// First claims recorded (one per job that reached a runner).
+    pub fn claims_total(&self) -> u64 {
+        self.claim_latency.lock().expect("metrics").count
+    }
+
     pub fn runs_total(&self) -> u64 {
         self.runs.lock().expect("metrics").values().sum()
     }

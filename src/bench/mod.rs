@@ -1,6 +1,7 @@
 //! Benchmarks that print figures (`ferrotron bench …`). They measure; they never assert.
 
 pub mod boot;
+pub mod scheduler;
 
 /// The median of `xs` (the mean of the middle two for an even count); 0 when empty.
 pub fn median(xs: &[f64]) -> f64 {

@@ -31,10 +31,59 @@ pub enum Which {
         #[arg(long)]
         json: bool,
     },
+    /// Jobs through the daemon (intake, queue, scheduler, runner) on the simulated
+    /// provider, on SQLite and on PostgreSQL: dispatch rate, message→claim latency, RSS.
+    Scheduler {
+        /// Jobs (one message each).
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Simulated instance creation latency, ms (keeps runs in flight).
+        #[arg(long, default_value_t = 2000)]
+        create_ms: u64,
+        /// Simulated capacity: instances at once.
+        #[arg(long, default_value_t = 10_000)]
+        capacity: usize,
+        /// PostgreSQL admin URL (a scratch database is created and dropped); without it
+        /// only SQLite is measured.
+        #[arg(long, env = "FERROTRON_TEST_PG", value_name = "URL")]
+        postgres: Option<String>,
+        /// Print the figures as JSON too.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
     match args.which {
+        Which::Scheduler {
+            jobs,
+            create_ms,
+            capacity,
+            postgres,
+            json,
+        } => {
+            raise_fd_limit();
+            let opts = bench::scheduler::Options {
+                jobs: jobs.max(1),
+                create_ms,
+                capacity: capacity.max(1),
+                postgres,
+                work_dir: global.data_dir().join("bench"),
+            };
+            match bench::scheduler::run(opts).await {
+                Ok(r) => {
+                    r.print();
+                    if json {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    }
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    exit::INFRA
+                }
+            }
+        }
         Which::Boot {
             image: spec,
             rounds,
@@ -69,6 +118,22 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
                     exit::INFRA
                 }
             }
+        }
+    }
+}
+
+/// Every run in flight holds its log file open: allow as many descriptors as the hard
+/// limit permits.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
 }
