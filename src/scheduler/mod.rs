@@ -154,6 +154,8 @@ pub struct Scheduler {
     results: Option<mpsc::Sender<RunSummary>>,
     public_url: String,
     running: Mutex<HashMap<i64, Running>>,
+    /// Jobs launched and not yet ended in the store (outlives their `running` entry).
+    active: AtomicUsize,
     stopping: AtomicBool,
     stop: watch::Sender<bool>,
     ended: Notify,
@@ -193,6 +195,7 @@ impl Scheduler {
             results: parts.results,
             public_url: parts.public_url.trim_end_matches('/').to_string(),
             running: Mutex::default(),
+            active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             stop,
             ended: Notify::new(),
@@ -205,7 +208,7 @@ impl Scheduler {
 
     /// Jobs this daemon runs now.
     pub fn in_flight(&self) -> usize {
-        self.running.lock().expect("running lock").len()
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Recovers this daemon's previous life's claims and reaps, then starts the loops.
@@ -353,6 +356,7 @@ impl Scheduler {
 
     fn launch(self: &Arc<Self>, slot: Arc<ProviderSlot>, job: Job) {
         slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.active.fetch_add(1, Ordering::SeqCst);
         if job.attempts == 1
             && let Some(at) = job.claimed_at
         {
@@ -438,6 +442,7 @@ impl Scheduler {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.active.fetch_sub(1, Ordering::SeqCst);
         self.ended.notify_waiters();
         self.wake.notify_one();
     }
