@@ -175,7 +175,7 @@ impl Consumer {
         // A second channel for the queue-depth gauge, so a failing passive declare cannot
         // close the consuming channel.
         let probe = conn.create_channel().await.map_err(self.err())?;
-        let mut lag = tokio::time::interval(Duration::from_secs(5));
+        let mut lag = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
                 d = rx.recv() => match d {
@@ -189,13 +189,22 @@ impl Consumer {
                     Some(Err(e)) => return Err(self.err()(e)),
                 },
                 _ = lag.tick() => {
+                    // A broker that stops (or restarts) closes the connection; the
+                    // consumer is not always told, so look.
+                    if !conn.status().connected() || !ch.status().connected() {
+                        return Err(AmqpError::Closed {
+                            url: redact(&self.cfg.url),
+                            message: "connection lost".into(),
+                        });
+                    }
                     let q = probe.queue_declare(
                         self.cfg.queue.as_str().into(),
                         QueueDeclareOptions { passive: true, ..Default::default() },
                         FieldTable::default(),
                     ).await;
-                    if let Ok(q) = q {
-                        self.metrics.bus_queue_ready.store(i64::from(q.message_count()), Ordering::Relaxed);
+                    match q {
+                        Ok(q) => self.metrics.bus_queue_ready.store(i64::from(q.message_count()), Ordering::Relaxed),
+                        Err(e) => return Err(self.err()(e)),
                     }
                 }
                 _ = stop.changed() => {
