@@ -358,10 +358,9 @@ pub async fn publisher(
     let mut stopping = false;
     loop {
         let next = if stopping {
-            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-                Ok(m) => m,
-                Err(_) => None,
-            }
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap_or_default()
         } else {
             tokio::select! {
                 m = rx.recv() => m,

@@ -402,9 +402,7 @@ pub fn topic_matches(pattern: &[String], words: &[&str]) -> bool {
                 }
             }
             "*" => {
-                for j in 1..=words.len() {
-                    next[j] = dp[j - 1];
-                }
+                next[1..].copy_from_slice(&dp[..words.len()]);
             }
             lit => {
                 for j in 1..=words.len() {
