@@ -42,6 +42,8 @@ pub struct Figures {
     pub max_in_flight: usize,
     pub completed_per_s: f64,
     pub finished: u64,
+    /// Resident set when the last job was dispatched (every job in flight, at most).
+    pub rss_dispatched_mib: f64,
     pub peak_rss_mib: f64,
 }
 
@@ -57,7 +59,7 @@ impl Report {
         for f in &self.figures {
             println!(
                 "{:<10} {} jobs: enqueue {:.0}/s, dispatched {:.0} jobs/s, message→claim p50 {:.1} ms p99 {:.1} ms, \
-                 {} in flight at most, completed {:.0} runs/s ({} finished), peak RSS {:.1} MiB",
+                 {} in flight at most (RSS then {:.1} MiB), completed {:.0} runs/s ({} finished), peak RSS {:.1} MiB",
                 f.backend,
                 f.jobs,
                 f.enqueue_per_s,
@@ -65,6 +67,7 @@ impl Report {
                 f.claim_latency_p50_ms,
                 f.claim_latency_p99_ms,
                 f.max_in_flight,
+                f.rss_dispatched_mib,
                 f.completed_per_s,
                 f.finished,
                 f.peak_rss_mib
@@ -76,11 +79,15 @@ impl Report {
 
 /// Peak resident set (VmHWM) of this process, MiB.
 pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+fn status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -217,6 +224,7 @@ async fn one(opts: &Options, backend: &str, db: &str, dir: &std::path::Path) -> 
     let mut enqueued_at = None;
     let mut dispatched_at = None;
     let mut max_in_flight = 0;
+    let mut rss_dispatched = 0.0;
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut finished;
     loop {
@@ -228,6 +236,7 @@ async fn one(opts: &Options, backend: &str, db: &str, dir: &std::path::Path) -> 
         let claims = daemon.metrics.claims_total();
         if dispatched_at.is_none() && claims >= opts.jobs as u64 {
             dispatched_at = Some(t0.elapsed());
+            rss_dispatched = status_mib("VmRSS:");
         }
         finished = daemon.metrics.runs_total();
         if finished >= opts.jobs as u64 || Instant::now() > deadline {
@@ -267,6 +276,7 @@ async fn one(opts: &Options, backend: &str, db: &str, dir: &std::path::Path) -> 
         max_in_flight,
         completed_per_s: finished as f64 / completed.as_secs_f64(),
         finished,
+        rss_dispatched_mib: rss_dispatched,
         peak_rss_mib: peak,
     })
 }

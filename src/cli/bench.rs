@@ -67,7 +67,7 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
                 jobs: jobs.max(1),
                 create_ms,
                 capacity: capacity.max(1),
-                postgres,
+                postgres: postgres.filter(|u| !u.is_empty()),
                 work_dir: global.data_dir().join("bench"),
             };
             match bench::scheduler::run(opts).await {

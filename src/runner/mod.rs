@@ -295,7 +295,10 @@ impl Runner {
             Ending::Cancelled
         } else {
             tokio::select! {
-                e = self.body(&req, &cx) => e,
+                // Boxed here and below: a run spends its life parked in one phase, and an
+                // inline state machine would hold room for every phase at once (thousands
+                // of runs are in flight in a daemon).
+                e = Box::pin(self.body(&req, &cx)) => e,
                 _ = tokio::time::sleep(req.task_timeout) => Ending::TimedOut(req.task_timeout),
                 _ = cancel.wait_for(|c| *c) => Ending::Cancelled,
             }
@@ -305,9 +308,9 @@ impl Runner {
         let collect_ok = if matches!(ending, Ending::Cancelled) {
             true
         } else {
-            self.collect(&req, &cx, &artifacts_dir, &mut refused).await
+            Box::pin(self.collect(&req, &cx, &artifacts_dir, &mut refused)).await
         };
-        let kept = self.teardown(&req, &cx).await;
+        let kept = Box::pin(self.teardown(&req, &cx)).await;
 
         let task = std::mem::take(&mut *cx.task.lock().expect("task lock"));
         let (state, exit_code, error) = match ending {
@@ -378,7 +381,7 @@ impl Runner {
 
     /// Everything that may be cut short by a timeout or a signal.
     async fn body(&self, req: &RunRequest, cx: &RunCtx) -> Ending {
-        let session = match self.provision(req, cx).await {
+        let session = match Box::pin(self.provision(req, cx)).await {
             Ok(s) => s,
             Err(e) => return Ending::Infra(e),
         };
@@ -401,7 +404,7 @@ impl Runner {
                 ))),
             }
         };
-        if let Err(e) = cx.phase("upload", upload).await {
+        if let Err(e) = cx.phase("upload", Box::pin(upload)).await {
             return Ending::Infra(format!("uploading the task: {e}"));
         }
 
@@ -434,7 +437,7 @@ impl Runner {
             let r = cx
                 .phase(
                     &name,
-                    actions::run_action(&acx, i, action, &vars, &mut state),
+                    Box::pin(actions::run_action(&acx, i, action, &vars, &mut state)),
                 )
                 .await;
             *cx.task.lock().expect("task lock") = state;
@@ -466,7 +469,7 @@ impl Runner {
         for attempt in 1..=attempts {
             *cx.attempts.lock().expect("attempts lock") = attempt as usize;
             let started_at = OffsetDateTime::now_utc();
-            let result = self.spawn_once(req, cx).await;
+            let result = Box::pin(self.spawn_once(req, cx)).await;
             let error = result.as_ref().err().cloned();
             let _ = self
                 .store

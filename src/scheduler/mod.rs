@@ -825,3 +825,37 @@ impl Scheduler {
         reaped
     }
 }
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_parked_run_stays_small() {
+        let store_fut_size = {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let store = crate::store::Store::open("sqlite::memory:").await.unwrap();
+                let tmp = tempfile::tempdir().unwrap();
+                std::fs::write(tmp.path().join("runtask.yml"), "name: b\ndesc: d\nmaintainer: m\nactions:\n  - name: p\n    dummy: {result: PASS}\n").unwrap();
+                let formula = crate::task::Formula::load(tmp.path()).unwrap();
+                let runner = crate::runner::Runner {
+                    provider: std::sync::Arc::new(crate::provider::local::LocalProvider::new(tmp.path(), 1)),
+                    store,
+                    data_dir: tmp.path().into(),
+                    sink: std::sync::Arc::new(|_: &crate::runner::Event| {}),
+                };
+                let req = crate::runner::RunRequest { uuid: uuid::Uuid::now_v7(), formula, item: String::new(), item_type: String::new(), arch: String::new(), jobid: String::new(), owner: String::new(), image: String::new(), task_timeout: std::time::Duration::from_secs(1), spawn_attempts: 1, artifacts_cap: 1, keep_instance: false };
+                let (_tx, rx) = tokio::sync::watch::channel(false);
+                let f = runner.run(req, rx);
+                std::mem::size_of_val(&f)
+            })
+        };
+        // A daemon keeps thousands of runs parked in one phase: the runner's future must not
+        // reserve room for every phase at once (it was 21 KB before its phases were boxed).
+        assert!(
+            store_fut_size <= 4096,
+            "runner future is {store_fut_size} bytes"
+        );
+    }
+}
