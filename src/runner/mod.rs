@@ -522,7 +522,7 @@ impl Runner {
             .map_err(|e| e.to_string())?;
         *cx.instance.lock().expect("instance lock") = Some(instance.clone());
         let session = cx
-            .phase("boot", connect(&instance, &cx.keys))
+            .phase("boot", Box::pin(connect(&instance, &cx.keys)))
             .await
             .map_err(|e| e.to_string())?;
         *cx.session.lock().expect("session lock") = Some(session.clone());

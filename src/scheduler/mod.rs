@@ -273,7 +273,11 @@ impl Scheduler {
             };
             if claimed == 0 {
                 tokio::select! {
-                    _ = self.wake.notified() => {}
+                    _ = self.wake.notified() => {
+                        // Messages come in bursts: gather a few before the next round, so
+                        // that one round claims many instead of many rounds claiming one.
+                        tokio::time::sleep(poll.min(Duration::from_millis(5))).await;
+                    }
                     _ = tokio::time::sleep(poll) => {}
                     _ = stop.changed() => {}
                 }
