@@ -37,8 +37,9 @@ pub enum Which {
         /// Jobs (one message each).
         #[arg(long, default_value_t = 10_000)]
         jobs: usize,
-        /// Simulated instance creation latency, ms (keeps runs in flight).
-        #[arg(long, default_value_t = 2000)]
+        /// Simulated instance creation latency, ms, ±25 %: long enough that every job is
+        /// in flight at once, as when VMs boot.
+        #[arg(long, default_value_t = 60_000)]
         create_ms: u64,
         /// Simulated capacity: instances at once.
         #[arg(long, default_value_t = 10_000)]

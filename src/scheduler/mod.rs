@@ -138,6 +138,8 @@ pub struct SchedulerParts {
     pub results: Option<mpsc::Sender<RunSummary>>,
     /// Base of run URLs.
     pub public_url: String,
+    /// How long message ids are remembered for de-duplication.
+    pub dedup_horizon: Duration,
 }
 
 pub struct Scheduler {
@@ -153,6 +155,7 @@ pub struct Scheduler {
     wake: Arc<Notify>,
     results: Option<mpsc::Sender<RunSummary>>,
     public_url: String,
+    dedup_horizon: Duration,
     running: Mutex<HashMap<i64, Running>>,
     /// Jobs launched and not yet ended in the store (outlives their `running` entry).
     active: AtomicUsize,
@@ -194,6 +197,7 @@ impl Scheduler {
             wake: parts.wake,
             results: parts.results,
             public_url: parts.public_url.trim_end_matches('/').to_string(),
+            dedup_horizon: parts.dedup_horizon,
             running: Mutex::default(),
             active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
@@ -698,7 +702,7 @@ impl Scheduler {
             }
             self.recover(None).await;
             self.reap().await;
-            let horizon = OffsetDateTime::now_utc() - Duration::from_secs(7 * 24 * 3600);
+            let horizon = OffsetDateTime::now_utc() - self.dedup_horizon;
             if let Err(e) = self.store.prune_seen_messages(horizon).await {
                 tracing::warn!("pruning seen message ids: {e}");
             }

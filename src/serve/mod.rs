@@ -196,6 +196,9 @@ impl Daemon {
             wake,
             results: results_tx,
             public_url,
+            dedup_horizon: Duration::from_secs(
+                config.bus.dedup_hours.unwrap_or(168).saturating_mul(3600),
+            ),
         });
         let api_token = config.api_token()?;
         Ok(Daemon {
