@@ -13,6 +13,8 @@ started=$SECONDS
 provisioning/host-setup.sh --test
 mkdir -p /var/lib/ferrotron
 eval "$(provisioning/test-postgres.sh)"
+# The local RabbitMQ (started by host-setup.sh --test), for the daemon's bus tests.
+export FERROTRON_TEST_AMQP=${FERROTRON_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
 # Real Python clients (fedora-messaging, resultsdb_api, openstacksdk) in a venv of their own.
 venv=/var/lib/ferrotron/test-venv

@@ -1,15 +1,21 @@
 //! ferrotron: runs test tasks in disposable virtual machines. See ARCHITECTURE.md for the map.
 
 pub mod bench;
+pub mod bus;
 pub mod cli;
+pub mod config;
 pub mod guest;
 pub mod image;
+pub mod metrics;
 pub mod outcome;
 pub mod provider;
 pub mod reaper;
 pub mod results;
 pub mod retention;
 pub mod runner;
+pub mod scheduler;
+pub mod serve;
 pub mod store;
 pub mod task;
+pub mod trigger;
 pub mod web;

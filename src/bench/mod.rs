@@ -3,6 +3,7 @@
 pub mod api;
 pub mod boot;
 pub mod http;
+pub mod scheduler;
 
 /// The median of `xs` (the mean of the middle two for an even count); 0 when empty.
 pub fn median(xs: &[f64]) -> f64 {

@@ -6,7 +6,9 @@ mod cloud;
 mod image;
 mod prune;
 mod reap;
+mod rules;
 mod run;
+mod serve;
 mod web;
 
 use std::path::PathBuf;
@@ -97,6 +99,10 @@ pub enum Commands {
     Prune(prune::PruneArgs),
     /// Base images: build them from recipes, list them, prune old builds.
     Image(image::ImageArgs),
+    /// Run the farm daemon: bus consumers, scheduler, runners, HTTP.
+    Serve(serve::ServeArgs),
+    /// Check trigger rules, or show the jobs a message would create.
+    Rules(rules::RulesArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -120,6 +126,8 @@ pub fn main() -> ExitCode {
             Commands::Web(args) => web::run(&cli.global, args).await,
             Commands::Prune(args) => prune::run(&cli.global, args).await,
             Commands::Image(args) => image::run(&cli.global, args).await,
+            Commands::Serve(args) => serve::run(&cli.global, args).await,
+            Commands::Rules(args) => rules::run(args),
         }
     });
     ExitCode::from(u8::try_from(code).unwrap_or(1))

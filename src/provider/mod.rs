@@ -14,6 +14,7 @@ pub mod libvirt;
 pub mod local;
 pub mod openstack;
 pub mod seed;
+pub mod sim;
 pub mod ssh;
 
 use std::path::{Path, PathBuf};

@@ -301,7 +301,10 @@ impl Runner {
             Ending::Cancelled
         } else {
             tokio::select! {
-                e = self.body(&req, &cx) => e,
+                // Boxed here and below: a run spends its life parked in one phase, and an
+                // inline state machine would hold room for every phase at once (thousands
+                // of runs are in flight in a daemon).
+                e = Box::pin(self.body(&req, &cx)) => e,
                 _ = tokio::time::sleep(req.task_timeout) => Ending::TimedOut(req.task_timeout),
                 _ = cancel.wait_for(|c| *c) => Ending::Cancelled,
             }
@@ -311,9 +314,9 @@ impl Runner {
         let collect_ok = if matches!(ending, Ending::Cancelled) {
             true
         } else {
-            self.collect(&req, &cx, &artifacts_dir, &mut refused).await
+            Box::pin(self.collect(&req, &cx, &artifacts_dir, &mut refused)).await
         };
-        let kept = self.teardown(&req, &cx).await;
+        let kept = Box::pin(self.teardown(&req, &cx)).await;
 
         let task = std::mem::take(&mut *cx.task.lock().expect("task lock"));
         let (state, exit_code, error) = match ending {
@@ -384,7 +387,7 @@ impl Runner {
 
     /// Everything that may be cut short by a timeout or a signal.
     async fn body(&self, req: &RunRequest, cx: &RunCtx) -> Ending {
-        let session = match self.provision(req, cx).await {
+        let session = match Box::pin(self.provision(req, cx)).await {
             Ok(s) => s,
             Err(e) => return Ending::Infra(e),
         };
@@ -407,7 +410,7 @@ impl Runner {
                 ))),
             }
         };
-        if let Err(e) = cx.phase("upload", upload).await {
+        if let Err(e) = cx.phase("upload", Box::pin(upload)).await {
             return Ending::Infra(self.explain(cx, format!("uploading the task: {e}")).await);
         }
 
@@ -439,19 +442,22 @@ impl Runner {
             let mut state = std::mem::take(&mut *cx.task.lock().expect("task lock"));
             let run = actions::run_action(&acx, i, action, &vars, &mut state);
             let r = cx
-                .phase(&name, async {
-                    match action.timeout {
-                        None => run.await,
-                        Some(limit) => {
-                            tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-                                Err(ActionError::Task(format!(
-                                    "exceeded its timeout of {}",
-                                    event::human_duration(limit)
-                                )))
-                            })
+                .phase(
+                    &name,
+                    Box::pin(async {
+                        match action.timeout {
+                            None => run.await,
+                            Some(limit) => {
+                                tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                                    Err(ActionError::Task(format!(
+                                        "exceeded its timeout of {}",
+                                        event::human_duration(limit)
+                                    )))
+                                })
+                            }
                         }
-                    }
-                })
+                    }),
+                )
                 .await;
             *cx.task.lock().expect("task lock") = state;
             match r {
@@ -503,7 +509,7 @@ impl Runner {
         for attempt in 1..=attempts {
             *cx.attempts.lock().expect("attempts lock") = attempt as usize;
             let started_at = OffsetDateTime::now_utc();
-            let result = self.spawn_once(req, cx).await;
+            let result = Box::pin(self.spawn_once(req, cx)).await;
             let error = result.as_ref().err().map(|(e, _)| e.clone());
             let _ = self
                 .store
@@ -571,7 +577,7 @@ impl Runner {
             })?;
         *cx.instance.lock().expect("instance lock") = Some(instance.clone());
         let session = cx
-            .phase("boot", connect(&instance, &cx.keys))
+            .phase("boot", Box::pin(connect(&instance, &cx.keys)))
             .await
             .map_err(|e| (e.to_string(), true))?;
         *cx.session.lock().expect("session lock") = Some(session.clone());

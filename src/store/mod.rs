@@ -19,6 +19,7 @@ macro_rules! data_lookup_sql {
 }
 
 mod query;
+mod queue;
 mod results;
 mod runs;
 pub mod schema;
@@ -37,6 +38,7 @@ pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
     like_pattern,
 };
+pub use queue::{Enqueued, Job, JobEnd, NewJob, TaskLoad, run_uuid};
 pub use results::{NewGroup, NewResult, StoredResult};
 pub use runs::{Attempt, NewRun, Phase, RunRecord, RunState, UnknownRunState};
 

@@ -122,6 +122,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
+    // The daemon's job queue (store/queue.rs).
+    super::queue::MIGRATION,
     // Version 2 is the job queue (scheduler branch); versions are applied by number, so either
     // may land first.
     Migration {

@@ -1,0 +1,771 @@
+//! The daemon's configuration: one YAML file (plus the rules files it includes), typed, with
+//! documented defaults; every setting can be overridden from the environment.
+//!
+//! Environment overrides name the setting's path in upper case, parts joined by `__`, after
+//! `FERROTRON__`: `FERROTRON__DAEMON__LISTEN=0.0.0.0:8080`, `FERROTRON__BUS__AMQP__URL=…`,
+//! `FERROTRON__PROVIDERS__0__MAX_INSTANCES=8` (list entries by index). The value is read as a
+//! YAML scalar (`8` is a number, `true` a boolean). Overrides are applied before the file is
+//! checked, so they are checked like the file.
+//!
+//! `ferrotron.example.yaml` at the repository root documents every key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_norway::Value;
+
+use crate::provider::libvirt::Accel;
+use crate::trigger::{Rule, RuleError, RuleSet};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "FERROTRON__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Rules {
+        path: PathBuf,
+        #[source]
+        source: RuleError,
+    },
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub bus: BusConfig,
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// Where runs happen. At least one.
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+    /// Tasks the rules may name, by name.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskConfig>,
+    /// Trigger rules written in this file.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// Rules files (relative to this file) whose `rules:` are added after these.
+    #[serde(default)]
+    pub include: Vec<PathBuf>,
+    /// The file this was read from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// This daemon's name, unique in the farm; the owner of its claims and instances.
+    /// Default: the host name.
+    pub id: Option<String>,
+    /// The farm's name: instances are tagged `FARM/ID`, and the reaper only touches the
+    /// farm's own. Default `ferrotron`.
+    pub farm: String,
+    /// Runs, artifacts, logs. Default: the global `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Database URL. Default: the global `--db` (SQLite in the data dir).
+    pub db: Option<String>,
+    /// HTTP listen address. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Base of the run URLs in result messages. Default `http://LISTEN`.
+    pub public_url: Option<String>,
+    /// Bearer token for `POST /api/v1/messages`; unset disables the endpoint.
+    pub api_token: Option<String>,
+    /// A file holding the token instead (first line).
+    pub api_token_file: Option<PathBuf>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            id: None,
+            farm: "ferrotron".into(),
+            data_dir: None,
+            db: None,
+            listen: "127.0.0.1:8080".into(),
+            public_url: None,
+            api_token: None,
+            api_token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// AMQP 0-9-1 (fedora-messaging) consumer and result publisher; unset: none.
+    pub amqp: Option<AmqpConfig>,
+    /// Largest accepted message body, bytes (AMQP and HTTP). Default 1 MiB.
+    pub max_body_bytes: Option<usize>,
+    /// How long message ids are remembered for de-duplication, hours. Default 168 (a week).
+    pub dedup_hours: Option<u64>,
+}
+
+impl BusConfig {
+    pub fn max_body(&self) -> usize {
+        self.max_body_bytes.unwrap_or(1 << 20)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:pass@host:5672/%2f` (or `amqps://…`).
+    pub url: String,
+    /// The durable queue this farm consumes. Default `ferrotron`.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// The topic exchange. Default `amq.topic` (fedora-messaging's).
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// Unacknowledged messages in flight per consumer. Default 64.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Extra routing keys to bind besides the rules' topics.
+    #[serde(default)]
+    pub bindings: Vec<String>,
+    /// Publish a result message after every run. Default true.
+    #[serde(default = "yes")]
+    pub publish_results: bool,
+    /// Topic of result messages. Default `ferrotron.result.new`.
+    #[serde(default = "default_result_topic")]
+    pub result_topic: String,
+    /// Longest wait between reconnection attempts, seconds. Default 30.
+    #[serde(default = "default_reconnect")]
+    pub reconnect_max_s: u64,
+}
+
+fn default_queue() -> String {
+    "ferrotron".into()
+}
+fn default_exchange() -> String {
+    "amq.topic".into()
+}
+fn default_prefetch() -> u16 {
+    64
+}
+fn yes() -> bool {
+    true
+}
+fn default_result_topic() -> String {
+    "ferrotron.result.new".into()
+}
+fn default_reconnect() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Lease on a claimed job, seconds; a daemon that stops renewing for this long loses its
+    /// jobs to the others. Default 60.
+    pub lease_s: u64,
+    /// Lease renewal and job-state flush interval, seconds. Default 10.
+    pub heartbeat_s: u64,
+    /// How often the queue is polled when idle, milliseconds. Default 200.
+    pub poll_ms: u64,
+    /// Most jobs claimed by one query. Default 256.
+    pub claim_batch: usize,
+    /// Reaper and orphan recovery interval, seconds. Default 60.
+    pub reap_interval_s: u64,
+    /// Attempts per job before it is marked crashed (infrastructure failures only; a
+    /// failing task is final). Default 3.
+    pub max_attempts: u32,
+    /// Retry backoff: base and ceiling, seconds; each retry doubles, ±50 % jitter.
+    /// Defaults 10 and 600.
+    pub backoff_base_s: f64,
+    pub backoff_max_s: f64,
+    /// Consecutive infrastructure failures that open a provider's circuit breaker. Default 5.
+    pub breaker_failures: u32,
+    /// How long an open breaker stops claims for the provider, seconds (doubles while it
+    /// keeps failing, up to ten times). Default 30.
+    pub breaker_cooldown_s: f64,
+    /// On SIGTERM: how long running jobs may finish before their instances are destroyed
+    /// and the jobs requeued, seconds. Default 60.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease_s: 60,
+            heartbeat_s: 10,
+            poll_ms: 200,
+            claim_batch: 256,
+            reap_interval_s: 60,
+            max_attempts: 3,
+            backoff_base_s: 10.0,
+            backoff_max_s: 600.0,
+            breaker_failures: 5,
+            breaker_cooldown_s: 30.0,
+            shutdown_grace_s: 60,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_s.max(2))
+    }
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_s.max(1))
+    }
+}
+
+/// Unknown keys are reported by [`check_provider_keys`] (serde cannot deny them through
+/// `flatten`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderConfig {
+    /// Unique name (shows in run records and metrics).
+    pub name: String,
+    /// Jobs name a pool (through their task); several providers (hosts) may serve one.
+    /// Default: the provider's name.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Most instances this daemon runs at once on it.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: usize,
+    #[serde(flatten)]
+    pub kind: ProviderKind,
+}
+
+fn default_max_instances() -> usize {
+    2
+}
+
+impl ProviderConfig {
+    pub fn pool(&self) -> &str {
+        self.pool.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Disposable libvirt domains cloned from a base image.
+    Libvirt {
+        #[serde(default = "default_libvirt_uri")]
+        uri: String,
+        /// Base image: a file, a recipe name, or DISTRO-RELEASE-FLAVOR[-ARCH].
+        #[serde(default = "default_image")]
+        image: String,
+        /// `auto` (KVM when a real probe boots under it), `kvm` or `tcg`.
+        #[serde(default = "default_accel")]
+        accel: Accel,
+    },
+    /// This host, no isolation (development only).
+    Local,
+    /// Simulated instances (a latency and failure model; runs happen in a directory).
+    Sim {
+        #[serde(default)]
+        create_ms: u64,
+        #[serde(default)]
+        delete_ms: u64,
+        #[serde(default)]
+        jitter_ms: u64,
+        /// Probability (0–1) that a create fails.
+        #[serde(default)]
+        failure_rate: f64,
+    },
+}
+
+fn default_libvirt_uri() -> String {
+    "qemu:///system".into()
+}
+fn default_image() -> String {
+    "tiny".into()
+}
+fn default_accel() -> Accel {
+    Accel::Auto
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// The task directory (holding runtask.yml) or formula, relative to the config file.
+    pub path: PathBuf,
+    /// The pool that runs it. Default: the first provider's pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Stop it after this long, seconds. Default 3600.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+    /// Higher first. Default 0 (a rule may override).
+    #[serde(default)]
+    pub priority: i32,
+    /// Its share of a pool against other tasks with queued jobs. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Spawn attempts inside one run (the runner's own retries). Default 2.
+    #[serde(default = "default_spawn_attempts")]
+    pub spawn_attempts: u32,
+    /// Largest artifacts collected, MiB. Default 1024.
+    #[serde(default = "default_artifacts")]
+    pub artifacts_mib: u64,
+}
+
+fn default_timeout() -> u64 {
+    3600
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_spawn_attempts() -> u32 {
+    2
+}
+fn default_artifacts() -> u64 {
+    1024
+}
+
+/// A rules-only file: what `include:` names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    rules: Vec<Rule>,
+}
+
+/// Reads a YAML file into a value, with environment overrides applied when `env` is given.
+fn read_value(path: &Path, env: Option<&[(String, String)]>) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut value: Value =
+        serde_norway::from_str(&text).map_err(|e| invalid(path, e.to_string()))?;
+    if value.is_null() {
+        value = Value::Mapping(Default::default());
+    }
+    if let Some(env) = env {
+        for (key, raw) in env {
+            apply_override(&mut value, key, raw).map_err(|m| invalid(path, m))?;
+        }
+    }
+    Ok(value)
+}
+
+/// Rejects keys a provider entry does not know, naming the entry and the key.
+fn check_provider_keys(value: &Value) -> Result<(), String> {
+    let Some(list) = value.get("providers").and_then(Value::as_sequence) else {
+        return Ok(());
+    };
+    for (i, entry) in list.iter().enumerate() {
+        let Some(m) = entry.as_mapping() else {
+            continue;
+        };
+        let kind = m.get("kind").and_then(Value::as_str).unwrap_or("");
+        let specific: &[&str] = match kind {
+            "libvirt" => &["uri", "image", "accel"],
+            "local" => &[],
+            "sim" => &["create_ms", "delete_ms", "jitter_ms", "failure_rate"],
+            other => {
+                return Err(format!(
+                    "providers[{i}].kind: `{other}` is not one of libvirt, local, sim"
+                ));
+            }
+        };
+        for k in m.keys() {
+            let k = k.as_str().unwrap_or("");
+            if !["name", "pool", "max_instances", "kind"].contains(&k) && !specific.contains(&k) {
+                return Err(format!(
+                    "providers[{i}]: unknown key `{k}` for kind {kind} (known: name, pool, max_instances, kind{}{})",
+                    if specific.is_empty() { "" } else { ", " },
+                    specific.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `FERROTRON__…` variables of this process, sorted.
+pub fn env_overrides() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sets the value at `FERROTRON__A__B__0__C` (path a.b[0].c) to `raw` read as YAML.
+fn apply_override(root: &mut Value, key: &str, raw: &str) -> Result<(), String> {
+    let parts: Vec<String> = key[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    if parts.iter().any(String::is_empty) {
+        return Err(format!(
+            "environment variable {key}: empty part in the setting's path"
+        ));
+    }
+    let parsed: Value = serde_norway::from_str(raw).unwrap_or_else(|_| Value::String(raw.into()));
+    let parsed = if parsed.is_null()
+        && !raw.trim().is_empty()
+        && raw.trim() != "null"
+        && raw.trim() != "~"
+    {
+        Value::String(raw.into())
+    } else {
+        parsed
+    };
+    let mut cur = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if cur.is_null() {
+            *cur = if part.parse::<usize>().is_ok() {
+                Value::Sequence(Vec::new())
+            } else {
+                Value::Mapping(Default::default())
+            };
+        }
+        let next = match cur {
+            Value::Mapping(m) => {
+                let k = Value::String(part.clone());
+                if !m.contains_key(&k) {
+                    m.insert(k.clone(), Value::Null);
+                }
+                m.get_mut(&k).expect("just inserted")
+            }
+            Value::Sequence(s) => {
+                let idx: usize = part.parse().map_err(|_| {
+                    format!("environment variable {key}: `{part}` must be a list index here")
+                })?;
+                if idx > s.len() {
+                    return Err(format!(
+                        "environment variable {key}: index {idx} is past the end of a list of {}",
+                        s.len()
+                    ));
+                }
+                if idx == s.len() {
+                    s.push(Value::Null);
+                }
+                &mut s[idx]
+            }
+            _ => {
+                return Err(format!(
+                    "environment variable {key}: `{}` is not a mapping or list in the file",
+                    parts[..i].join(".")
+                ));
+            }
+        };
+        if last {
+            *next = parsed.clone();
+            return Ok(());
+        }
+        cur = next;
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads `path` and its includes, applies the environment's overrides and checks it all.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, &env_overrides())
+    }
+
+    pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let value = read_value(path, Some(env))?;
+        check_provider_keys(&value).map_err(|m| invalid(path, m))?;
+        let mut cfg: Config = if env.is_empty() {
+            // From the text, so that errors carry line and column.
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            serde_norway::from_str(&text).map_err(|e| invalid(path, e.to_string()))?
+        } else {
+            serde_norway::from_value(value).map_err(|e| {
+                let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+                invalid(
+                    path,
+                    format!("{e} (with environment overrides {})", names.join(", ")),
+                )
+            })?
+        };
+        cfg.path = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("."));
+        for inc in cfg.include.clone() {
+            let p = base.join(&inc);
+            let v = read_value(&p, None)?;
+            let f: RulesFile =
+                serde_norway::from_value(v).map_err(|e| invalid(&p, e.to_string()))?;
+            cfg.rules.extend(f.rules);
+        }
+        for t in cfg.tasks.values_mut() {
+            if t.path.is_relative() {
+                t.path = base.join(&t.path);
+            }
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let p = &self.path;
+        if self.providers.is_empty() {
+            return Err(invalid(p, "providers: at least one provider is needed"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, prov) in self.providers.iter().enumerate() {
+            if prov.name.is_empty() || !names.insert(prov.name.as_str()) {
+                return Err(invalid(
+                    p,
+                    format!(
+                        "providers[{i}].name: `{}` is empty or used twice",
+                        prov.name
+                    ),
+                ));
+            }
+            if prov.max_instances == 0 {
+                return Err(invalid(
+                    p,
+                    format!("providers[{i}].max_instances: must be at least 1"),
+                ));
+            }
+            if let ProviderKind::Sim { failure_rate, .. } = prov.kind
+                && !(0.0..=1.0).contains(&failure_rate)
+            {
+                return Err(invalid(
+                    p,
+                    format!("providers[{i}].failure_rate: {failure_rate} is not between 0 and 1"),
+                ));
+            }
+        }
+        let pools: Vec<&str> = self.providers.iter().map(|p| p.pool()).collect();
+        for (name, t) in &self.tasks {
+            if let Some(pool) = &t.pool
+                && !pools.contains(&pool.as_str())
+            {
+                return Err(invalid(
+                    p,
+                    format!(
+                        "tasks.{name}.pool: no provider serves pool `{pool}` (pools: {})",
+                        pools.join(", ")
+                    ),
+                ));
+            }
+            if t.weight == 0 {
+                return Err(invalid(
+                    p,
+                    format!("tasks.{name}.weight: must be at least 1"),
+                ));
+            }
+        }
+        if let Some(token) = &self.daemon.api_token
+            && token.len() < 16
+        {
+            return Err(invalid(p, "daemon.api_token: use at least 16 characters"));
+        }
+        let s = &self.scheduler;
+        if s.heartbeat_s * 2 > s.lease_s {
+            return Err(invalid(
+                p,
+                format!(
+                    "scheduler.heartbeat_s ({}) must be at most half of scheduler.lease_s ({})",
+                    s.heartbeat_s, s.lease_s
+                ),
+            ));
+        }
+        if s.max_attempts == 0 || s.claim_batch == 0 {
+            return Err(invalid(
+                p,
+                "scheduler.max_attempts and scheduler.claim_batch must be at least 1",
+            ));
+        }
+        self.rule_set()?;
+        Ok(())
+    }
+
+    /// The compiled rules, checked against the tasks.
+    pub fn rule_set(&self) -> Result<RuleSet, ConfigError> {
+        let tasks: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
+        RuleSet::compile(&self.rules, &tasks).map_err(|source| ConfigError::Rules {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The pool a task's jobs go to.
+    pub fn task_pool(&self, task: &str) -> String {
+        self.tasks
+            .get(task)
+            .and_then(|t| t.pool.clone())
+            .unwrap_or_else(|| self.providers[0].pool().to_string())
+    }
+
+    /// The API token, from `api_token` or `api_token_file`.
+    pub fn api_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.daemon.api_token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(file) = &self.daemon.api_token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.len() < 16 {
+            return Err(invalid(
+                file,
+                "daemon.api_token_file: the token needs at least 16 characters",
+            ));
+        }
+        Ok(Some(token))
+    }
+}
+
+/// Loads only the rules of `path`: a config file (its own and included rules, checked
+/// against its tasks) or a rules file (checked alone: any task name is accepted).
+pub fn load_rules(path: &Path) -> Result<(RuleSet, Option<Config>), ConfigError> {
+    let value = read_value(path, None)?;
+    let is_config = value.as_mapping().is_some_and(|m| {
+        ["providers", "tasks", "daemon", "bus", "include"]
+            .iter()
+            .any(|k| m.contains_key(*k))
+    });
+    if is_config {
+        let cfg = Config::load(path)?;
+        return Ok((cfg.rule_set()?, Some(cfg)));
+    }
+    let f: RulesFile = serde_norway::from_value(value).map_err(|e| invalid(path, e.to_string()))?;
+    let set = RuleSet::compile(&f.rules, &[]).map_err(|source| ConfigError::Rules {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((set, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = "providers:\n  - {name: sim, kind: sim}\ntasks:\n  t: {path: tasks/t}\nrules:\n  - {name: r, topics: [a.b], item: x, type: y, tasks: [t]}\n";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "c.yaml", MINIMAL);
+        let c = Config::load_with_env(&p, &[]).unwrap();
+        assert_eq!(c.daemon.listen, "127.0.0.1:8080");
+        assert_eq!(c.scheduler.lease_s, 60);
+        assert_eq!(c.tasks["t"].path, d.path().join("tasks/t"));
+        assert_eq!(c.task_pool("t"), "sim");
+        assert_eq!(c.providers[0].max_instances, 2);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_list_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "c.yaml", MINIMAL);
+        let env = vec![
+            (
+                "FERROTRON__DAEMON__LISTEN".to_string(),
+                "0.0.0.0:9".to_string(),
+            ),
+            (
+                "FERROTRON__PROVIDERS__0__MAX_INSTANCES".to_string(),
+                "7".to_string(),
+            ),
+            (
+                "FERROTRON__SCHEDULER__LEASE_S".to_string(),
+                "120".to_string(),
+            ),
+            (
+                "FERROTRON__BUS__AMQP__URL".to_string(),
+                "amqp://h/%2f".to_string(),
+            ),
+        ];
+        let c = Config::load_with_env(&p, &env).unwrap();
+        assert_eq!(c.daemon.listen, "0.0.0.0:9");
+        assert_eq!(c.providers[0].max_instances, 7);
+        assert_eq!(c.scheduler.lease_s, 120);
+        let amqp = c.bus.amqp.unwrap();
+        assert_eq!(amqp.url, "amqp://h/%2f");
+        assert_eq!(amqp.exchange, "amq.topic");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "c.yaml",
+            &MINIMAL
+                .replace("max_instances", "x")
+                .replace("kind: sim", "kind: sim, max_instance: 3"),
+        );
+        let e = Config::load_with_env(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("c.yaml") && e.contains("max_instance"), "{e}");
+
+        let p = write(
+            d.path(),
+            "c2.yaml",
+            &MINIMAL.replace("tasks: [t]", "tasks: [nope]"),
+        );
+        let e = Config::load_with_env(&p, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("c2.yaml") && e.contains("nope") && e.contains("rules[0]"),
+            "{e}"
+        );
+
+        let env = vec![(
+            "FERROTRON__SCHEDULER__LEASE_S".to_string(),
+            "soon".to_string(),
+        )];
+        let p = write(d.path(), "c3.yaml", MINIMAL);
+        let e = Config::load_with_env(&p, &env).unwrap_err().to_string();
+        assert!(
+            e.contains("FERROTRON__SCHEDULER__LEASE_S") && e.contains("soon"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn includes_add_rules_and_rules_files_load_alone() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "more.yaml",
+            "rules:\n  - {name: r2, topics: ['#'], item: '{name}', type: y, tasks: [t]}\n",
+        );
+        let p = write(
+            d.path(),
+            "c.yaml",
+            &format!("{MINIMAL}include: [more.yaml]\n"),
+        );
+        let c = Config::load_with_env(&p, &[]).unwrap();
+        assert_eq!(c.rules.len(), 2);
+        let (set, cfg) = load_rules(&d.path().join("more.yaml")).unwrap();
+        assert!(cfg.is_none());
+        assert_eq!(set.len(), 1);
+    }
+}

@@ -1,0 +1,589 @@
+//! The job queue: jobs made by trigger rules, the message ids already seen, claims with
+//! leases.
+//!
+//! A job moves queued → provisioning → running → collecting → finished / failed / crashed /
+//! cancelled (the [`RunState`] names). A daemon *claims* queued jobs (one statement; on
+//! PostgreSQL `FOR UPDATE SKIP LOCKED`, so several daemons share one queue and no job is
+//! claimed twice), holds them under a lease it renews with a heartbeat, and ends them. A job
+//! whose lease ran out is *recovered* by whichever daemon looks first: its run is marked
+//! crashed and the job requeued (bounded attempts) or crashed.
+//!
+//! Every attempt is its own run: [`run_uuid`] derives the run's uuid from the job's uuid and
+//! the attempt number, so a daemon that finds an orphaned claim knows which run to close
+//! without anything having been written after the claim.
+
+use std::time::Duration;
+
+use sqlx::AssertSqlSafe;
+use sqlx::any::AnyRow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::runs::RunState;
+use super::{Dialect, Store, StoreError, col, db, from_micros, now_micros};
+
+/// The schema this module owns.
+pub(crate) const MIGRATION: super::schema::Migration = super::schema::Migration {
+    version: 2,
+    name: "job queue and seen message ids",
+    statements: &[
+        "CREATE TABLE jobs (
+            id AUTO_ID,
+            uuid TEXT NOT NULL UNIQUE,
+            message_id TEXT,
+            topic TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            task TEXT NOT NULL,
+            item TEXT NOT NULL,
+            item_type TEXT NOT NULL,
+            arch TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            provider TEXT,
+            priority INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            max_attempts INTEGER NOT NULL,
+            claimed_by TEXT,
+            lease_until BIGINT,
+            not_before BIGINT NOT NULL,
+            received_at BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            claimed_at BIGINT,
+            finished_at BIGINT,
+            error TEXT,
+            outcome TEXT
+        )",
+        // The claim: queued jobs of one pool and task, best priority first, then oldest.
+        // The predicate must match `QUEUED` textually for SQLite to use the index.
+        "CREATE INDEX jobs_ready ON jobs (pool, task, priority, id) WHERE state = 'queued'",
+        // Heartbeats and recovery: claimed jobs by owner and by lease.
+        "CREATE INDEX jobs_claimed ON jobs (claimed_by, lease_until)
+            WHERE state IN ('provisioning', 'running', 'collecting')",
+        "CREATE INDEX jobs_message ON jobs (message_id)",
+        "CREATE INDEX jobs_state ON jobs (state)",
+        "CREATE TABLE seen_messages (
+            message_id TEXT PRIMARY KEY,
+            topic TEXT NOT NULL,
+            received_at BIGINT NOT NULL,
+            jobs INTEGER NOT NULL
+        )",
+        "CREATE INDEX seen_messages_received ON seen_messages (received_at)",
+    ],
+};
+
+const IN_FLIGHT: &str = "state IN ('provisioning', 'running', 'collecting')";
+
+const JOB_COLUMNS: &str = "id, uuid, message_id, topic, rule, task, item, item_type, arch, pool, \
+    provider, priority, state, attempts, max_attempts, claimed_by, lease_until, not_before, \
+    received_at, created_at, claimed_at, finished_at, error, outcome";
+
+/// The run of attempt `attempt` (1-based) of job `job`: the job's uuid with the attempt
+/// number folded into its random low bits (still a valid v7 uuid, still time-ordered).
+pub fn run_uuid(job: Uuid, attempt: u32) -> Uuid {
+    Uuid::from_u128(job.as_u128() ^ u128::from(attempt))
+}
+
+/// A job as the trigger rules produce it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    pub rule: String,
+    pub task: String,
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    /// The provider pool that may run it.
+    pub pool: String,
+    /// Higher runs first.
+    pub priority: i32,
+    pub max_attempts: u32,
+}
+
+/// What [`Store::enqueue`] did with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The message id was seen before: nothing was written.
+    Duplicate,
+    /// The jobs' uuids, in the order given (empty when no rule matched).
+    Jobs(Vec<Uuid>),
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub uuid: Uuid,
+    pub message_id: Option<String>,
+    pub topic: String,
+    pub rule: String,
+    pub task: String,
+    pub item: String,
+    pub item_type: String,
+    pub arch: String,
+    pub pool: String,
+    /// The provider of the current (or last) attempt.
+    pub provider: Option<String>,
+    pub priority: i32,
+    pub state: RunState,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub claimed_by: Option<String>,
+    pub lease_until: Option<OffsetDateTime>,
+    pub not_before: OffsetDateTime,
+    pub received_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+    pub claimed_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+    pub error: Option<String>,
+    /// A one-line summary of the last run's outcome.
+    pub outcome: Option<String>,
+}
+
+impl Job {
+    /// The run of the current (or last) attempt; `None` before the first claim.
+    pub fn current_run(&self) -> Option<Uuid> {
+        (self.attempts > 0).then(|| run_uuid(self.uuid, self.attempts))
+    }
+}
+
+/// Queued and in-flight jobs of one task in one pool (the scheduler's fair-share input).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskLoad {
+    pub task: String,
+    pub queued: u64,
+    pub in_flight: u64,
+    /// The best priority among its queued jobs.
+    pub top_priority: i32,
+}
+
+/// How a claimed job ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// Terminal: the job will not run again.
+    Done {
+        state: RunState,
+        outcome: Option<String>,
+        error: Option<String>,
+    },
+    /// Back to the queue, runnable from `not_before`. `free_attempt` does not count this
+    /// attempt against `max_attempts` (a graceful shutdown is not the job's fault).
+    Requeue {
+        not_before: OffsetDateTime,
+        error: Option<String>,
+        free_attempt: bool,
+    },
+}
+
+fn job_from_row(row: &AnyRow) -> Result<Job, String> {
+    let uuid: String = col(row, "uuid")?;
+    let state: String = col(row, "state")?;
+    let t = |name: &str| -> Result<OffsetDateTime, String> { from_micros(col(row, name)?) };
+    let ot = |name: &str| -> Result<Option<OffsetDateTime>, String> {
+        col::<Option<i64>>(row, name)?.map(from_micros).transpose()
+    };
+    let n = |name: &str| -> Result<u32, String> {
+        let v: i64 = col(row, name)?;
+        u32::try_from(v).map_err(|_| format!("column {name}: {v} out of range"))
+    };
+    let priority: i64 = col(row, "priority")?;
+    Ok(Job {
+        id: col(row, "id")?,
+        uuid: Uuid::parse_str(&uuid).map_err(|e| format!("job uuid `{uuid}`: {e}"))?,
+        message_id: col(row, "message_id")?,
+        topic: col(row, "topic")?,
+        rule: col(row, "rule")?,
+        task: col(row, "task")?,
+        item: col(row, "item")?,
+        item_type: col(row, "item_type")?,
+        arch: col(row, "arch")?,
+        pool: col(row, "pool")?,
+        provider: col(row, "provider")?,
+        priority: i32::try_from(priority).map_err(|_| format!("priority {priority}"))?,
+        state: state
+            .parse()
+            .map_err(|e: super::UnknownRunState| e.to_string())?,
+        attempts: n("attempts")?,
+        max_attempts: n("max_attempts")?,
+        claimed_by: col(row, "claimed_by")?,
+        lease_until: ot("lease_until")?,
+        not_before: t("not_before")?,
+        received_at: t("received_at")?,
+        created_at: t("created_at")?,
+        claimed_at: ot("claimed_at")?,
+        finished_at: ot("finished_at")?,
+        error: col(row, "error")?,
+        outcome: col(row, "outcome")?,
+    })
+}
+
+fn jobs_from_rows(rows: &[AnyRow], op: &str) -> Result<Vec<Job>, StoreError> {
+    rows.iter()
+        .map(job_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(|message| StoreError::Corrupt {
+            op: op.to_string(),
+            message,
+        })
+}
+
+fn micros_of(t: OffsetDateTime) -> i64 {
+    super::micros(t)
+}
+
+fn lease_end(lease: Duration) -> i64 {
+    now_micros().saturating_add(super::duration_micros(lease))
+}
+
+impl Store {
+    /// Records one message and the jobs it made, in one transaction. With a message id, a
+    /// second call for the same id writes nothing and returns [`Enqueued::Duplicate`] (also
+    /// when two daemons race on it). Messages that made no job are remembered too, so a
+    /// redelivery stays a duplicate.
+    pub async fn enqueue(
+        &self,
+        message_id: Option<&str>,
+        topic: &str,
+        received_at: OffsetDateTime,
+        jobs: &[NewJob],
+    ) -> Result<Enqueued, StoreError> {
+        let op = || format!("enqueueing message {}", message_id.unwrap_or("(no id)"));
+        let received = micros_of(received_at);
+        let mut tx = self.begin().await.map_err(db(op))?;
+        if let Some(id) = message_id {
+            let done = sqlx::query(
+                "INSERT INTO seen_messages (message_id, topic, received_at, jobs) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(topic)
+            .bind(received)
+            .bind(jobs.len() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+            if done.rows_affected() == 0 {
+                tx.rollback().await.map_err(db(op))?;
+                return Ok(Enqueued::Duplicate);
+            }
+        }
+        let now = now_micros();
+        let mut uuids = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let uuid = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO jobs (uuid, message_id, topic, rule, task, item, item_type, arch, \
+                 pool, priority, state, attempts, max_attempts, not_before, received_at, \
+                 created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', 0, $11, $12, $13, $14)",
+            )
+            .bind(uuid.to_string())
+            .bind(message_id)
+            .bind(topic)
+            .bind(&job.rule)
+            .bind(&job.task)
+            .bind(&job.item)
+            .bind(&job.item_type)
+            .bind(&job.arch)
+            .bind(&job.pool)
+            .bind(i64::from(job.priority))
+            .bind(i64::from(job.max_attempts.max(1)))
+            .bind(now)
+            .bind(received)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+            uuids.push(uuid);
+        }
+        tx.commit().await.map_err(db(op))?;
+        Ok(Enqueued::Jobs(uuids))
+    }
+
+    /// Per task in `pool`: queued (runnable now) and in-flight counts, and the best queued
+    /// priority. One query.
+    pub async fn task_loads(&self, pool: &str) -> Result<Vec<TaskLoad>, StoreError> {
+        let op = || format!("reading the queue of pool {pool}");
+        let rows = sqlx::query(
+            "SELECT task, \
+             SUM(CASE WHEN state = 'queued' AND not_before <= $1 THEN 1 ELSE 0 END) AS queued, \
+             SUM(CASE WHEN state = 'queued' THEN 0 ELSE 1 END) AS in_flight, \
+             MAX(CASE WHEN state = 'queued' AND not_before <= $1 THEN priority ELSE NULL END) AS top \
+             FROM jobs WHERE pool = $2 AND state IN ('queued', 'provisioning', 'running', 'collecting') \
+             GROUP BY task ORDER BY task",
+        )
+        .bind(now_micros())
+        .bind(pool)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db(op))?;
+        rows.iter()
+            .map(|row| {
+                let queued: i64 = col(row, "queued")?;
+                let in_flight: i64 = col(row, "in_flight")?;
+                let top: Option<i64> = col(row, "top")?;
+                Ok(TaskLoad {
+                    task: col(row, "task")?,
+                    queued: queued.max(0) as u64,
+                    in_flight: in_flight.max(0) as u64,
+                    top_priority: top.map_or(i32::MIN, |p| {
+                        p.clamp(i32::MIN.into(), i32::MAX.into()) as i32
+                    }),
+                })
+            })
+            .collect::<Result<_, String>>()
+            .map_err(|message| StoreError::Corrupt { op: op(), message })
+    }
+
+    /// Claims up to `n` runnable queued jobs of `task` in `pool` for `owner`, best priority
+    /// first, then oldest: state `provisioning`, attempts + 1, a lease of `lease`. One
+    /// statement; on PostgreSQL rows another daemon is claiming are skipped, not waited for.
+    pub async fn claim(
+        &self,
+        pool: &str,
+        task: &str,
+        provider: &str,
+        owner: &str,
+        n: usize,
+        lease: Duration,
+    ) -> Result<Vec<Job>, StoreError> {
+        let op = || format!("claiming jobs of {task} in pool {pool}");
+        let lock = match self.dialect() {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'provisioning', claimed_by = $1, provider = $2, \
+             lease_until = $3, claimed_at = $4, attempts = attempts + 1, error = NULL \
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND pool = $5 AND task = $6 \
+             AND not_before <= $4 ORDER BY priority DESC, id LIMIT $7{lock}) \
+             RETURNING {JOB_COLUMNS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(provider)
+            .bind(lease_end(lease))
+            .bind(now_micros())
+            .bind(pool)
+            .bind(task)
+            .bind(n as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(op))?;
+        let mut jobs = jobs_from_rows(&rows, &op())?;
+        jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(jobs)
+    }
+
+    /// Renews the lease of every job `owner` holds; returns the ids it still holds (a job
+    /// missing from the answer was recovered by another daemon: stop running it).
+    pub async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<Vec<i64>, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET lease_until = $1 WHERE claimed_by = $2 AND {IN_FLIGHT} RETURNING id"
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(lease_end(lease))
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(|| format!("renewing the leases of {owner}")))
+    }
+
+    /// Records the in-flight state of jobs `owner` holds (runs report their phases; the
+    /// scheduler writes them in batches). Jobs no longer held are left alone.
+    pub async fn set_job_states(
+        &self,
+        owner: &str,
+        states: &[(i64, RunState)],
+    ) -> Result<(), StoreError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let op = || format!("recording job states for {owner}");
+        let mut tx = self.begin().await.map_err(db(op))?;
+        let sql =
+            format!("UPDATE jobs SET state = $1 WHERE id = $2 AND claimed_by = $3 AND {IN_FLIGHT}");
+        for (id, state) in states {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(state.as_str())
+                .bind(id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(op))?;
+        }
+        tx.commit().await.map_err(db(op))
+    }
+
+    /// Ends attempt `attempt` of job `id`, which `owner` holds. Returns false (and changes
+    /// nothing) when the claim is no longer `owner`'s: the job was recovered elsewhere.
+    pub async fn end_job(
+        &self,
+        id: i64,
+        owner: &str,
+        attempt: u32,
+        end: &JobEnd,
+    ) -> Result<bool, StoreError> {
+        self.end_job_if(id, owner, attempt, end, None).await
+    }
+
+    /// [`Store::end_job`], and with `orphaned`, only while the lease is still expired or the
+    /// claim belongs to the given previous life of this daemon. One statement, so a
+    /// heartbeat that renews the lease meanwhile wins.
+    async fn end_job_if(
+        &self,
+        id: i64,
+        owner: &str,
+        attempt: u32,
+        end: &JobEnd,
+        orphaned: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let op = || format!("ending job {id}");
+        let mut guard =
+            format!("WHERE id = $5 AND claimed_by = $6 AND attempts = $7 AND {IN_FLIGHT}");
+        if orphaned.is_some() {
+            guard.push_str(" AND (lease_until < $8 OR claimed_by = $9)");
+        }
+        let q = match end {
+            JobEnd::Done {
+                state,
+                outcome,
+                error,
+            } => {
+                if !state.is_terminal() {
+                    return Err(StoreError::Invalid {
+                        op: op(),
+                        message: format!("{state} is not a terminal state"),
+                    });
+                }
+                sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE jobs SET state = $1, outcome = $2, error = $3, finished_at = $4, \
+                     lease_until = NULL {guard}"
+                )))
+                .bind(state.as_str())
+                .bind(outcome.as_deref())
+                .bind(error.as_deref())
+                .bind(now_micros())
+            }
+            JobEnd::Requeue {
+                not_before,
+                error,
+                free_attempt,
+            } => sqlx::query(AssertSqlSafe(format!(
+                "UPDATE jobs SET state = 'queued', claimed_by = NULL, lease_until = NULL, \
+                 not_before = $1, error = $2, max_attempts = max_attempts + $3, \
+                 outcome = $4 {guard}"
+            )))
+            .bind(micros_of(*not_before))
+            .bind(error.as_deref())
+            .bind(i64::from(*free_attempt))
+            .bind(None::<String>),
+        };
+        let mut q = q.bind(id).bind(owner).bind(i64::from(attempt));
+        if let Some(previous) = orphaned {
+            q = q.bind(now_micros()).bind(previous);
+        }
+        let done = q.execute(&self.pool).await.map_err(db(op))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Claimed jobs whose lease ran out, and (when given) every claimed job of
+    /// `previous_self`: a daemon restarting under the same id owns nothing any more.
+    pub async fn orphaned_jobs(&self, previous_self: Option<&str>) -> Result<Vec<Job>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE {IN_FLIGHT} AND (lease_until < $1 OR claimed_by = $2) ORDER BY id"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(now_micros())
+            .bind(previous_self.unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(|| "looking for orphaned jobs".to_string()))?;
+        jobs_from_rows(&rows, "looking for orphaned jobs")
+    }
+
+    /// Takes over an orphaned job (as read by [`Store::orphaned_jobs`]) and ends it with
+    /// `end`, unless someone renewed or ended it meanwhile. Returns whether it did.
+    pub async fn recover_job(
+        &self,
+        job: &Job,
+        previous_self: Option<&str>,
+        end: &JobEnd,
+    ) -> Result<bool, StoreError> {
+        let owner = job.claimed_by.clone().unwrap_or_default();
+        self.end_job_if(
+            job.id,
+            &owner,
+            job.attempts,
+            end,
+            Some(previous_self.unwrap_or("")),
+        )
+        .await
+    }
+
+    pub async fn job(&self, uuid: Uuid) -> Result<Option<Job>, StoreError> {
+        let op = format!("reading job {uuid}");
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE uuid = $1"
+        )))
+        .bind(uuid.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db(|| op.clone()))?;
+        Ok(jobs_from_rows(&rows, &op)?.into_iter().next())
+    }
+
+    /// Every job, oldest first, optionally only those one message made.
+    pub async fn jobs(&self, message_id: Option<&str>) -> Result<Vec<Job>, StoreError> {
+        let op = "listing jobs";
+        let rows = match message_id {
+            Some(m) => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE message_id = $1 ORDER BY id"
+                )))
+                .bind(m)
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs ORDER BY id"
+                )))
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db(|| op.to_string()))?;
+        jobs_from_rows(&rows, op)
+    }
+
+    /// Number of jobs in each state (states without jobs are left out).
+    pub async fn job_counts(&self) -> Result<Vec<(RunState, u64)>, StoreError> {
+        let op = || "counting jobs".to_string();
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db(op))?;
+        rows.iter()
+            .map(|row| {
+                let state: String = col(row, "state")?;
+                let n: i64 = col(row, "n")?;
+                Ok((
+                    state
+                        .parse()
+                        .map_err(|e: super::UnknownRunState| e.to_string())?,
+                    n.max(0) as u64,
+                ))
+            })
+            .collect::<Result<_, String>>()
+            .map_err(|message| StoreError::Corrupt { op: op(), message })
+    }
+
+    /// Forgets message ids received before `before` (their redeliveries are long over).
+    pub async fn prune_seen_messages(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        sqlx::query("DELETE FROM seen_messages WHERE received_at < $1")
+            .bind(micros_of(before))
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(db(|| "pruning seen message ids".to_string()))
+    }
+}

@@ -1,0 +1,997 @@
+//! Drives `ferrotron serve` as a real process: messages in over HTTP and AMQP (the real
+//! RabbitMQ, the real fedora-messaging publisher), jobs in SQLite or PostgreSQL, runs on the
+//! simulated provider or on libvirt with the tiny image.
+//!
+//! Services come from `provisioning/test.sh`. A test whose service variable is unset
+//! (FERROTRON_TEST_AMQP, FERROTRON_TEST_PG, FERROTRON_TEST_PYTHON, FERROTRON_TEST_LIBVIRT)
+//! says SKIPPED and passes; with the variable set it must work.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrotron::store::{Job, RunState, Store};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use sqlx::{Connection as _, Executor};
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// Tests that boot VMs take turns: several TCG guests at once on a small machine miss their
+/// boot deadline.
+static VMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn env_or_skip(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            eprintln!("SKIPPED: {var} not set (provisioning/test.sh sets it)");
+            None
+        }
+    }
+}
+
+fn libvirt_or_skip() -> bool {
+    let on = std::env::var("FERROTRON_TEST_LIBVIRT").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("SKIPPED: FERROTRON_TEST_LIBVIRT=1 not set (provisioning/test.sh sets it)");
+    }
+    on
+}
+
+fn uniq() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_task(dir: &Path, name: &str, shell: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("runtask.yml"),
+        format!(
+            "name: {name}\ndesc: d\nmaintainer: m\nactions:\n  - name: work\n    shell: [{shell:?}]\n"
+        ),
+    )
+    .unwrap();
+    d
+}
+
+/// A running `ferrotron serve`, its stderr collected.
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(data: &Path, config: &Path, port: u16) -> Daemon {
+        let mut child = common::command(data, &["serve", "--config", config.to_str().unwrap()])
+            .env("FERROTRON_LOG", "ferrotron=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ferrotron serve starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+                let mut g = l.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        let d = Daemon { child, port, log };
+        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+            panic!("daemon did not start:\n{}", d.log());
+        }
+        d
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn http(&self, method: &str, path: &str, body: &[u8], token: Option<&str>) -> (u16, String) {
+        http(self.port, method, path, body, token)
+    }
+
+    fn submit(&self, envelope: &Value) -> (u16, Value) {
+        let (status, body) = self.http(
+            "POST",
+            "/api/v1/messages",
+            envelope.to_string().as_bytes(),
+            Some(TOKEN),
+        );
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.http("GET", "/metrics", b"", None);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
+            .unwrap_or(-1.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn http(port: u16, method: &str, path: &str, body: &[u8], token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("daemon answers HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+fn koji_body(name: &str) -> Value {
+    json!({"build_id": 42, "name": name, "version": "5.2.26", "release": "1.fc41",
+           "epoch": null, "owner": "someone", "instance": "primary", "new": 1, "old": 0,
+           "attribute": "state"})
+}
+
+async fn wait_jobs(store: &Store, limit: Duration, done: impl Fn(&[Job]) -> bool) -> Vec<Job> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let jobs = store.jobs(None).await.unwrap();
+        if done(&jobs) || Instant::now() > deadline {
+            return jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every job with the state and error of each of its runs, for failure messages.
+async fn explain(store: &Store) -> String {
+    let mut why = String::new();
+    for j in store.jobs(None).await.unwrap_or_default() {
+        why.push_str(&format!(
+            "job {} {} {}: {:?}\n",
+            j.uuid, j.task, j.state, j.error
+        ));
+        for a in 1..=j.attempts {
+            if let Ok(Some(r)) = store.run(ferrotron::store::run_uuid(j.uuid, a)).await {
+                why.push_str(&format!("  run {}: {} {:?}\n", r.uuid, r.state, r.error));
+            }
+        }
+    }
+    why
+}
+
+fn all_terminal(jobs: &[Job], n: usize) -> bool {
+    jobs.len() == n && jobs.iter().all(|j| j.state.is_terminal())
+}
+
+/// A fresh PostgreSQL database under FERROTRON_TEST_PG, dropped by `drop_pg`.
+async fn fresh_pg(admin: &str) -> (String, String) {
+    sqlx::any::install_default_drivers();
+    let name = format!("ferrotron_test_{}", uuid::Uuid::new_v4().simple());
+    let mut c = sqlx::AnyConnection::connect(admin).await.unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    (
+        ferrotron::bench::scheduler::with_database(admin, &name),
+        name,
+    )
+}
+
+async fn drop_pg(admin: &str, name: &str) {
+    if let Ok(mut c) = sqlx::AnyConnection::connect(admin).await {
+        let _ = c
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await;
+    }
+}
+
+async fn amqp_channel(url: &str) -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect to FERROTRON_TEST_AMQP");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
+async fn publish(ch: &lapin::Channel, topic: &str, id: &str, body: &[u8]) {
+    ch.basic_publish(
+        "amq.topic".into(),
+        topic.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default()
+            .with_message_id(id.into())
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+async fn delete_queue(url: &str, queue: &str) {
+    if let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        let _ = ch
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+        let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
+/// `(ready, unacknowledged)` of a queue, from rabbitmqctl.
+fn queue_counts(queue: &str) -> Option<(u64, u64)> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() == 3 && f[0] == queue {
+            Some((f[1].parse().ok()?, f[2].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+struct Setup {
+    data: tempfile::TempDir,
+    config: PathBuf,
+    port: u16,
+    db: String,
+}
+
+/// Writes a config: `extra` is YAML appended (providers, tasks, rules, bus…).
+fn setup(db: Option<String>, daemon_extra: &str, extra: &str) -> Setup {
+    let data = common::reachable_tempdir();
+    let port = free_port();
+    let db = db.unwrap_or_else(|| format!("sqlite://{}/ferrotron.db", data.path().display()));
+    let config = data.path().join("farm.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon: {{id: d1, farm: testfarm, listen: '127.0.0.1:{port}', api_token: {TOKEN}, db: '{db}'{daemon_extra}}}\n{extra}"
+        ),
+    )
+    .unwrap();
+    Setup {
+        data,
+        config,
+        port,
+        db,
+    }
+}
+
+fn sim_rules(task_dir: &Path, topic: &str) -> String {
+    format!(
+        "tasks:\n  t: {{path: '{}'}}\nrules:\n  - {{name: koji, topics: ['{topic}'], when: [{{field: new, equals: 1}}], item: '{{name}}-{{version}}-{{release}}', type: koji_build, arches: [x86_64, aarch64], tasks: [t]}}\n",
+        task_dir.display()
+    )
+}
+
+#[tokio::test]
+async fn http_messages_become_jobs_runs_and_metrics() {
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "echo ran ${item} on ${arch}");
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "providers: [{{name: sim, kind: sim, max_instances: 4, create_ms: 10}}]\n{}",
+            sim_rules(&task, "org.fedoraproject.prod.buildsys.build.state.change")
+        ),
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let (st, h) = d.http("GET", "/healthz", b"", None);
+    assert_eq!(st, 200, "{h}");
+
+    let msg = json!({"topic": "org.fedoraproject.prod.buildsys.build.state.change",
+                     "id": "msg-1", "body": koji_body("bash")});
+    let (st, r) = d.submit(&msg);
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(r["jobs"].as_array().unwrap().len(), 2, "{r}");
+    // The same id again: nothing new.
+    let (st, r) = d.submit(&msg);
+    assert_eq!((st, r["duplicate"].as_bool()), (200, Some(true)), "{r}");
+    // No rule matches: acknowledged (accepted), counted, no job.
+    let (st, r) = d.submit(&json!({"topic": "org.fedoraproject.prod.bodhi.update", "body": {}}));
+    assert_eq!(st, 202, "{r}");
+    assert_eq!(r["jobs"].as_array().unwrap().len(), 0);
+    // Wrong token, malformed, oversized.
+    let (st, _) = d.http(
+        "POST",
+        "/api/v1/messages",
+        msg.to_string().as_bytes(),
+        Some("nope"),
+    );
+    assert_eq!(st, 401);
+    let (st, _) = d.http("POST", "/api/v1/messages", b"{not json", Some(TOKEN));
+    assert_eq!(st, 400);
+    let big = json!({"topic": "a.b", "body": "x".repeat(1_100_000)}).to_string();
+    let (st, _) = d.http("POST", "/api/v1/messages", big.as_bytes(), Some(TOKEN));
+    assert_eq!(st, 413);
+
+    let store = Store::open(&s.db).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 2)).await;
+    assert_eq!(jobs.len(), 2, "{}", d.log());
+    let mut arches: Vec<&str> = jobs.iter().map(|j| j.arch.as_str()).collect();
+    arches.sort();
+    assert_eq!(arches, ["aarch64", "x86_64"]);
+    for j in &jobs {
+        assert_eq!(j.state, RunState::Finished, "{j:?}\n{}", d.log());
+        assert_eq!(j.item, "bash-5.2.26-1.fc41");
+        assert_eq!(j.item_type, "koji_build");
+        assert_eq!(j.attempts, 1);
+        let run = store.run(j.current_run().unwrap()).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Finished);
+        assert_eq!(run.backend, "sim");
+        assert_eq!(run.owner.as_deref(), Some("testfarm/d1"));
+        let log = std::fs::read_to_string(&run.log_path).unwrap();
+        assert!(
+            log.contains(&format!("[work] ran bash-5.2.26-1.fc41 on {}", j.arch)),
+            "{log}"
+        );
+    }
+    assert_eq!(d.metric("ferrotron_messages_duplicate_total"), 1.0);
+    assert_eq!(d.metric("ferrotron_messages_unmatched_total"), 1.0);
+    assert_eq!(d.metric("ferrotron_messages_rejected_total"), 2.0);
+    assert_eq!(d.metric("ferrotron_queue_jobs{state=\"finished\"}"), 2.0);
+    assert_eq!(d.metric("ferrotron_runs_total{outcome=\"finished\"}"), 2.0);
+    assert_eq!(d.metric("ferrotron_claim_latency_seconds_count"), 2.0);
+    assert!(d.metric("ferrotron_phase_duration_seconds_count{phase=\"clone\"}") >= 2.0);
+    assert!(d.log().contains("rejected"), "{}", d.log());
+
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+}
+
+#[tokio::test]
+async fn sigterm_destroys_running_instances_and_requeues_their_jobs() {
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "slow", "echo napping; sleep 300");
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "scheduler: {{shutdown_grace_s: 1, heartbeat_s: 1, lease_s: 10}}\nproviders: [{{name: sim, kind: sim, max_instances: 4}}]\n{}",
+            sim_rules(&task, "t.x")
+        ),
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let (st, r) = d.submit(&json!({"topic": "t.x", "id": "m", "body": koji_body("zsh")}));
+    assert_eq!(st, 202, "{r}");
+    let store = Store::open(&s.db).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| {
+        j.len() == 2 && j.iter().all(|j| j.state == RunState::Running)
+    })
+    .await;
+    assert!(
+        jobs.iter().all(|j| j.state == RunState::Running),
+        "{jobs:?}\n{}",
+        d.log()
+    );
+    let instances = s.data.path().join("sim/sim");
+    assert_eq!(std::fs::read_dir(&instances).unwrap().count(), 2);
+
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        std::fs::read_dir(&instances).unwrap().count(),
+        0,
+        "instances left"
+    );
+    let jobs = store.jobs(None).await.unwrap();
+    for j in &jobs {
+        assert_eq!(j.state, RunState::Queued, "{j:?}");
+        assert!(
+            j.error.as_deref().unwrap_or("").contains("shut down"),
+            "{j:?}"
+        );
+        // The interrupted attempt does not count against the job.
+        assert_eq!(j.max_attempts, 4);
+        let run = store.run(j.current_run().unwrap()).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Cancelled);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_provider_is_retried_with_backoff_then_crashed() {
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "true");
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "scheduler: {{max_attempts: 2, backoff_base_s: 0.5, backoff_max_s: 1, breaker_failures: 100}}\n\
+             providers: [{{name: sim, kind: sim, max_instances: 4, failure_rate: 1.0}}]\n{}",
+            sim_rules(&task, "t.x").replace("[x86_64, aarch64]", "[x86_64]")
+        ),
+    );
+    let _d = Daemon::start(s.data.path(), &s.config, s.port);
+    let (st, _) = _d.submit(&json!({"topic": "t.x", "body": koji_body("zsh")}));
+    assert_eq!(st, 202);
+    let store = Store::open(&s.db).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 1)).await;
+    let j = &jobs[0];
+    assert_eq!(j.state, RunState::Crashed, "{j:?}\n{}", _d.log());
+    assert_eq!(j.attempts, 2);
+    assert!(
+        j.error.as_deref().unwrap().contains("attempt 2 of 2"),
+        "{j:?}"
+    );
+    for a in 1..=2 {
+        let run = store
+            .run(ferrotron::store::run_uuid(j.uuid, a))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.state, RunState::Crashed);
+    }
+}
+
+#[tokio::test]
+async fn two_daemons_on_one_postgresql_share_500_jobs_none_twice() {
+    let Some(admin) = env_or_skip("FERROTRON_TEST_PG") else {
+        return;
+    };
+    let (url, name) = fresh_pg(&admin).await;
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "true");
+    let rules = sim_rules(&task, "t.x").replace("[x86_64, aarch64]", "[x86_64]");
+    let extra = format!(
+        "scheduler: {{poll_ms: 50, claim_batch: 8}}\nproviders: [{{name: sim, kind: sim, max_instances: 8, create_ms: 5}}]\n{rules}"
+    );
+    let a = setup(Some(url.clone()), "", &extra);
+    let b = setup(Some(url.clone()), "", &extra);
+    let b_config = std::fs::read_to_string(&b.config)
+        .unwrap()
+        .replace("id: d1", "id: d2");
+    std::fs::write(&b.config, b_config).unwrap();
+    let da = Daemon::start(a.data.path(), &a.config, a.port);
+    let db = Daemon::start(b.data.path(), &b.config, b.port);
+    for i in 0..500 {
+        let d = if i % 2 == 0 { &da } else { &db };
+        let (st, r) = d.submit(
+            &json!({"topic": "t.x", "id": format!("m{i}"), "body": koji_body(&format!("p{i}"))}),
+        );
+        assert_eq!(st, 202, "{r}");
+    }
+    let store = Store::open(&url).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(300), |j| all_terminal(j, 500)).await;
+    assert_eq!(jobs.len(), 500);
+    let mut by_daemon: BTreeMap<String, usize> = BTreeMap::new();
+    for j in &jobs {
+        assert_eq!(
+            j.state,
+            RunState::Finished,
+            "{j:?}\nA:\n{}\nB:\n{}",
+            da.log(),
+            db.log()
+        );
+        assert_eq!(j.attempts, 1, "{j:?}");
+        *by_daemon.entry(j.claimed_by.clone().unwrap()).or_default() += 1;
+    }
+    // Exactly one run per job: no job ran twice.
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(runs, 500);
+    let sims = |d: &Setup| {
+        std::fs::read_dir(d.data.path().join("sim/sim"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(sims(&a) + sims(&b), 0, "instances left");
+    assert!(
+        by_daemon.len() == 2 && by_daemon.values().all(|n| *n > 0),
+        "{by_daemon:?}"
+    );
+    store.close().await;
+    drop(da);
+    drop(db);
+    drop_pg(&admin, &name).await;
+}
+
+fn amqp_block(url: &str, queue: &str, extra: &str) -> String {
+    format!(
+        "bus:\n  max_body_bytes: 65536\n  amqp: {{url: '{url}', queue: {queue}, prefetch: 32, reconnect_max_s: 2{extra}}}\n"
+    )
+}
+
+#[tokio::test]
+async fn malformed_and_huge_messages_are_rejected_logged_and_acked() {
+    let Some(amqp) = env_or_skip("FERROTRON_TEST_AMQP") else {
+        return;
+    };
+    let u = uniq();
+    let topic = format!("org.fedoraproject.t{u}.buildsys.build.state.change");
+    let queue = format!("ferrotron-test-{u}");
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "true");
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "{}providers: [{{name: sim, kind: sim, max_instances: 2}}]\n{}",
+            amqp_block(&amqp, &queue, ", publish_results: false"),
+            sim_rules(&task, &topic).replace("[x86_64, aarch64]", "[x86_64]")
+        ),
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let (conn, ch) = amqp_channel(&amqp).await;
+    publish(&ch, &topic, "bad-json", b"{this is not json").await;
+    let huge = json!({"pad": "x".repeat(2 << 20)}).to_string();
+    publish(&ch, &topic, "huge", huge.as_bytes()).await;
+    publish(&ch, &topic, "bad-topic-body", b"[1, 2, 3]").await; // JSON, matches no rule
+    publish(
+        &ch,
+        &topic,
+        "good",
+        koji_body("bash").to_string().as_bytes(),
+    )
+    .await;
+
+    let store = Store::open(&s.db).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 1)).await;
+    assert_eq!(jobs.len(), 1, "{}", d.log());
+    assert_eq!(jobs[0].message_id.as_deref(), Some("good"));
+    // All four acknowledged: nothing ready, nothing unacknowledged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queue_counts(&queue) != Some((0, 0)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(queue_counts(&queue), Some((0, 0)));
+    let log = d.log();
+    assert!(
+        log.contains("rejected") && log.contains("not JSON"),
+        "{log}"
+    );
+    assert!(
+        log.contains("larger than the limit of 65536 bytes"),
+        "{log}"
+    );
+    assert_eq!(d.metric("ferrotron_messages_rejected_total"), 2.0);
+    assert_eq!(d.metric("ferrotron_messages_unmatched_total"), 1.0);
+    let (st, _) = d.http("GET", "/healthz", b"", None);
+    assert_eq!(st, 200);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+    let _ = conn.close(200, "bye".into()).await;
+    delete_queue(&amqp, &queue).await;
+}
+
+#[tokio::test]
+async fn broker_restart_in_the_middle_of_1000_messages_loses_none() {
+    let Some(amqp) = env_or_skip("FERROTRON_TEST_AMQP") else {
+        return;
+    };
+    let u = uniq();
+    let topic = format!("org.fedoraproject.t{u}.buildsys.build.state.change");
+    let queue = format!("ferrotron-test-{u}");
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "true");
+    // Runs are parked (the provider takes an hour per instance): this is about intake.
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "{}providers: [{{name: sim, kind: sim, max_instances: 1, create_ms: 3600000}}]\n{}",
+            amqp_block(&amqp, &queue, ", publish_results: false"),
+            sim_rules(&task, &topic).replace("[x86_64, aarch64]", "[x86_64]")
+        ),
+    );
+    let d = Daemon::start(s.data.path(), &s.config, s.port);
+    let store = Store::open(&s.db).await.unwrap();
+    let body = koji_body("bash").to_string();
+    {
+        let (conn, ch) = amqp_channel(&amqp).await;
+        for i in 0..500 {
+            publish(&ch, &topic, &format!("m{i}"), body.as_bytes()).await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    wait_jobs(&store, Duration::from_secs(120), |j| j.len() >= 100).await;
+    let restart = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("rabbitmqctl -q stop_app && rabbitmqctl -q start_app && rabbitmqctl -q await_startup")
+        .status()
+        .unwrap();
+    assert!(restart.success(), "restarting RabbitMQ");
+    let before = store.jobs(None).await.unwrap().len();
+    assert!(before < 1000);
+    // The second half goes to the restarted broker.
+    let (conn, ch) = amqp_channel(&amqp).await;
+    for i in 500..1000 {
+        publish(&ch, &topic, &format!("m{i}"), body.as_bytes()).await;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    let jobs = wait_jobs(&store, Duration::from_secs(300), |j| j.len() >= 1000).await;
+    // A few more seconds: anything redelivered twice would show now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let jobs2 = store.jobs(None).await.unwrap();
+    assert_eq!(jobs.len(), 1000, "{}", d.log());
+    assert_eq!(jobs2.len(), 1000);
+    let ids: HashSet<&str> = jobs2
+        .iter()
+        .filter_map(|j| j.message_id.as_deref())
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    assert!(
+        d.metric("ferrotron_bus_reconnects_total") >= 1.0,
+        "{}",
+        d.log()
+    );
+    drop(d);
+    delete_queue(&amqp, &queue).await;
+}
+
+/// The fedora-messaging publisher (Python, from PyPI) with a TOML config on the local broker.
+fn fedora_publish(python: &str, dir: &Path, amqp: &str, topic: &str, id: &str, body: &Value) {
+    let conf = dir.join("fedora-messaging.toml");
+    std::fs::write(
+        &conf,
+        format!("amqp_url = \"{amqp}\"\npublish_exchange = \"amq.topic\"\ntopic_prefix = \"\"\n"),
+    )
+    .unwrap();
+    let script = "import json, sys\n\
+from fedora_messaging import api, message\n\
+m = message.Message(topic=sys.argv[1], body=json.loads(sys.argv[2]))\n\
+m.id = sys.argv[3]\n\
+api.publish(m, timeout=30)\n";
+    let out = std::process::Command::new(python)
+        .args(["-c", script, topic, &body.to_string(), id])
+        .env("FEDORA_MESSAGING_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fedora-messaging publish failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_fedora_messaging_id_creates_nothing_new() {
+    let (Some(amqp), Some(python)) = (
+        env_or_skip("FERROTRON_TEST_AMQP"),
+        env_or_skip("FERROTRON_TEST_PYTHON"),
+    ) else {
+        return;
+    };
+    let u = uniq();
+    let topic = format!("org.fedoraproject.t{u}.buildsys.build.state.change");
+    let queue = format!("ferrotron-test-{u}");
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "true");
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "{}providers: [{{name: sim, kind: sim, max_instances: 2}}]\n{}",
+            amqp_block(&amqp, &queue, ", publish_results: false"),
+            sim_rules(&task, &topic)
+        ),
+    );
+    let d = Daemon::start(s.data.path(), &s.config, s.port);
+    let id = format!("dup-{u}");
+    fedora_publish(&python, s0.path(), &amqp, &topic, &id, &koji_body("bash"));
+    let store = Store::open(&s.db).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 2)).await;
+    assert_eq!(jobs.len(), 2, "{}", d.log());
+    fedora_publish(&python, s0.path(), &amqp, &topic, &id, &koji_body("bash"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.metric("ferrotron_messages_duplicate_total") < 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        d.metric("ferrotron_messages_duplicate_total"),
+        1.0,
+        "{}",
+        d.log()
+    );
+    assert_eq!(store.jobs(None).await.unwrap().len(), 2);
+    drop(d);
+    delete_queue(&amqp, &queue).await;
+}
+
+fn domain_exists(name: &str) -> bool {
+    std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "domstate", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn vm_farm(extra_scheduler: &str, tasks_rules: &str, bus: &str) -> Setup {
+    setup(
+        None,
+        "",
+        &format!(
+            "{bus}scheduler: {{heartbeat_s: 2, lease_s: 10, reap_interval_s: 5{extra_scheduler}}}\n\
+             providers: [{{name: vm, kind: libvirt, uri: 'qemu:///system', image: tiny, max_instances: 2}}]\n{tasks_rules}"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_fedora_messaging_message_runs_its_jobs_on_the_tiny_vm_and_publishes_results() {
+    let (Some(amqp), Some(python)) = (
+        env_or_skip("FERROTRON_TEST_AMQP"),
+        env_or_skip("FERROTRON_TEST_PYTHON"),
+    ) else {
+        return;
+    };
+    if !libvirt_or_skip() {
+        return;
+    }
+    let _vms = VMS.lock().await;
+    let u = uniq();
+    let topic = format!("org.fedoraproject.t{u}.buildsys.build.state.change");
+    let result_topic = format!("ferrotron.t{u}.result.new");
+    let queue = format!("ferrotron-test-{u}");
+    let repo = common::repo();
+    let s = vm_farm(
+        "",
+        &format!(
+            "tasks:\n  sha256-manifest: {{path: '{0}/tasks/sha256-manifest'}}\n  shell-lint: {{path: '{0}/tasks/shell-lint'}}\n\
+             rules:\n  - {{name: koji, topics: ['{topic}'], when: [{{field: new, equals: 1}}, {{field: instance, equals: primary}}], \
+             item: '{{name}}-{{version}}-{{release}}', type: koji_build, arches: [x86_64], tasks: [sha256-manifest, shell-lint]}}\n",
+            repo.display()
+        ),
+        &amqp_block(&amqp, &queue, &format!(", result_topic: {result_topic}")),
+    );
+    // A queue of our own bound to the result topic, declared before anything runs.
+    let (conn, ch) = amqp_channel(&amqp).await;
+    let results_q = format!("ferrotron-test-results-{u}");
+    ch.queue_declare(
+        results_q.as_str().into(),
+        lapin::options::QueueDeclareOptions::default(),
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        results_q.as_str().into(),
+        "amq.topic".into(),
+        result_topic.as_str().into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let id = format!("koji-{u}");
+    let work = tempfile::tempdir().unwrap();
+    fedora_publish(&python, work.path(), &amqp, &topic, &id, &koji_body("bash"));
+    // Not for us: a build that is not complete.
+    let mut building = koji_body("bash");
+    building["new"] = json!(0);
+    fedora_publish(
+        &python,
+        work.path(),
+        &amqp,
+        &topic,
+        &format!("other-{u}"),
+        &building,
+    );
+
+    let store = Store::open(&s.db).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(600), |j| all_terminal(j, 2)).await;
+    assert_eq!(jobs.len(), 2, "{}", d.log());
+    let tasks: HashSet<&str> = jobs.iter().map(|j| j.task.as_str()).collect();
+    assert_eq!(tasks, HashSet::from(["sha256-manifest", "shell-lint"]));
+    for j in &jobs {
+        assert_eq!(j.message_id.as_deref(), Some(id.as_str()));
+        assert_eq!(
+            (j.item.as_str(), j.item_type.as_str(), j.arch.as_str()),
+            ("bash-5.2.26-1.fc41", "koji_build", "x86_64")
+        );
+        assert_eq!(
+            j.state,
+            RunState::Finished,
+            "{}\n{}",
+            explain(&store).await,
+            d.log()
+        );
+        let run = store.run(j.current_run().unwrap()).await.unwrap().unwrap();
+        assert_eq!(run.backend, "libvirt");
+        assert!(run.phases.iter().any(|p| p.name == "boot"), "{run:?}");
+        assert!(!store.run_results(run.uuid).await.unwrap().is_empty());
+        assert!(!domain_exists(&format!("ferrotron-{}", run.uuid)));
+    }
+    // One result message per run (a retried attempt has its own), fedora-messaging form.
+    let runs: u32 = jobs.iter().map(|j| j.attempts).sum();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < runs as usize && Instant::now() < deadline {
+        match ch
+            .basic_get(
+                results_q.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            Some(m) => got.push(m),
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(got.len(), runs as usize, "{}", d.log());
+    let mut finals = 0;
+    for m in &got {
+        let body: Value = serde_json::from_slice(&m.delivery.data).unwrap();
+        assert_eq!(body["item"], "bash-5.2.26-1.fc41");
+        assert_eq!(body["type"], "koji_build");
+        if body["final_attempt"] == json!(true) {
+            finals += 1;
+            assert_eq!(body["state"], "finished", "{body}");
+        }
+        assert!(
+            body["url"]
+                .as_str()
+                .unwrap()
+                .ends_with(body["run"].as_str().unwrap())
+        );
+        let props = &m.delivery.properties;
+        assert!(props.message_id().is_some());
+        assert_eq!(
+            props.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+        let headers = props.headers().as_ref().unwrap().inner();
+        for h in ["fedora_messaging_schema", "sent-at", "priority"] {
+            assert!(headers.contains_key(h), "header {h} missing: {headers:?}");
+        }
+    }
+    assert_eq!(finals, 2);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+    let _ = ch
+        .queue_delete(results_q.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "bye".into()).await;
+    delete_queue(&amqp, &queue).await;
+}
+
+#[tokio::test]
+async fn sigkill_mid_run_then_restart_leaves_no_leak_and_reruns_the_job() {
+    if !libvirt_or_skip() {
+        return;
+    }
+    let _vms = VMS.lock().await;
+    let s0 = common::reachable_tempdir();
+    let task = write_task(s0.path(), "nap", "echo napping; sleep 20; echo awake");
+    let s = vm_farm(
+        "",
+        &sim_rules(&task, "t.x").replace("[x86_64, aarch64]", "[x86_64]"),
+        "",
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let (st, r) = d.submit(&json!({"topic": "t.x", "body": koji_body("bash")}));
+    assert_eq!(st, 202, "{r}");
+    let store = Store::open(&s.db).await.unwrap();
+    // Wait until the task runs inside the VM.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let first_run = loop {
+        let jobs = store.jobs(None).await.unwrap();
+        if let Some(run) = jobs.first().and_then(Job::current_run)
+            && let Ok(Some(rec)) = store.run(run).await
+            && std::fs::read_to_string(&rec.log_path).is_ok_and(|l| l.contains("[work] napping"))
+        {
+            break run;
+        }
+        if Instant::now() > deadline {
+            panic!("task never started:\n{}{}", explain(&store).await, d.log());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let domain = format!("ferrotron-{first_run}");
+    assert!(domain_exists(&domain));
+    d.signal(libc::SIGKILL);
+    d.wait(Duration::from_secs(10));
+    assert!(domain_exists(&domain), "the VM outlives a SIGKILLed daemon");
+
+    // Same config, same daemon id: it recovers its previous life's claim and reaps.
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while domain_exists(&domain) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        !domain_exists(&domain),
+        "leaked VM not reaped:\n{}",
+        d.log()
+    );
+    let old = store.run(first_run).await.unwrap().unwrap();
+    assert_eq!(old.state, RunState::Crashed, "{old:?}");
+    let jobs = wait_jobs(&store, Duration::from_secs(300), |j| all_terminal(j, 1)).await;
+    let j = &jobs[0];
+    assert_eq!(j.state, RunState::Finished, "{j:?}\n{}", d.log());
+    assert_eq!(j.attempts, 2);
+    let second = j.current_run().unwrap();
+    assert_ne!(second, first_run);
+    assert!(!domain_exists(&format!("ferrotron-{second}")));
+    let log = std::fs::read_to_string(store.run(second).await.unwrap().unwrap().log_path).unwrap();
+    assert!(log.contains("[work] awake"), "{log}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+}
