@@ -27,6 +27,8 @@ const TOKEN: &str = "test-token-0123456789";
 /// Tests that boot VMs take turns: several TCG guests at once on a small machine miss their
 /// boot deadline.
 static VMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The broker is shared: the test that restarts it runs alone, the others side by side.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn env_or_skip(var: &str) -> Option<String> {
     match std::env::var(var) {
@@ -579,6 +581,7 @@ fn amqp_block(url: &str, queue: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn malformed_and_huge_messages_are_rejected_logged_and_acked() {
+    let _broker = BROKER.read().await;
     let Some(amqp) = env_or_skip("FERROTRON_TEST_AMQP") else {
         return;
     };
@@ -597,6 +600,11 @@ async fn malformed_and_huge_messages_are_rejected_logged_and_acked() {
         ),
     );
     let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    // amq.topic drops what no queue is bound for yet: wait for the daemon's queue.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queue_counts(&queue).is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (conn, ch) = amqp_channel(&amqp).await;
     publish(&ch, &topic, "bad-json", b"{this is not json").await;
     let huge = json!({"pad": "x".repeat(2 << 20)}).to_string();
@@ -641,6 +649,7 @@ async fn malformed_and_huge_messages_are_rejected_logged_and_acked() {
 
 #[tokio::test]
 async fn broker_restart_in_the_middle_of_1000_messages_loses_none() {
+    let _broker = BROKER.write().await;
     let Some(amqp) = env_or_skip("FERROTRON_TEST_AMQP") else {
         return;
     };
@@ -731,6 +740,7 @@ api.publish(m, timeout=30)\n";
 
 #[tokio::test]
 async fn a_duplicate_fedora_messaging_id_creates_nothing_new() {
+    let _broker = BROKER.read().await;
     let (Some(amqp), Some(python)) = (
         env_or_skip("FERROTRON_TEST_AMQP"),
         env_or_skip("FERROTRON_TEST_PYTHON"),
@@ -793,6 +803,7 @@ fn vm_farm(extra_scheduler: &str, tasks_rules: &str, bus: &str) -> Setup {
 
 #[tokio::test]
 async fn a_fedora_messaging_message_runs_its_jobs_on_the_tiny_vm_and_publishes_results() {
+    let _broker = BROKER.read().await;
     let (Some(amqp), Some(python)) = (
         env_or_skip("FERROTRON_TEST_AMQP"),
         env_or_skip("FERROTRON_TEST_PYTHON"),
