@@ -28,6 +28,10 @@ const TOKEN: &str = "test-token-0123456789";
 /// boot deadline.
 static VMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The broker-restart test holds this for writing; every other test that talks to RabbitMQ
+/// holds it for reading, so no one publishes into a restart.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn env_or_skip(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
@@ -582,6 +586,7 @@ async fn malformed_and_huge_messages_are_rejected_logged_and_acked() {
     let Some(amqp) = env_or_skip("FERROTRON_TEST_AMQP") else {
         return;
     };
+    let _broker = BROKER.read().await;
     let u = uniq();
     let topic = format!("org.fedoraproject.t{u}.buildsys.build.state.change");
     let queue = format!("ferrotron-test-{u}");
@@ -644,6 +649,7 @@ async fn broker_restart_in_the_middle_of_1000_messages_loses_none() {
     let Some(amqp) = env_or_skip("FERROTRON_TEST_AMQP") else {
         return;
     };
+    let _broker = BROKER.write().await;
     let u = uniq();
     let topic = format!("org.fedoraproject.t{u}.buildsys.build.state.change");
     let queue = format!("ferrotron-test-{u}");
@@ -737,6 +743,7 @@ async fn a_duplicate_fedora_messaging_id_creates_nothing_new() {
     ) else {
         return;
     };
+    let _broker = BROKER.read().await;
     let u = uniq();
     let topic = format!("org.fedoraproject.t{u}.buildsys.build.state.change");
     let queue = format!("ferrotron-test-{u}");
@@ -803,6 +810,7 @@ async fn a_fedora_messaging_message_runs_its_jobs_on_the_tiny_vm_and_publishes_r
         return;
     }
     let _vms = VMS.lock().await;
+    let _broker = BROKER.read().await;
     let u = uniq();
     let topic = format!("org.fedoraproject.t{u}.buildsys.build.state.change");
     let result_topic = format!("ferrotron.t{u}.result.new");

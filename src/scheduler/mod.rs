@@ -434,9 +434,11 @@ impl Scheduler {
             .and_then(|r| r.reason);
         slot.in_flight.fetch_sub(1, Ordering::SeqCst);
 
-        let (end, summary) = self.decide(&slot, &job, run, &result, reason);
+        let (end, mut summary) = self.decide(&slot, &job, run, &result, reason);
         if reason == Some(CancelReason::LostLease) {
+            // The daemon that took the job over closes this run and tells the bus.
             tracing::warn!(job = %job.uuid, "job was taken over by another daemon; run {run} stopped");
+            summary = None;
         } else {
             self.end_with_retries(&job, &end).await;
         }
