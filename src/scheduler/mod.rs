@@ -115,6 +115,8 @@ enum CancelReason {
 }
 
 struct Running {
+    /// When it was launched: a heartbeat that began earlier may not have seen its claim.
+    launched: Instant,
     cancel: watch::Sender<bool>,
     reason: Option<CancelReason>,
     state: RunState,
@@ -376,6 +378,7 @@ impl Scheduler {
         self.running.lock().expect("running lock").insert(
             job.id,
             Running {
+                launched: Instant::now(),
                 cancel: tx,
                 reason: None,
                 state: RunState::Provisioning,
@@ -653,6 +656,7 @@ impl Scheduler {
         loop {
             tick.tick().await;
             self.flush_states().await;
+            let asked = Instant::now();
             let held: HashSet<i64> = match self
                 .store
                 .heartbeat(&self.daemon_id, self.cfg.lease())
@@ -666,7 +670,9 @@ impl Scheduler {
             };
             let mut running = self.running.lock().expect("running lock");
             for (id, r) in running.iter_mut() {
-                if !held.contains(id) && r.reason.is_none() {
+                // A job launched after the renewal began was claimed after it, or while
+                // it ran: its absence from the answer proves nothing.
+                if !held.contains(id) && r.reason.is_none() && r.launched < asked {
                     tracing::warn!(job_id = id, "lost the claim on a running job: stopping it");
                     r.reason = Some(CancelReason::LostLease);
                     let _ = r.cancel.send(true);
