@@ -115,6 +115,20 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits until the AMQP consumer has declared and bound its queue: a message published
+    /// before that is routed nowhere.
+    fn wait_consuming(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().contains("consuming from") {
+            assert!(
+                Instant::now() < deadline,
+                "consumer never started:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child.
         unsafe {
@@ -602,6 +616,7 @@ async fn malformed_and_huge_messages_are_rejected_logged_and_acked() {
         ),
     );
     let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    d.wait_consuming();
     let (conn, ch) = amqp_channel(&amqp).await;
     publish(&ch, &topic, "bad-json", b"{this is not json").await;
     let huge = json!({"pad": "x".repeat(2 << 20)}).to_string();
@@ -666,6 +681,7 @@ async fn broker_restart_in_the_middle_of_1000_messages_loses_none() {
         ),
     );
     let d = Daemon::start(s.data.path(), &s.config, s.port);
+    d.wait_consuming();
     let store = Store::open(&s.db).await.unwrap();
     let body = koji_body("bash").to_string();
     {
@@ -759,6 +775,7 @@ async fn a_duplicate_fedora_messaging_id_creates_nothing_new() {
         ),
     );
     let d = Daemon::start(s.data.path(), &s.config, s.port);
+    d.wait_consuming();
     let id = format!("dup-{u}");
     fedora_publish(&python, s0.path(), &amqp, &topic, &id, &koji_body("bash"));
     let store = Store::open(&s.db).await.unwrap();
@@ -847,6 +864,7 @@ async fn a_fedora_messaging_message_runs_its_jobs_on_the_tiny_vm_and_publishes_r
     .unwrap();
 
     let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    d.wait_consuming();
     let id = format!("koji-{u}");
     let work = tempfile::tempdir().unwrap();
     fedora_publish(&python, work.path(), &amqp, &topic, &id, &koji_body("bash"));
