@@ -42,6 +42,9 @@ pub struct Figures {
     pub max_in_flight: usize,
     pub completed_per_s: f64,
     pub finished: u64,
+    /// Jobs that needed more than one attempt, and why the first such attempt failed.
+    pub retried: usize,
+    pub retry_reason: Option<String>,
     /// Resident set when the last job was dispatched (every job in flight, at most).
     pub rss_dispatched_mib: f64,
     pub peak_rss_mib: f64,
@@ -72,6 +75,14 @@ impl Report {
                 f.finished,
                 f.peak_rss_mib
             );
+            if f.retried > 0 {
+                println!(
+                    "{:<10} {} jobs needed a second attempt; the first failed with: {}",
+                    "",
+                    f.retried,
+                    f.retry_reason.as_deref().unwrap_or("?")
+                );
+            }
         }
         println!("targets: ≥ 2000 jobs/s dispatched, < 100 MiB RSS with 10,000 runs in flight");
     }
@@ -249,8 +260,10 @@ async fn one(opts: &Options, backend: &str, db: &str, dir: &std::path::Path) -> 
     loops.abort();
 
     let jobs = daemon.store.jobs(None).await?;
+    // Latency of first claims only: a retried job's claim time is its last claim's.
     let mut lat: Vec<f64> = jobs
         .iter()
+        .filter(|j| j.attempts == 1)
         .filter_map(|j| {
             j.claimed_at
                 .map(|c| (c - j.received_at).as_seconds_f64() * 1000.0)
@@ -264,6 +277,13 @@ async fn one(opts: &Options, backend: &str, db: &str, dir: &std::path::Path) -> 
     if done < opts.jobs {
         tracing::warn!("{backend}: only {done} of {} jobs finished", opts.jobs);
     }
+    let retried: Vec<&crate::store::Job> = jobs.iter().filter(|j| j.attempts > 1).collect();
+    let mut retry_reason = None;
+    if let Some(j) = retried.first()
+        && let Ok(Some(run)) = daemon.store.run(crate::store::run_uuid(j.uuid, 1)).await
+    {
+        retry_reason = run.error;
+    }
     daemon.store.close().await;
     let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
     Ok(Figures {
@@ -276,6 +296,8 @@ async fn one(opts: &Options, backend: &str, db: &str, dir: &std::path::Path) -> 
         max_in_flight,
         completed_per_s: finished as f64 / completed.as_secs_f64(),
         finished,
+        retried: retried.len(),
+        retry_reason,
         rss_dispatched_mib: rss_dispatched,
         peak_rss_mib: peak,
     })

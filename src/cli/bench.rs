@@ -108,7 +108,7 @@ pub async fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
             postgres,
             json,
         } => {
-            raise_fd_limit();
+            super::raise_fd_limit();
             let opts = bench::scheduler::Options {
                 jobs: jobs.max(1),
                 create_ms,
@@ -157,22 +157,6 @@ fn finish<R: serde::Serialize>(r: anyhow::Result<R>, print: impl Fn(&R), json: b
         Err(e) => {
             eprintln!("error: {e:#}");
             exit::INFRA
-        }
-    }
-}
-
-/// Every run in flight holds its log file open: allow as many descriptors as the hard
-/// limit permits.
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        let mut l = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
 }

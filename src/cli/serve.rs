@@ -30,6 +30,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(global: &GlobalArgs, args: ServeArgs) -> i32 {
+    super::raise_fd_limit();
     let mut config = match load_config(&args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -115,6 +115,8 @@ enum CancelReason {
 }
 
 struct Running {
+    /// When it was launched: a heartbeat that began earlier may not have seen its claim.
+    launched: Instant,
     cancel: watch::Sender<bool>,
     reason: Option<CancelReason>,
     state: RunState,
@@ -376,6 +378,7 @@ impl Scheduler {
         self.running.lock().expect("running lock").insert(
             job.id,
             Running {
+                launched: Instant::now(),
                 cancel: tx,
                 reason: None,
                 state: RunState::Provisioning,
@@ -434,9 +437,11 @@ impl Scheduler {
             .and_then(|r| r.reason);
         slot.in_flight.fetch_sub(1, Ordering::SeqCst);
 
-        let (end, summary) = self.decide(&slot, &job, run, &result, reason);
+        let (end, mut summary) = self.decide(&slot, &job, run, &result, reason);
         if reason == Some(CancelReason::LostLease) {
+            // The daemon that took the job over closes this run and tells the bus.
             tracing::warn!(job = %job.uuid, "job was taken over by another daemon; run {run} stopped");
+            summary = None;
         } else {
             self.end_with_retries(&job, &end).await;
         }
@@ -651,6 +656,7 @@ impl Scheduler {
         loop {
             tick.tick().await;
             self.flush_states().await;
+            let asked = Instant::now();
             let held: HashSet<i64> = match self
                 .store
                 .heartbeat(&self.daemon_id, self.cfg.lease())
@@ -664,7 +670,9 @@ impl Scheduler {
             };
             let mut running = self.running.lock().expect("running lock");
             for (id, r) in running.iter_mut() {
-                if !held.contains(id) && r.reason.is_none() {
+                // A job launched after the renewal began was claimed after it, or while
+                // it ran: its absence from the answer proves nothing.
+                if !held.contains(id) && r.reason.is_none() && r.launched < asked {
                     tracing::warn!(job_id = id, "lost the claim on a running job: stopping it");
                     r.reason = Some(CancelReason::LostLease);
                     let _ = r.cancel.send(true);

@@ -587,3 +587,195 @@ impl Store {
             .map_err(db(|| "pruning seen message ids".to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(task: &str, priority: i32) -> NewJob {
+        NewJob {
+            rule: "r".into(),
+            task: task.into(),
+            item: "bash-5.2-1.fc41".into(),
+            item_type: "koji_build".into(),
+            arch: "x86_64".into(),
+            pool: "vm".into(),
+            priority,
+            max_attempts: 2,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&format!("sqlite://{}/q.db", d.path().display()))
+            .await
+            .unwrap();
+        (d, s)
+    }
+
+    #[tokio::test]
+    async fn a_message_id_is_enqueued_once() {
+        let (_d, s) = store().await;
+        let now = OffsetDateTime::now_utc();
+        let first = s
+            .enqueue(Some("m1"), "a.b", now, &[job("t", 0), job("u", 0)])
+            .await
+            .unwrap();
+        assert!(matches!(&first, Enqueued::Jobs(j) if j.len() == 2));
+        assert_eq!(
+            s.enqueue(Some("m1"), "a.b", now, &[job("t", 0)])
+                .await
+                .unwrap(),
+            Enqueued::Duplicate
+        );
+        // Unmatched messages are remembered too; messages without id are never duplicates.
+        assert_eq!(
+            s.enqueue(Some("m2"), "a.b", now, &[]).await.unwrap(),
+            Enqueued::Jobs(vec![])
+        );
+        assert_eq!(
+            s.enqueue(Some("m2"), "a.b", now, &[job("t", 0)])
+                .await
+                .unwrap(),
+            Enqueued::Duplicate
+        );
+        assert!(matches!(
+            s.enqueue(None, "a.b", now, &[job("t", 0)]).await.unwrap(),
+            Enqueued::Jobs(_)
+        ));
+        assert!(matches!(
+            s.enqueue(None, "a.b", now, &[job("t", 0)]).await.unwrap(),
+            Enqueued::Jobs(_)
+        ));
+        assert_eq!(s.jobs(None).await.unwrap().len(), 4);
+        assert_eq!(s.jobs(Some("m1")).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn claims_take_the_best_priority_first_and_never_twice() {
+        let (_d, s) = store().await;
+        let now = OffsetDateTime::now_utc();
+        s.enqueue(
+            None,
+            "a",
+            now,
+            &[job("t", 0), job("t", 5), job("t", 0), job("other", 9)],
+        )
+        .await
+        .unwrap();
+        let lease = Duration::from_secs(60);
+        let got = s.claim("vm", "t", "p1", "d1", 2, lease).await.unwrap();
+        assert_eq!(got.iter().map(|j| j.priority).collect::<Vec<_>>(), [5, 0]);
+        assert!(
+            got.iter()
+                .all(|j| j.state == RunState::Provisioning && j.attempts == 1)
+        );
+        assert_eq!(got[0].claimed_by.as_deref(), Some("d1"));
+        let rest = s.claim("vm", "t", "p1", "d2", 10, lease).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert!(
+            s.claim("vm", "t", "p1", "d2", 10, lease)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let loads = s.task_loads("vm").await.unwrap();
+        let t = loads.iter().find(|l| l.task == "t").unwrap();
+        assert_eq!((t.queued, t.in_flight), (0, 3));
+        let o = loads.iter().find(|l| l.task == "other").unwrap();
+        assert_eq!((o.queued, o.top_priority), (1, 9));
+    }
+
+    #[tokio::test]
+    async fn ends_need_the_claim_and_requeues_respect_not_before() {
+        let (_d, s) = store().await;
+        s.enqueue(None, "a", OffsetDateTime::now_utc(), &[job("t", 0)])
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let j = s
+            .claim("vm", "t", "p", "d1", 1, lease)
+            .await
+            .unwrap()
+            .remove(0);
+        let done = JobEnd::Done {
+            state: RunState::Finished,
+            outcome: Some("1 PASSED".into()),
+            error: None,
+        };
+        // Not d2's to end, nor an older attempt's.
+        assert!(!s.end_job(j.id, "d2", 1, &done).await.unwrap());
+        assert!(!s.end_job(j.id, "d1", 2, &done).await.unwrap());
+        let later = JobEnd::Requeue {
+            not_before: OffsetDateTime::now_utc() + Duration::from_secs(3600),
+            error: Some("boom".into()),
+            free_attempt: false,
+        };
+        assert!(s.end_job(j.id, "d1", 1, &later).await.unwrap());
+        // Backing off: not claimable yet.
+        assert!(
+            s.claim("vm", "t", "p", "d1", 1, lease)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let j = s.job(j.uuid).await.unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.error.as_deref()),
+            (RunState::Queued, Some("boom"))
+        );
+        assert_eq!(j.current_run(), Some(run_uuid(j.uuid, 1)));
+        assert_ne!(run_uuid(j.uuid, 1), run_uuid(j.uuid, 2));
+    }
+
+    #[tokio::test]
+    async fn expired_and_previous_life_claims_are_recovered_once() {
+        let (_d, s) = store().await;
+        s.enqueue(
+            None,
+            "a",
+            OffsetDateTime::now_utc(),
+            &[job("t", 0), job("t", 0)],
+        )
+        .await
+        .unwrap();
+        // One claim with an expired lease (another daemon died), one live claim of d1.
+        let dead = s
+            .claim("vm", "t", "p", "d2", 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .remove(0);
+        let live = s
+            .claim("vm", "t", "p", "d1", 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .remove(0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let orphans = s.orphaned_jobs(None).await.unwrap();
+        assert_eq!(orphans.iter().map(|j| j.id).collect::<Vec<_>>(), [dead.id]);
+        let requeue = JobEnd::Requeue {
+            not_before: OffsetDateTime::now_utc(),
+            error: Some("lost".into()),
+            free_attempt: false,
+        };
+        assert!(s.recover_job(&orphans[0], None, &requeue).await.unwrap());
+        assert!(!s.recover_job(&orphans[0], None, &requeue).await.unwrap());
+        // A renewed lease is not an orphan.
+        assert_eq!(
+            s.heartbeat("d1", Duration::from_secs(60)).await.unwrap(),
+            [live.id]
+        );
+        // d1 restarted: its previous life's claims are orphans whatever their lease.
+        let mine = s.orphaned_jobs(Some("d1")).await.unwrap();
+        assert_eq!(mine.iter().map(|j| j.id).collect::<Vec<_>>(), [live.id]);
+        assert!(s.recover_job(&mine[0], Some("d1"), &requeue).await.unwrap());
+        assert!(
+            s.heartbeat("d1", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let counts = s.job_counts().await.unwrap();
+        assert_eq!(counts, vec![(RunState::Queued, 2)]);
+    }
+}
