@@ -56,6 +56,8 @@ pub struct Config {
     pub bus: BusConfig,
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    #[serde(default)]
+    pub guest: GuestConfig,
     /// Where runs happen. At least one.
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
@@ -220,6 +222,50 @@ impl Default for SchedulerConfig {
             breaker_failures: 5,
             breaker_cooldown_s: 30.0,
             shutdown_grace_s: 60,
+        }
+    }
+}
+
+/// Caps on what a guest can make the daemon store or wait for (README: "The guest
+/// boundary"). Per-task artifact sizes are `tasks.NAME.artifacts_mib`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestConfig {
+    /// Run log (`ferrotron.log`) kept per run, MiB; task output past it is dropped and the
+    /// cut is marked in the log. Default 100.
+    pub log_mib: u64,
+    /// How long collecting a run's artifacts may take, seconds; past it the run fails as
+    /// the task's doing. Default 600.
+    pub collect_timeout_s: u64,
+    /// Entries (files, directories, links) an artifacts archive may hold. Default 100000.
+    pub max_artifact_entries: u64,
+    /// Serial console kept per libvirt instance (`console.log`), MiB; the rest is read and
+    /// dropped, the cut marked. Default 100.
+    pub console_mib: u64,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        let d = crate::runner::GuestLimits::default();
+        GuestConfig {
+            log_mib: d.log_bytes >> 20,
+            collect_timeout_s: d.collect_timeout.as_secs(),
+            max_artifact_entries: d.archive_entries,
+            console_mib: crate::provider::libvirt::DEFAULT_CONSOLE_CAP >> 20,
+        }
+    }
+}
+
+impl GuestConfig {
+    pub fn console_bytes(&self) -> u64 {
+        self.console_mib.max(1).saturating_mul(1 << 20)
+    }
+
+    pub fn limits(&self) -> crate::runner::GuestLimits {
+        crate::runner::GuestLimits {
+            collect_timeout: Duration::from_secs(self.collect_timeout_s.max(1)),
+            log_bytes: self.log_mib.max(1).saturating_mul(1 << 20),
+            archive_entries: self.max_artifact_entries.max(1),
         }
     }
 }

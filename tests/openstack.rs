@@ -332,7 +332,7 @@ fn retries_with_backoff_quota_and_error_servers() {
         let inst = p.create(&spec(&id)).await.unwrap();
         assert_eq!(p.explain_loss(&inst.id).await, None);
         d.delete_behind_the_back(&inst.id);
-        let why = p.explain_loss(&inst.id).await.unwrap();
+        let why = p.explain_loss(&inst.id).await.unwrap().why;
         assert!(
             why.contains("no longer exists") && why.contains(&inst.id),
             "{why}"

@@ -86,6 +86,15 @@ pub struct RunArgs {
     /// Largest total size of artifacts to collect, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub artifacts_cap: u64,
+    /// Give up collecting artifacts after this many seconds (the run fails as the task's).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub collect_timeout: u64,
+    /// Largest run log kept, in MiB; task output past it is dropped and the cut marked.
+    #[arg(long, value_name = "MIB", default_value_t = 100)]
+    pub log_cap: u64,
+    /// Largest serial console log kept per VM (libvirt), in MiB; the rest is dropped, marked.
+    #[arg(long, value_name = "MIB", default_value_t = 100)]
+    pub console_cap: u64,
 }
 
 const DEFAULT_IMAGE: &str = "tiny";
@@ -149,7 +158,8 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
             let p = LibvirtProvider::new(LibvirtConfig {
                 network: network.clone(),
                 ..LibvirtConfig::new(args.libvirt_uri.clone(), data_dir.join("instances"))
-            });
+            })
+            .with_console_cap(args.console_cap.max(1).saturating_mul(1024 * 1024));
             (Arc::new(p), image.path.display().to_string())
         }
         (None, Backend::Openstack) => {
@@ -200,6 +210,11 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
         task_timeout: Duration::from_secs(args.timeout.max(1)),
         spawn_attempts: args.attempts.max(1),
         artifacts_cap: args.artifacts_cap.saturating_mul(1024 * 1024),
+        limits: crate::runner::GuestLimits {
+            collect_timeout: Duration::from_secs(args.collect_timeout.max(1)),
+            log_bytes: args.log_cap.max(1).saturating_mul(1024 * 1024),
+            ..Default::default()
+        },
         keep_instance: args.no_destroy,
     };
 

@@ -66,6 +66,10 @@ pub enum GuestError {
     Disconnected { target: String, reason: String },
     #[error("{0}")]
     Transfer(String),
+    /// The guest sent more than a cap allows (artifacts, an export, a results file). The
+    /// task controls the guest, so this is the task's failure, not the machine's.
+    #[error("{0}")]
+    OverCap(String),
     #[error("`{what}` exited with status {status}: {stderr}")]
     Remote {
         what: String,

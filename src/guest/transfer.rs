@@ -1,14 +1,49 @@
 //! Files in and out of an instance, as tar streams over [`Session::exec`].
 //!
 //! Downloads are the dangerous direction: the guest is untrusted (a task may be hostile or
-//! simply buggy). Everything that comes back is unpacked by [`unpack_safely`], which refuses
-//! absolute paths, `..`, links that point outside the destination and special files, and
-//! stops at a size cap. Nothing is ever written outside the destination directory.
+//! simply buggy, and as root it controls the guest's `tar` and shell). Everything that comes
+//! back is spooled to a file in the run directory, then unpacked by [`unpack_safely`], which
+//! refuses absolute paths, `..`, special files, links that point outside the destination and
+//! any entry whose path (or link target) goes through a link of the same archive; it stops at
+//! caps on bytes, entries and header sizes. Nothing is ever written outside the destination.
 
-use std::io::{Read, Write};
+use std::collections::HashSet;
+use std::io::{Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
 
 use super::{Command, GuestError, Session, Stream, shell_quote};
+
+/// What a download may bring back at most. Exceeding `bytes` or `entries` stops the
+/// download with [`GuestError::OverCap`]; an over-long path refuses that one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Bytes of file data.
+    pub bytes: u64,
+    /// Archive entries (files, directories, links, refused ones included).
+    pub entries: u64,
+    /// Bytes of one entry's path or link target.
+    pub path_bytes: usize,
+}
+
+impl Caps {
+    /// Default entry count cap: more files than any task's artifacts need.
+    pub const DEFAULT_ENTRIES: u64 = 100_000;
+    /// Default path length cap: Linux's PATH_MAX.
+    pub const DEFAULT_PATH_BYTES: usize = 4096;
+
+    /// `bytes` of data, with the default entry and path caps.
+    pub fn bytes(bytes: u64) -> Caps {
+        Caps {
+            bytes,
+            entries: Caps::DEFAULT_ENTRIES,
+            path_bytes: Caps::DEFAULT_PATH_BYTES,
+        }
+    }
+}
+
+/// Refused entries listed by name at most; the rest are counted in one last line, so a
+/// million refused entries cannot fill memory or the log.
+const MAX_REFUSED_LISTED: usize = 100;
 
 /// What a download brought back.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -17,6 +52,27 @@ pub struct Collected {
     pub bytes: u64,
     /// Entries that were not written, with the reason: shown to the user and logged.
     pub refused: Vec<(String, String)>,
+    #[serde(skip)]
+    refused_unlisted: usize,
+}
+
+impl Collected {
+    fn refuse(&mut self, path: impl Into<String>, why: impl Into<String>) {
+        if self.refused.len() < MAX_REFUSED_LISTED {
+            self.refused.push((path.into(), why.into()));
+        } else {
+            self.refused_unlisted += 1;
+        }
+    }
+
+    fn close(mut self) -> Collected {
+        if self.refused_unlisted > 0 {
+            let n = std::mem::take(&mut self.refused_unlisted);
+            self.refused
+                .push(("…".into(), format!("{n} more entries refused, not listed")));
+        }
+        self
+    }
 }
 
 /// Copies the contents of `local` into `remote` (created if missing).
@@ -39,22 +95,34 @@ pub async fn put_dir(session: &dyn Session, local: &Path, remote: &str) -> Resul
     Ok(size)
 }
 
-/// Copies the contents of `remote` into the fresh directory `local`, at most `cap` bytes of
-/// file data. A missing `remote` directory yields an empty result.
+/// Copies the contents of `remote` into the fresh directory `local`, within `caps`. The
+/// archive is spooled beside `local` (in the run directory, never in /tmp). A missing
+/// `remote` directory yields an empty result. Dropping the future stops the download.
 pub async fn get_dir(
     session: &dyn Session,
     remote: &str,
     local: &Path,
-    cap: u64,
+    caps: &Caps,
 ) -> Result<Collected, GuestError> {
-    let spool = tempfile::tempfile().map_err(GuestError::io("creating download spool"))?;
+    let spool_dir = local.parent().unwrap_or(local);
+    std::fs::create_dir_all(spool_dir)
+        .map_err(GuestError::io(format!("creating {}", spool_dir.display())))?;
+    let spool = tempfile::tempfile_in(spool_dir).map_err(GuestError::io(format!(
+        "creating the download spool in {}",
+        spool_dir.display()
+    )))?;
     let mut spool_w = spool
         .try_clone()
         .map_err(GuestError::io("creating download spool"))?;
     let q = shell_quote(remote);
     let cmd = Command::new(format!("[ -d {q} ] || exit 0; tar -cf - -C {q} ."), "/");
-    // tar adds headers and padding; allow for them so a cap of N bytes of files works.
-    let wire_cap = cap.saturating_mul(2).saturating_add(1 << 20);
+    // tar adds a header and padding per entry (and extension headers for long names);
+    // allow for them so that a cap of N bytes of files works.
+    let wire_cap = caps
+        .bytes
+        .saturating_mul(2)
+        .saturating_add(caps.entries.saturating_mul(1536))
+        .saturating_add(1 << 20);
     let mut received = 0u64;
     let mut stderr = Vec::new();
     let status = session
@@ -63,8 +131,9 @@ pub async fn get_dir(
                 Stream::Stdout => {
                     received += chunk.len() as u64;
                     if received > wire_cap {
-                        return Err(GuestError::Transfer(format!(
-                            "artifacts exceed the size cap of {cap} bytes"
+                        return Err(GuestError::OverCap(format!(
+                            "artifacts exceed the size cap of {} bytes",
+                            caps.bytes
                         )));
                     }
                     spool_w
@@ -92,19 +161,24 @@ pub async fn get_dir(
             .map_err(GuestError::io(format!("creating {}", local.display())))?;
         return Ok(Collected::default());
     }
-    let local = local.to_path_buf();
+    let (local, caps) = (local.to_path_buf(), *caps);
     tokio::task::spawn_blocking(move || {
         let mut spool = spool;
         std::io::Seek::rewind(&mut spool).map_err(GuestError::io("rewinding download spool"))?;
-        unpack_safely(spool, &local, cap)
+        unpack_safely(spool, &local, &caps)
     })
     .await
     .map_err(|e| GuestError::Transfer(format!("unpacking: {e}")))?
 }
 
-/// Reads at most `max` bytes of a file on the instance.
+/// Reads at most `max` bytes of a file on the instance; a longer file is
+/// [`GuestError::OverCap`].
 pub async fn read_file(session: &dyn Session, path: &str, max: u64) -> Result<Vec<u8>, GuestError> {
-    let cmd = Command::new(format!("head -c {max} {}", shell_quote(path)), "/");
+    // One byte more than allowed tells "exactly max" from "longer".
+    let cmd = Command::new(
+        format!("head -c {} {}", max.saturating_add(1), shell_quote(path)),
+        "/",
+    );
     run_checked(session, &cmd, &format!("read {path}"), max).await
 }
 
@@ -121,8 +195,8 @@ async fn run_checked(
         .exec(cmd, &mut |stream, chunk| {
             match stream {
                 Stream::Stdout if (out.len() + chunk.len()) as u64 > max => {
-                    return Err(GuestError::Transfer(format!(
-                        "{what}: more than {max} bytes of output"
+                    return Err(GuestError::OverCap(format!(
+                        "{what}: more than {max} bytes"
                     )));
                 }
                 Stream::Stdout => out.extend_from_slice(chunk),
@@ -155,116 +229,239 @@ fn clean_relative(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
-/// Whether a symlink at `link` (relative to the destination) pointing at `target` stays
-/// inside the destination, judged lexically: nothing on disk is consulted.
-fn link_stays_inside(link: &Path, target: &Path) -> bool {
+/// The first proper ancestor of `rel` that is a link of the archive.
+fn linked_ancestor<'a>(rel: &'a Path, links: &HashSet<PathBuf>) -> Option<&'a Path> {
+    rel.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| links.contains(*a))
+}
+
+/// Why a symlink at `link` (relative to the destination) pointing at `target` must not be
+/// made, judged lexically against the archive's own links (`links`, every symlink entry):
+/// the target must stay inside the destination and must not pass through another link on
+/// its way (`a -> .` then `b -> a/a/..` would climb out through `a`). With every parent of
+/// `link` a real directory, that makes the lexical verdict the real one.
+fn link_refusal(link: &Path, target: &Path, links: &HashSet<PathBuf>) -> Option<String> {
     if target.is_absolute() {
-        return false;
+        return Some(format!("symlink to absolute path {}", target.display()));
     }
-    let mut depth: Vec<&std::ffi::OsStr> = link
-        .parent()
-        .map(|p| {
-            p.components()
-                .filter_map(|c| match c {
-                    Component::Normal(n) => Some(n),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    for c in target.components() {
+    let mut at: PathBuf = link.parent().map(Path::to_path_buf).unwrap_or_default();
+    let parts: Vec<Component> = target.components().collect();
+    for (i, c) in parts.iter().enumerate() {
         match c {
-            Component::Normal(n) => depth.push(n),
-            Component::CurDir => {}
+            Component::Normal(n) => at.push(n),
+            Component::CurDir => continue,
             Component::ParentDir => {
-                if depth.pop().is_none() {
-                    return false;
+                if !at.pop() {
+                    return Some(format!(
+                        "symlink to {} leaves the artifacts directory",
+                        target.display()
+                    ));
                 }
+                continue;
             }
-            Component::RootDir | Component::Prefix(_) => return false,
+            Component::RootDir | Component::Prefix(_) => {
+                return Some(format!("symlink to {}", target.display()));
+            }
+        }
+        if i + 1 < parts.len() && links.contains(&at) {
+            return Some(format!(
+                "symlink to {} goes through the archive's link {}",
+                target.display(),
+                at.display()
+            ));
         }
     }
-    true
+    None
+}
+
+/// Creates the directories of `rel` under `dest` one component at a time, refusing to pass
+/// through anything that is not a real directory (a symlink above all).
+fn make_dirs(dest: &Path, rel: &Path) -> Result<(), String> {
+    let mut at = dest.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!("{} is a symlink", at.display()));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a directory", at.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&at).map_err(|e| format!("creating {}: {e}", at.display()))?
+            }
+            Err(e) => return Err(format!("{}: {e}", at.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Unpacks a tar stream into `dest` (created if needed) under the rules in the module docs.
-pub fn unpack_safely(reader: impl Read, dest: &Path, cap: u64) -> Result<Collected, GuestError> {
+/// Links are made last and only between real directories, so no file or directory from the
+/// archive is ever written through a link, and no link is resolved through another.
+pub fn unpack_safely(
+    mut reader: impl Read + Seek,
+    dest: &Path,
+    caps: &Caps,
+) -> Result<Collected, GuestError> {
+    check_headers(&mut reader, caps)?;
+    reader
+        .rewind()
+        .map_err(GuestError::io("rewinding the artifacts archive"))?;
     std::fs::create_dir_all(dest)
         .map_err(GuestError::io(format!("creating {}", dest.display())))?;
+    let bad = |e: std::io::Error| GuestError::Transfer(format!("reading artifacts archive: {e}"));
     let mut archive = tar::Archive::new(reader);
     let mut got = Collected::default();
-    // Links are created last, so that no file written from the archive can go through one.
+    // Every symlink entry's path, made or refused: nothing may go through any of them.
+    let mut link_names: HashSet<PathBuf> = HashSet::new();
     let mut links = Vec::new();
-    let entries = archive
-        .entries()
-        .map_err(|e| GuestError::Transfer(format!("reading artifacts archive: {e}")))?;
-    for entry in entries {
-        let mut entry =
-            entry.map_err(|e| GuestError::Transfer(format!("reading artifacts archive: {e}")))?;
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let raw_bytes = entry.path_bytes();
+        let shown = String::from_utf8_lossy(&raw_bytes[..raw_bytes.len().min(256)]).into_owned();
+        if raw_bytes.len() > caps.path_bytes {
+            got.refuse(
+                format!("{shown}…"),
+                format!("path longer than {} bytes", caps.path_bytes),
+            );
+            continue;
+        }
         let raw = entry
             .path()
             .map(|p| p.into_owned())
             .unwrap_or_else(|_| PathBuf::from("<undecodable name>"));
-        let shown = raw.display().to_string();
         let Some(rel) = clean_relative(&raw) else {
-            got.refused
-                .push((shown, "path leaves the artifacts directory".into()));
+            got.refuse(shown, "path leaves the artifacts directory");
             continue;
         };
         if rel.as_os_str().is_empty() {
             continue; // the archive root itself
         }
-        let target = dest.join(&rel);
         let kind = entry.header().entry_type();
+        if kind.is_symlink() {
+            link_names.insert(rel.clone());
+        }
+        if let Some(a) = linked_ancestor(&rel, &link_names) {
+            got.refuse(
+                shown,
+                format!("its parent {} is a symlink in the archive", a.display()),
+            );
+            continue;
+        }
+        let target = dest.join(&rel);
         if kind.is_dir() {
-            std::fs::create_dir_all(&target)
-                .map_err(GuestError::io(format!("creating {}", target.display())))?;
+            if let Err(why) = make_dirs(dest, &rel) {
+                got.refuse(shown, why);
+            }
         } else if kind.is_file() {
-            let size = entry.header().size().unwrap_or(0);
-            if got.bytes.saturating_add(size) > cap {
-                return Err(GuestError::Transfer(format!(
-                    "artifacts exceed the size cap of {cap} bytes (at {shown})"
+            let size = entry.size();
+            if got.bytes.saturating_add(size) > caps.bytes {
+                return Err(GuestError::OverCap(format!(
+                    "artifacts exceed the size cap of {} bytes (at {shown})",
+                    caps.bytes
                 )));
             }
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(GuestError::io(format!("creating {}", parent.display())))?;
+            if let Err(why) = make_dirs(dest, rel.parent().unwrap_or(Path::new(""))) {
+                got.refuse(shown, why);
+                continue;
             }
-            let mut f = std::fs::File::create(&target)
-                .map_err(GuestError::io(format!("creating {}", target.display())))?;
+            let opened = {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o644)
+                    // Never write through a link, even one this code did not make.
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)
+            };
+            let mut f = match opened {
+                Ok(f) => f,
+                Err(e) => {
+                    got.refuse(shown, format!("cannot create: {e}"));
+                    continue;
+                }
+            };
             let n = std::io::copy(&mut (&mut entry).take(size), &mut f)
                 .map_err(GuestError::io(format!("writing {}", target.display())))?;
             got.bytes += n;
             got.files += 1;
         } else if kind.is_symlink() {
-            match entry.link_name() {
-                Ok(Some(to)) if link_stays_inside(&rel, &to) => {
-                    links.push((target, to.into_owned()))
-                }
-                Ok(Some(to)) => got.refused.push((
+            match entry.link_name_bytes() {
+                Some(b) if b.len() > caps.path_bytes => got.refuse(
                     shown,
-                    format!("symlink to {} leaves the artifacts directory", to.display()),
-                )),
-                _ => got.refused.push((shown, "symlink without a target".into())),
+                    format!("symlink target longer than {} bytes", caps.path_bytes),
+                ),
+                _ => match entry.link_name() {
+                    Ok(Some(to)) => links.push((rel, to.into_owned(), shown)),
+                    _ => got.refuse(shown, "symlink without a target"),
+                },
             }
         } else {
-            got.refused
-                .push((shown, "not a regular file, directory or symlink".into()));
+            got.refuse(shown, "not a regular file, directory or symlink");
         }
     }
-    for (at, to) in links {
-        if let Some(parent) = at.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(GuestError::io(format!("creating {}", parent.display())))?;
+    // Judged against the whole archive's links: one that came later counts too.
+    for (rel, to, shown) in links {
+        if let Some(a) = linked_ancestor(&rel, &link_names) {
+            got.refuse(
+                shown,
+                format!("its parent {} is a symlink in the archive", a.display()),
+            );
+            continue;
         }
-        if let Err(e) = std::os::unix::fs::symlink(&to, &at) {
-            got.refused.push((
-                at.display().to_string(),
-                format!("could not create link: {e}"),
-            ));
+        if let Some(why) = link_refusal(&rel, &to, &link_names) {
+            got.refuse(shown, why);
+            continue;
+        }
+        if let Err(why) = make_dirs(dest, rel.parent().unwrap_or(Path::new(""))) {
+            got.refuse(shown, why);
+            continue;
+        }
+        if let Err(e) = std::os::unix::fs::symlink(&to, dest.join(&rel)) {
+            got.refuse(shown, format!("could not create link: {e}"));
         }
     }
-    Ok(got)
+    Ok(got.close())
+}
+
+/// A first pass over the headers alone (data is skipped by seeking): the entry count cap,
+/// and extension headers (GNU long names, pax records) no bigger than a path may be. The
+/// tar crate reads an extension header whole into memory, so an unchecked one of a
+/// gigabyte would be a gigabyte of RAM.
+fn check_headers(reader: &mut (impl Read + Seek), caps: &Caps) -> Result<(), GuestError> {
+    let bad = |e: std::io::Error| GuestError::Transfer(format!("reading artifacts archive: {e}"));
+    let extension_cap = caps.path_bytes as u64 + 4096;
+    let mut archive = tar::Archive::new(reader);
+    let mut members = 0u64;
+    for entry in archive.entries_with_seek().map_err(bad)?.raw(true) {
+        let entry = entry.map_err(bad)?;
+        let kind = entry.header().entry_type();
+        let extension = kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions();
+        if extension {
+            if entry.size() > extension_cap {
+                return Err(GuestError::OverCap(format!(
+                    "artifacts archive has an extension header of {} bytes (cap {extension_cap})",
+                    entry.size()
+                )));
+            }
+        } else {
+            members += 1;
+            if members > caps.entries {
+                return Err(GuestError::OverCap(format!(
+                    "artifacts exceed the cap of {} entries",
+                    caps.entries
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,10 +487,38 @@ mod tests {
     }
 
     fn link(b: &mut tar::Builder<Vec<u8>>, name: &str, to: &str) {
+        // Raw header fields: the builder refuses `..`, a hostile guest does not.
         let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..to.len()].copy_from_slice(to.as_bytes());
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
-        b.append_link(&mut h, name, to).unwrap();
+        h.set_mode(0o777);
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    }
+
+    fn unpack(tar: &[u8], dest: &Path, caps: &Caps) -> Result<Collected, GuestError> {
+        unpack_safely(std::io::Cursor::new(tar), dest, caps)
+    }
+
+    /// Every path under `root` that is not under `inside` (files, links, directories).
+    fn outside(root: &Path, inside: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.starts_with(inside) {
+                    continue;
+                }
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(p.clone());
+                }
+                found.push(p);
+            }
+        }
+        found
     }
 
     #[test]
@@ -309,7 +534,7 @@ mod tests {
             link(b, "sub/inside", "../ok.txt");
             file(b, b"etc/passwd", b"through the link?");
         });
-        let got = unpack_safely(&tar[..], &dest, 1 << 20).unwrap();
+        let got = unpack(&tar, &dest, &Caps::bytes(1 << 20)).unwrap();
         assert_eq!(
             std::fs::read_to_string(dest.join("ok.txt")).unwrap(),
             "fine"
@@ -320,12 +545,9 @@ mod tests {
         assert!(refused.contains(&"/abs.txt"), "{refused:?}");
         assert!(refused.contains(&"etc"), "{refused:?}");
         assert!(refused.contains(&"up"), "{refused:?}");
-        // etc/passwd became a plain file in a real directory, not a write through /etc.
-        assert!(!dest.join("etc").is_symlink());
-        assert_eq!(
-            std::fs::read_to_string(dest.join("etc/passwd")).unwrap(),
-            "through the link?"
-        );
+        // etc/passwd goes through the archive's link `etc`: refused, though that link was.
+        assert!(refused.contains(&"etc/passwd"), "{refused:?}");
+        assert!(!dest.join("etc").exists());
         assert_eq!(
             std::fs::read_link(dest.join("sub/inside")).unwrap(),
             Path::new("../ok.txt")
@@ -339,8 +561,148 @@ mod tests {
             file(b, b"a", &[0u8; 600]);
             file(b, b"b", &[0u8; 600]);
         });
-        let err = unpack_safely(&tar[..], tmp.path(), 1000).unwrap_err();
+        let err = unpack(&tar, tmp.path(), &Caps::bytes(1000)).unwrap_err();
+        assert!(matches!(err, GuestError::OverCap(_)), "{err}");
         assert!(err.to_string().contains("size cap"), "{err}");
+    }
+
+    /// The issue's repro: `a -> .` makes `a/a` the destination itself, so `a/a/c -> ../..`
+    /// looks two levels deep but lands two levels above the destination; files under `c/`
+    /// would then be written there.
+    #[test]
+    fn chained_symlinks_cannot_climb_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("box/out");
+        for order in [0, 1] {
+            let dest = dest.join(order.to_string());
+            let tar = archive(|b| {
+                if order == 1 {
+                    file(b, b"c/escaped.txt", b"before the links");
+                }
+                link(b, "a", ".");
+                link(b, "a/a/c", "../..");
+                link(b, "b", "a/a/a/..");
+                file(b, b"c/escaped.txt", b"evil");
+                file(b, b"a/a/c/deeper.txt", b"evil");
+            });
+            let got = unpack(&tar, &dest, &Caps::bytes(1 << 20)).unwrap();
+            let refused: Vec<_> = got.refused.iter().map(|(p, _)| p.as_str()).collect();
+            assert!(refused.contains(&"a/a/c"), "{order}: {refused:?}");
+            assert!(refused.contains(&"a/a/c/deeper.txt"), "{order}: {refused:?}");
+            assert!(refused.contains(&"b"), "{order}: {refused:?}");
+            // `a -> .` itself stays inside and is kept; `c` is a real directory.
+            assert_eq!(std::fs::read_link(dest.join("a")).unwrap(), Path::new("."));
+            assert!(!dest.join("c").is_symlink());
+            assert_eq!(
+                std::fs::read_to_string(dest.join("c/escaped.txt")).unwrap(),
+                "evil"
+            );
+            for p in walk(&dest) {
+                let real = std::fs::canonicalize(&p).unwrap_or(p.clone());
+                assert!(real.starts_with(dest.canonicalize().unwrap()), "{p:?} -> {real:?}");
+            }
+        }
+        assert_eq!(outside(tmp.path(), &dest), [tmp.path().join("box")]);
+    }
+
+    /// Everything under `root`, not following links.
+    fn walk(root: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(e.path());
+                }
+                found.push(e.path());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn entry_and_header_caps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let caps = Caps {
+            bytes: 1 << 20,
+            entries: 10,
+            path_bytes: 100,
+        };
+        let many = archive(|b| {
+            for i in 0..11 {
+                file(b, format!("f{i}").as_bytes(), b"x");
+            }
+        });
+        let err = unpack(&many, &tmp.path().join("many"), &caps).unwrap_err();
+        assert!(matches!(err, GuestError::OverCap(_)), "{err}");
+        assert!(err.to_string().contains("10 entries"), "{err}");
+        assert!(!tmp.path().join("many/f0").exists(), "nothing is unpacked past a cap");
+
+        let long = |len: usize| {
+            archive(|b| {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(1);
+                h.set_mode(0o644);
+                h.set_entry_type(tar::EntryType::Regular);
+                // A GNU long-name extension header carries the long path.
+                b.append_data(&mut h, "d/".repeat(len / 2) + "f", &b"x"[..])
+                    .unwrap();
+                file(b, b"short", b"ok");
+            })
+        };
+        let got = unpack(&long(300), &tmp.path().join("long"), &caps).unwrap();
+        assert_eq!(got.files, 1);
+        assert!(got.refused[0].1.contains("longer than 100 bytes"), "{got:?}");
+        let err = unpack(&long(1 << 20), &tmp.path().join("huge"), &caps).unwrap_err();
+        assert!(err.to_string().contains("extension header"), "{err}");
+
+        // The refused list stays short whatever the archive holds.
+        let refusals = archive(|b| {
+            for i in 0..500 {
+                file(b, format!("/abs{i}").as_bytes(), b"x");
+            }
+        });
+        let got = unpack(&refusals, &tmp.path().join("r"), &Caps::bytes(1 << 20)).unwrap();
+        assert_eq!(got.refused.len(), MAX_REFUSED_LISTED + 1);
+        assert!(got.refused.last().unwrap().1.contains("400 more"), "{got:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Whatever mix of links and files over a few names an archive holds, nothing is
+        /// created outside the destination and nothing inside resolves to outside it.
+        #[test]
+        fn no_archive_of_links_escapes(
+            entries in proptest::collection::vec(
+                (proptest::bool::ANY,
+                 proptest::collection::vec(0..5usize, 1..4),
+                 proptest::collection::vec(0..5usize, 1..5)),
+                1..8,
+            )
+        ) {
+            const PARTS: [&str; 5] = ["a", "b", "c", ".", ".."];
+            let join = |ix: &[usize]| ix.iter().map(|&i| PARTS[i]).collect::<Vec<_>>().join("/");
+            let tmp = tempfile::tempdir().unwrap();
+            let dest = tmp.path().join("x/y/out");
+            let tar = archive(|b| {
+                for (is_link, name, target) in &entries {
+                    let name = join(name);
+                    if *is_link {
+                        link(b, &name, &join(target));
+                    } else {
+                        file(b, format!("{name}/f").as_bytes(), b"data");
+                    }
+                }
+            });
+            let _ = unpack(&tar, &dest, &Caps::bytes(1 << 20));
+            let real_dest = dest.canonicalize().unwrap();
+            proptest::prop_assert_eq!(outside(tmp.path(), &dest).len(), 2, "{:?}", entries);
+            for p in walk(&dest) {
+                if let Ok(real) = std::fs::canonicalize(&p) {
+                    proptest::prop_assert!(real.starts_with(&real_dest), "{:?} -> {:?}", p, real);
+                }
+            }
+        }
     }
 
     #[tokio::test]
@@ -358,18 +720,17 @@ mod tests {
         );
 
         let back = tmp.path().join("back");
-        let got = get_dir(&s, remote.to_str().unwrap(), &back, 1 << 20)
+        let got = get_dir(&s, remote.to_str().unwrap(), &back, &Caps::bytes(1 << 20))
             .await
             .unwrap();
         assert_eq!((got.files, got.bytes), (1, 5));
-        assert_eq!(
-            read_file(&s, remote.join("d/f.txt").to_str().unwrap(), 3)
-                .await
-                .unwrap(),
-            b"hel"
-        );
+        let f = remote.join("d/f.txt");
+        assert_eq!(read_file(&s, f.to_str().unwrap(), 5).await.unwrap(), b"hello");
+        // Longer than allowed is an error the runner blames on the task, not a cut value.
+        let over = read_file(&s, f.to_str().unwrap(), 4).await.unwrap_err();
+        assert!(matches!(over, GuestError::OverCap(_)), "{over}");
 
-        let none = get_dir(&s, "/nonexistent/dir", &tmp.path().join("none"), 10)
+        let none = get_dir(&s, "/nonexistent/dir", &tmp.path().join("none"), &Caps::bytes(10))
             .await
             .unwrap();
         assert_eq!(none, Collected::default());

@@ -18,8 +18,8 @@ use virt::connect::Connect;
 
 use super::seed;
 use super::{
-    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Provider, ProviderError,
-    SshTarget,
+    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider,
+    ProviderError, SshTarget,
 };
 use crate::image::BaseImage;
 
@@ -79,7 +79,12 @@ pub struct LibvirtProvider {
     accel: tokio::sync::OnceCell<Accel>,
     /// Storage pools finished base images are uploaded to (`upload_image`).
     pools: Vec<String>,
+    /// Bytes of serial console kept per instance (`console.log`).
+    console_cap: u64,
 }
+
+/// Default cap on an instance's console log.
+pub const DEFAULT_CONSOLE_CAP: u64 = 100 * 1024 * 1024;
 
 fn virt_err(what: &str) -> impl FnOnce(virt::error::Error) -> ProviderError + '_ {
     move |e| ProviderError::Transient(format!("libvirt: {what}: {}", e.message()))
@@ -94,7 +99,14 @@ impl LibvirtProvider {
             cfg,
             accel: tokio::sync::OnceCell::new(),
             pools: Vec::new(),
+            console_cap: DEFAULT_CONSOLE_CAP,
         }
+    }
+
+    /// Keeps at most `bytes` of each instance's serial console in its `console.log`.
+    pub fn with_console_cap(mut self, bytes: u64) -> Self {
+        self.console_cap = bytes.max(1);
+        self
     }
 
     /// Storage pools (by name) that `upload_image` registers finished images with.
@@ -176,7 +188,6 @@ impl LibvirtProvider {
             image: &image,
             overlay: &overlay,
             seed: &seed,
-            console: &console,
             port,
             accel,
             network: &self.cfg.network,
@@ -184,10 +195,26 @@ impl LibvirtProvider {
         tokio::fs::write(dir.join("domain.xml"), &xml)
             .await
             .map_err(ProviderError::io("writing domain.xml"))?;
+        // Defined (persistent), not transient: a guest that powers itself off leaves the
+        // domain shut off with the reason, so a lost session can be told from a domain
+        // destroyed behind our back (`explain_loss`). `delete` undefines it.
+        // Started paused so that the console copier is attached before the first byte.
+        let (uri, n, cap, log) = (
+            self.cfg.uri.clone(),
+            name.to_string(),
+            self.console_cap,
+            console.clone(),
+        );
         self.blocking(move |c| {
-            c.create_domain_xml(&xml, 0)
-                .map(|_| ())
-                .map_err(virt_err("starting the domain"))
+            let dom = c
+                .define_domain_xml(&xml)
+                .map_err(virt_err("defining the domain"))?;
+            dom.create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
+                .map_err(virt_err("starting the domain"))?;
+            if let Err(e) = start_console_copier(&uri, &n, &log, cap) {
+                tracing::warn!(domain = %n, "no console log: {e}");
+            }
+            dom.resume().map_err(virt_err("resuming the domain"))
         })
         .await?;
         let boot_timeout = Duration::from_secs(image.boot.boot_timeout_s);
@@ -370,6 +397,45 @@ impl Provider for LibvirtProvider {
         })
     }
 
+    async fn explain_loss(&self, id: &str) -> Option<Loss> {
+        use virt::domain::{DomainShutoffReason, DomainState, DomainStateReason};
+        use virt::enumutil::Enum;
+        let name = id.to_string();
+        let state = self
+            .blocking(move |c| match c.lookup_domain_by_name(&name) {
+                Ok(d) => Ok(Some(d.state().map_err(virt_err("reading the domain state"))?)),
+                Err(e)
+                    if e.code()
+                        == virt::error::ErrorNumberEnum::Known(
+                            virt::error::ErrorNumber::NoDomain,
+                        ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(virt_err("looking up the domain")(e)),
+            })
+            .await
+            .ok()?;
+        match state {
+            None => Some(Loss::infra(format!(
+                "domain {id} no longer exists: it was removed outside this run"
+            ))),
+            Some((Enum::Known(DomainState::Shutoff), reason)) => Some(match reason {
+                Enum::Known(DomainStateReason::Shutoff(Enum::Known(
+                    DomainShutoffReason::Shutdown,
+                ))) => Loss {
+                    why: format!("domain {id} is shut off: the guest powered itself off"),
+                    by_guest: true,
+                },
+                other => Loss::infra(format!("domain {id} is shut off ({other:?})")),
+            }),
+            Some((Enum::Known(DomainState::Running), _)) => None,
+            Some((state, reason)) => Some(Loss::infra(format!(
+                "domain {id} is {state:?} ({reason:?})"
+            ))),
+        }
+    }
+
     async fn capture_disk(
         &self,
         id: &str,
@@ -532,7 +598,6 @@ struct DomainParams<'a> {
     image: &'a BaseImage,
     overlay: &'a Path,
     seed: &'a Path,
-    console: &'a Path,
     port: u16,
     accel: Accel,
     network: &'a Network,
@@ -594,8 +659,8 @@ fn domain_xml(p: &DomainParams<'_>) -> String {
       <readonly/>
     </disk>
     {interface}
-    <serial type='file'><source path='{console}'/><target port='0'/></serial>
-    <console type='file'><source path='{console}'/><target type='serial' port='0'/></console>
+    <serial type='pty'><target port='0'/></serial>
+    <console type='pty'><target type='serial' port='0'/></console>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
@@ -615,7 +680,6 @@ fn domain_xml(p: &DomainParams<'_>) -> String {
         overlay = path(p.overlay),
         base = path(&p.image.path),
         seed = path(p.seed),
-        console = path(p.console),
         interface = match p.network {
             Network::Passt => format!(
                 "<interface type='user'>
@@ -631,6 +695,61 @@ fn domain_xml(p: &DomainParams<'_>) -> String {
             ),
         },
     )
+}
+
+/// Copies the domain's serial console into `log` (at most `cap` bytes, then a marked cut)
+/// on a thread of its own, through libvirt's console stream: the guest decides how much it
+/// prints, so libvirt never writes the file itself. The console keeps being read (and
+/// dropped) past the cap so that the guest never blocks on it. The thread ends when the
+/// domain stops (the stream ends) or libvirt goes away. Returns once the stream is open.
+fn start_console_copier(uri: &str, name: &str, log: &Path, cap: u64) -> Result<(), String> {
+    use std::io::Write;
+    let conn = Connect::open(Some(uri)).map_err(|e| e.message().to_string())?;
+    let dom = conn
+        .lookup_domain_by_name(name)
+        .map_err(|e| e.message().to_string())?;
+    let stream = virt::stream::Stream::new(&conn, 0).map_err(|e| e.message().to_string())?;
+    dom.open_console(None, &stream, virt::sys::VIR_DOMAIN_CONSOLE_FORCE)
+        .map_err(|e| e.message().to_string())?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    let name = name.to_string();
+    std::thread::Builder::new()
+        .name(format!("console-{name}"))
+        .spawn(move || {
+            let _keep = (conn, dom);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut written = 0u64;
+            let mut cut = false;
+            loop {
+                let n = match stream.recv(&mut buf) {
+                    Ok(n) if n > 0 => n as usize,
+                    _ => break,
+                };
+                if cut {
+                    continue;
+                }
+                let room = cap.saturating_sub(written) as usize;
+                let keep = n.min(room);
+                let _ = file.write_all(&buf[..keep]);
+                written += keep as u64;
+                if keep < n {
+                    cut = true;
+                    let _ = writeln!(
+                        file,
+                        "\n[ferrotron: console log truncated at {cap} bytes (console_mib); \
+                         the rest is not kept]"
+                    );
+                }
+            }
+            let _ = stream.finish();
+            tracing::debug!(domain = %name, bytes = written, "console stream ended");
+        })
+        .map_err(|e| format!("starting the console thread: {e}"))?;
+    Ok(())
 }
 
 fn xml_escape(s: &str) -> String {
@@ -801,7 +920,6 @@ mod tests {
             image: &image,
             overlay: Path::new("/s/disk.qcow2"),
             seed: Path::new("/s/seed.iso"),
-            console: Path::new("/s/console.log"),
             port: 40022,
             accel: Accel::Tcg,
             network: &Network::Passt,
@@ -826,7 +944,6 @@ mod tests {
             image: &image,
             overlay: Path::new("/s/disk.qcow2"),
             seed: Path::new("/s/seed.iso"),
-            console: Path::new("/s/console.log"),
             port: 22,
             accel: Accel::Kvm,
             network: &Network::Libvirt("default".into()),

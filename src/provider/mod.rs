@@ -95,6 +95,24 @@ pub struct Capacity {
     pub in_use: usize,
 }
 
+/// What became of an instance the runner lost touch with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    /// For the run's error: what the provider sees.
+    pub why: String,
+    /// The guest did it (it powered itself off): the task's failure, not the provider's.
+    pub by_guest: bool,
+}
+
+impl Loss {
+    pub fn infra(why: impl Into<String>) -> Loss {
+        Loss {
+            why: why.into(),
+            by_guest: false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// Worth retrying later: quota, a busy host, a spawn that did not come up.
@@ -138,8 +156,9 @@ pub trait Provider: Send + Sync {
     async fn capacity(&self) -> Result<Capacity, ProviderError>;
 
     /// Why a connection to instance `id` may have been lost (deleted behind our back, in an
-    /// error state), for the run's error; `None` when there is nothing to say.
-    async fn explain_loss(&self, _id: &str) -> Option<String> {
+    /// error state, powered off by its guest), for the run's error; `None` when there is
+    /// nothing to say.
+    async fn explain_loss(&self, _id: &str) -> Option<Loss> {
         None
     }
 

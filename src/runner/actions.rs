@@ -24,7 +24,18 @@ pub enum ActionError {
     Task(String),
     /// The machine or ferrotron failed underneath the task.
     #[error(transparent)]
-    Guest(#[from] GuestError),
+    Guest(GuestError),
+}
+
+impl From<GuestError> for ActionError {
+    /// A guest that answers past a cap (an export, a results file) is the task's doing: the
+    /// task controls the guest. Anything else is the machine's.
+    fn from(e: GuestError) -> Self {
+        match e {
+            GuestError::OverCap(m) => ActionError::Task(m),
+            e => ActionError::Guest(e),
+        }
+    }
 }
 
 /// Where the task's files live on the instance, as the task sees them.

@@ -66,12 +66,16 @@ const MAX_LINE: usize = 64 * 1024;
 
 impl LineBuffer {
     pub fn push(&mut self, chunk: &[u8], mut emit: impl FnMut(String)) {
+        // `pending` never holds a newline between calls: only the new bytes are searched,
+        // so a line written one byte at a time costs linear time, not quadratic.
+        let mut from = self.pending.len();
         self.pending.extend_from_slice(chunk);
         let mut start = 0;
-        while let Some(pos) = self.pending[start..].iter().position(|&b| b == b'\n') {
-            let end = start + pos;
+        while let Some(pos) = self.pending[from..].iter().position(|&b| b == b'\n') {
+            let end = from + pos;
             emit(decode(&self.pending[start..end]));
             start = end + 1;
+            from = start;
         }
         self.pending.drain(..start);
         while self.pending.len() > MAX_LINE {
@@ -89,9 +93,29 @@ impl LineBuffer {
     }
 }
 
+/// Lossy UTF-8 with control characters made visible (`\x1b`): guest output reaches the
+/// operator's terminal and the log, and an escape sequence from the guest must not drive
+/// either terminal (retitle it, rewrite earlier lines, answer back). Tabs stay.
 fn decode(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
-    s.strip_suffix('\r').unwrap_or(&s).to_string()
+    let s = s.strip_suffix('\r').unwrap_or(&s);
+    if !s.chars().any(is_unsafe) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if is_unsafe(c) {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// C0 controls but tab, DEL, and the C1 controls (U+0080–U+009F; `\u{9b}` is a CSI).
+fn is_unsafe(c: char) -> bool {
+    (c.is_control() && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c)
 }
 
 #[cfg(test)]
@@ -107,6 +131,38 @@ mod tests {
         b.push(b"ld\n\xffx", |l| got.push(l));
         b.finish(|l| got.push(l));
         assert_eq!(got, ["hello", "world", "\u{fffd}x"]);
+    }
+
+    #[test]
+    fn escape_sequences_are_made_visible() {
+        let mut b = LineBuffer::default();
+        let mut got = Vec::new();
+        b.push(
+            b"\x1b]0;owned\x07red \x1b[31mtext\tok\r\n\xc2\x9b2J\x7f\n",
+            |l| got.push(l),
+        );
+        assert_eq!(
+            got,
+            ["\\x1b]0;owned\\x07red \\x1b[31mtext\tok", "\\x9b2J\\x7f"]
+        );
+        assert!(got.iter().all(|l| !l.chars().any(is_unsafe)));
+    }
+
+    #[test]
+    fn one_byte_writes_cost_linear_time() {
+        let mut b = LineBuffer::default();
+        let mut lines = 0;
+        let t0 = std::time::Instant::now();
+        for _ in 0..16 {
+            for _ in 0..MAX_LINE {
+                b.push(b"y", |_| lines += 1);
+            }
+        }
+        b.push(b"\n", |_| lines += 1);
+        assert_eq!(lines, 16);
+        assert!(b.pending.is_empty());
+        // Quadratic scanning takes minutes here; linear takes milliseconds.
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
     }
 
     #[test]

@@ -60,8 +60,33 @@ pub struct RunRequest {
     pub spawn_attempts: u32,
     /// Bytes of artifacts collected at most.
     pub artifacts_cap: u64,
+    /// What the guest may make the host keep or wait for, besides the artifacts' bytes.
+    pub limits: GuestLimits,
     /// `--no-destroy`: leave the instance running and say how to reach it.
     pub keep_instance: bool,
+}
+
+/// Caps on what a guest can make the host store or wait for (README: "The guest
+/// boundary"). The artifacts' byte cap is per task, in [`RunRequest::artifacts_cap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// How long collecting the artifacts may take: a guest whose `tar` never ends must not
+    /// hold the machine, the slot and the lease.
+    pub collect_timeout: Duration,
+    /// Bytes of run log (`ferrotron.log`) kept; task output past it is dropped, marked.
+    pub log_bytes: u64,
+    /// Entries an artifacts archive may hold.
+    pub archive_entries: u64,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            collect_timeout: Duration::from_secs(600),
+            log_bytes: 100 * 1024 * 1024,
+            archive_entries: transfer::Caps::DEFAULT_ENTRIES,
+        }
+    }
 }
 
 /// What happened, for the terminal, `--format json` and the caller's exit status.
@@ -132,10 +157,74 @@ enum Ending {
     Cancelled,
 }
 
+/// How collecting the artifacts ended.
+enum Collect {
+    /// Collected, or nothing to collect.
+    Done,
+    /// The guest sent more than its caps or took longer than the deadline: the task's doing.
+    TaskFault(String),
+    /// ferrotron or the machine failed underneath.
+    Failed(String),
+}
+
+impl std::fmt::Display for Collect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Collect::Done => f.write_str("collected"),
+            Collect::TaskFault(e) | Collect::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// The run log, cut at a cap. Task output stops at the cap less a reserve; ferrotron's own
+/// lines (phases, notices, the final state) still fit in the reserve, so the end of a
+/// flooded run is still explained, and the file never exceeds the cap.
+struct RunLog {
+    file: std::fs::File,
+    written: u64,
+    cap: u64,
+    truncated: bool,
+}
+
+impl RunLog {
+    /// Room kept for ferrotron's lines once task output has filled the log.
+    const RESERVE: u64 = 256 * 1024;
+
+    fn write(&mut self, event: &Event) {
+        let line = event.line();
+        let len = line.len() as u64 + 1;
+        let from_task = matches!(event, Event::Output { .. });
+        let limit = if from_task {
+            self.cap.saturating_sub(Self::RESERVE)
+        } else {
+            self.cap
+        };
+        if self.written + len > limit {
+            if from_task && !self.truncated {
+                self.truncated = true;
+                let mark = format!(
+                    "ferrotron: run log truncated: task output past {} bytes is not kept                      (guest.log_mib)",
+                    limit
+                );
+                self.put(&mark);
+            }
+            return;
+        }
+        self.put(&line);
+    }
+
+    fn put(&mut self, line: &str) {
+        // A full disk must not stop the run; the terminal still shows the line.
+        if writeln!(self.file, "{line}").is_ok() {
+            self.written += line.len() as u64 + 1;
+        }
+    }
+}
+
 /// Mutable state of one run, kept outside the body future so that a timeout or a signal
 /// (which drops the body) cannot lose the instance or the phases measured so far.
 struct RunCtx {
-    log: Mutex<std::fs::File>,
+    log: Mutex<RunLog>,
     sink: EventSink,
     phases: Mutex<Vec<Phase>>,
     instance: Mutex<Option<Instance>>,
@@ -148,8 +237,7 @@ struct RunCtx {
 impl RunCtx {
     fn emit(&self, event: Event) {
         if let Ok(mut log) = self.log.lock() {
-            // A full disk must not stop the run; the terminal still shows the line.
-            let _ = writeln!(log, "{}", event.line());
+            log.write(&event);
         }
         (self.sink)(&event);
     }
@@ -272,7 +360,12 @@ impl Runner {
             .await?;
 
         let cx = RunCtx {
-            log: Mutex::new(log),
+            log: Mutex::new(RunLog {
+                file: log,
+                written: 0,
+                cap: req.limits.log_bytes,
+                truncated: false,
+            }),
             sink: self.sink.clone(),
             phases: Mutex::default(),
             instance: Mutex::default(),
@@ -311,25 +404,38 @@ impl Runner {
         };
 
         let mut refused = Vec::new();
-        let collect_ok = if matches!(ending, Ending::Cancelled) {
-            true
+        let mut ending = ending;
+        let collected = if matches!(ending, Ending::Cancelled) {
+            Collect::Done
         } else {
-            Box::pin(self.collect(&req, &cx, &artifacts_dir, &mut refused)).await
+            // Cancel still counts while collecting (the guest's tar may never end).
+            tokio::select! {
+                c = Box::pin(self.collect(&req, &cx, &artifacts_dir, &mut refused)) => c,
+                Ok(_) = cancel.wait_for(|c| *c) => {
+                    ending = Ending::Cancelled;
+                    Collect::Done
+                }
+            }
         };
         let kept = Box::pin(self.teardown(&req, &cx)).await;
 
         let task = std::mem::take(&mut *cx.task.lock().expect("task lock"));
-        let (state, exit_code, error) = match ending {
-            Ending::Completed if collect_ok => {
+        let (state, exit_code, error) = match (ending, collected) {
+            (Ending::Completed, Collect::Done) => {
                 (RunState::Finished, task.exit_code.unwrap_or(exit::OK), None)
             }
-            Ending::Completed => (
+            (Ending::Completed, Collect::TaskFault(e)) => (
+                RunState::Failed,
+                exit::TASK_FAILED,
+                Some(format!("collecting artifacts: {e} (the task's doing)")),
+            ),
+            (Ending::Completed, Collect::Failed(e)) => (
                 RunState::Crashed,
                 exit::INFRA,
-                Some("collecting artifacts failed".to_string()),
+                Some(format!("collecting artifacts failed: {e}")),
             ),
-            Ending::TaskFailed(e) => (RunState::Failed, exit::TASK_FAILED, Some(e)),
-            Ending::TimedOut(d) => (
+            (Ending::TaskFailed(e), _) => (RunState::Failed, exit::TASK_FAILED, Some(e)),
+            (Ending::TimedOut(d), _) => (
                 RunState::Failed,
                 exit::TASK_FAILED,
                 Some(format!(
@@ -337,8 +443,8 @@ impl Runner {
                     event::human_duration(d)
                 )),
             ),
-            Ending::Infra(e) => (RunState::Crashed, exit::INFRA, Some(e)),
-            Ending::Cancelled => (
+            (Ending::Infra(e), _) => (RunState::Crashed, exit::INFRA, Some(e)),
+            (Ending::Cancelled, _) => (
                 RunState::Cancelled,
                 exit::CANCELLED,
                 Some("interrupted".to_string()),
@@ -411,7 +517,9 @@ impl Runner {
             }
         };
         if let Err(e) = cx.phase("upload", Box::pin(upload)).await {
-            return Ending::Infra(self.explain(cx, format!("uploading the task: {e}")).await);
+            return self
+                .lost(cx, format!("uploading the task: {e}"), matches!(e, guest::GuestError::OverCap(_)))
+                .await;
         }
 
         let mut vars = Vars::default();
@@ -470,10 +578,9 @@ impl Runner {
                     return Ending::TaskFailed(format!("action `{}` failed: {e}", action.name));
                 }
                 Err(ActionError::Guest(e)) => {
-                    return Ending::Infra(
-                        self.explain(cx, format!("action `{}`: {e}", action.name))
-                            .await,
-                    );
+                    return self
+                        .lost(cx, format!("action `{}`: {e}", action.name), false)
+                        .await;
                 }
             }
         }
@@ -481,8 +588,8 @@ impl Runner {
     }
 
     /// Adds the provider's word on the instance to a lost-connection error (it may have been
-    /// deleted behind our back).
-    async fn explain(&self, cx: &RunCtx, error: String) -> String {
+    /// deleted behind our back, or have powered itself off), and whether the guest did it.
+    async fn explain(&self, cx: &RunCtx, error: String) -> (String, bool) {
         let id = cx
             .instance
             .lock()
@@ -491,10 +598,22 @@ impl Runner {
             .map(|i| i.id.clone());
         match id {
             Some(id) => match self.provider.explain_loss(&id).await {
-                Some(why) => format!("{error} ({why})"),
-                None => error,
+                Some(loss) => (format!("{error} ({})", loss.why), loss.by_guest),
+                None => (error, false),
             },
-            None => error,
+            None => (error, false),
+        }
+    }
+
+    /// How the run ends when the guest failed under an action: the task's failure when the
+    /// guest itself caused it (it powered off; `task_caused` for an over-cap answer), else
+    /// the infrastructure's, which the scheduler retries and counts against the provider.
+    async fn lost(&self, cx: &RunCtx, error: String, task_caused: bool) -> Ending {
+        let (error, by_guest) = self.explain(cx, error).await;
+        if task_caused || by_guest {
+            Ending::TaskFailed(format!("{error}; the task's doing, not retried"))
+        } else {
+            Ending::Infra(error)
         }
     }
 
@@ -584,27 +703,47 @@ impl Runner {
         Ok(session)
     }
 
-    /// Downloads the artifacts directory. Returns whether that worked.
+    /// Downloads the artifacts directory, within the run's caps and collection deadline.
     async fn collect(
         &self,
         req: &RunRequest,
         cx: &RunCtx,
         into: &Path,
         refused: &mut Vec<(String, String)>,
-    ) -> bool {
+    ) -> Collect {
         let Some(session) = cx.session() else {
-            return true; // nothing ran, nothing to collect
+            return Collect::Done; // nothing ran, nothing to collect
         };
         let _ = self
             .store
             .set_run_state(req.uuid, RunState::Collecting)
             .await;
         let remote = Layout::under(session.root()).artifactsdir;
+        let caps = transfer::Caps {
+            bytes: req.artifacts_cap,
+            entries: req.limits.archive_entries,
+            path_bytes: transfer::Caps::DEFAULT_PATH_BYTES,
+        };
+        let limit = req.limits.collect_timeout;
         let got = cx
-            .phase(
-                "collect",
-                transfer::get_dir(session.as_ref(), &remote, into, req.artifacts_cap),
-            )
+            .phase("collect", async {
+                match tokio::time::timeout(
+                    limit,
+                    transfer::get_dir(session.as_ref(), &remote, into, &caps),
+                )
+                .await
+                {
+                    Ok(r) => r.map_err(|e| match e {
+                        guest::GuestError::OverCap(m) => Collect::TaskFault(m),
+                        e => Collect::Failed(e.to_string()),
+                    }),
+                    Err(_) => Err(Collect::TaskFault(format!(
+                        "the guest did not finish sending its artifacts within {} \
+                         (guest.collect_timeout_s)",
+                        event::human_duration(limit)
+                    ))),
+                }
+            })
             .await;
         match got {
             Ok(c) => {
@@ -612,12 +751,18 @@ impl Runner {
                     cx.emit(Event::Notice(format!("artifact refused: {path}: {why}")));
                 }
                 refused.extend(c.refused);
-                true
+                Collect::Done
             }
-            Err(e) => {
+            Err(Collect::Failed(e)) => {
+                let (e, by_guest) = self.explain(cx, e).await;
                 cx.emit(Event::Notice(format!("collecting artifacts failed: {e}")));
-                false
+                if by_guest {
+                    Collect::TaskFault(e)
+                } else {
+                    Collect::Failed(e)
+                }
             }
+            Err(other) => other,
         }
     }
 

@@ -82,6 +82,7 @@ pub struct TaskSpec {
     pub weight: u32,
     pub spawn_attempts: u32,
     pub artifacts_cap: u64,
+    pub limits: crate::runner::GuestLimits,
 }
 
 /// What a finished run tells the bus (the body of the result message).
@@ -414,6 +415,7 @@ impl Scheduler {
                     task_timeout: task.timeout,
                     spawn_attempts: task.spawn_attempts.max(1),
                     artifacts_cap: task.artifacts_cap,
+                    limits: task.limits,
                     keep_instance: false,
                 };
                 let runner = Runner {
@@ -861,7 +863,7 @@ mod size {
                     data_dir: tmp.path().into(),
                     sink: std::sync::Arc::new(|_: &crate::runner::Event| {}),
                 };
-                let req = crate::runner::RunRequest { uuid: uuid::Uuid::now_v7(), formula, item: String::new(), item_type: String::new(), arch: String::new(), jobid: String::new(), owner: String::new(), image: String::new(), task_timeout: std::time::Duration::from_secs(1), spawn_attempts: 1, artifacts_cap: 1, keep_instance: false };
+                let req = crate::runner::RunRequest { uuid: uuid::Uuid::now_v7(), formula, item: String::new(), item_type: String::new(), arch: String::new(), jobid: String::new(), owner: String::new(), image: String::new(), task_timeout: std::time::Duration::from_secs(1), spawn_attempts: 1, artifacts_cap: 1, limits: Default::default(), keep_instance: false };
                 let (_tx, rx) = tokio::sync::watch::channel(false);
                 let f = runner.run(req, rx);
                 std::mem::size_of_val(&f)

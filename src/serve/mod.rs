@@ -103,7 +103,8 @@ impl Daemon {
                         max_instances: p.max_instances,
                         accel: *accel,
                         ..LibvirtConfig::new(uri.clone(), data_dir.join("instances"))
-                    });
+                    })
+                    .with_console_cap(config.guest.console_bytes());
                     (Arc::new(prov), base.path.display().to_string())
                 }
                 ProviderKind::Local => (
@@ -150,6 +151,7 @@ impl Daemon {
                     weight: t.weight,
                     spawn_attempts: t.spawn_attempts,
                     artifacts_cap: t.artifacts_mib.saturating_mul(1024 * 1024),
+                    limits: config.guest.limits(),
                 },
             );
             defaults_by_task.insert(

@@ -26,8 +26,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{
-    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Provider, ProviderError,
-    SshTarget,
+    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider,
+    ProviderError, SshTarget,
 };
 use auth::{ApiError, Client};
 use config::{AddressKind, CloudConfig};
@@ -365,30 +365,34 @@ impl Provider for OpenStackProvider {
         })
     }
 
-    async fn explain_loss(&self, id: &str) -> Option<String> {
+    async fn explain_loss(&self, id: &str) -> Option<Loss> {
         let what = format!("server {id} on cloud `{}`", self.cloud().name);
         match nova::get_server(&self.client, id).await {
-            Ok(None) => Some(format!(
+            Ok(None) => Some(Loss::infra(format!(
                 "{what} no longer exists: it was deleted outside this run"
-            )),
+            ))),
             Ok(Some(s))
                 if s.task_state.as_deref() == Some("deleting")
                     || matches!(s.status.as_str(), "DELETED" | "SOFT_DELETED") =>
             {
-                Some(format!("{what} is being deleted outside this run"))
+                Some(Loss::infra(format!("{what} is being deleted outside this run")))
             }
-            Ok(Some(s)) if s.status != "ACTIVE" => Some(format!(
+            // Nova marks a server whose guest powered itself off SHUTOFF.
+            Ok(Some(s)) if s.status == "SHUTOFF" => Some(Loss {
+                why: format!("{what} is SHUTOFF: the guest powered itself off"),
+                by_guest: true,
+            }),
+            Ok(Some(s)) if s.status != "ACTIVE" => Some(Loss::infra(format!(
                 "{what} is {}{}",
                 s.status,
                 s.fault
                     .as_ref()
                     .map(|_| format!(": {}", s.fault_text()))
                     .unwrap_or_default()
-            )),
+            ))),
             _ => None,
         }
-    }
-}
+    }}
 
 /// Reads ferrotron's metadata back; `None` unless all of it is there and well-formed.
 pub fn parse_metadata(m: &BTreeMap<String, String>) -> Option<InstanceMeta> {
