@@ -588,7 +588,10 @@ mod tests {
             let got = unpack(&tar, &dest, &Caps::bytes(1 << 20)).unwrap();
             let refused: Vec<_> = got.refused.iter().map(|(p, _)| p.as_str()).collect();
             assert!(refused.contains(&"a/a/c"), "{order}: {refused:?}");
-            assert!(refused.contains(&"a/a/c/deeper.txt"), "{order}: {refused:?}");
+            assert!(
+                refused.contains(&"a/a/c/deeper.txt"),
+                "{order}: {refused:?}"
+            );
             assert!(refused.contains(&"b"), "{order}: {refused:?}");
             // `a -> .` itself stays inside and is kept; `c` is a real directory.
             assert_eq!(std::fs::read_link(dest.join("a")).unwrap(), Path::new("."));
@@ -599,7 +602,10 @@ mod tests {
             );
             for p in walk(&dest) {
                 let real = std::fs::canonicalize(&p).unwrap_or(p.clone());
-                assert!(real.starts_with(dest.canonicalize().unwrap()), "{p:?} -> {real:?}");
+                assert!(
+                    real.starts_with(dest.canonicalize().unwrap()),
+                    "{p:?} -> {real:?}"
+                );
             }
         }
         assert_eq!(outside(tmp.path(), &dest), [tmp.path().join("box")]);
@@ -636,7 +642,10 @@ mod tests {
         let err = unpack(&many, &tmp.path().join("many"), &caps).unwrap_err();
         assert!(matches!(err, GuestError::OverCap(_)), "{err}");
         assert!(err.to_string().contains("10 entries"), "{err}");
-        assert!(!tmp.path().join("many/f0").exists(), "nothing is unpacked past a cap");
+        assert!(
+            !tmp.path().join("many/f0").exists(),
+            "nothing is unpacked past a cap"
+        );
 
         let long = |len: usize| {
             archive(|b| {
@@ -652,7 +661,10 @@ mod tests {
         };
         let got = unpack(&long(300), &tmp.path().join("long"), &caps).unwrap();
         assert_eq!(got.files, 1);
-        assert!(got.refused[0].1.contains("longer than 100 bytes"), "{got:?}");
+        assert!(
+            got.refused[0].1.contains("longer than 100 bytes"),
+            "{got:?}"
+        );
         let err = unpack(&long(1 << 20), &tmp.path().join("huge"), &caps).unwrap_err();
         assert!(err.to_string().contains("extension header"), "{err}");
 
@@ -664,7 +676,10 @@ mod tests {
         });
         let got = unpack(&refusals, &tmp.path().join("r"), &Caps::bytes(1 << 20)).unwrap();
         assert_eq!(got.refused.len(), MAX_REFUSED_LISTED + 1);
-        assert!(got.refused.last().unwrap().1.contains("400 more"), "{got:?}");
+        assert!(
+            got.refused.last().unwrap().1.contains("400 more"),
+            "{got:?}"
+        );
     }
 
     proptest::proptest! {
@@ -725,14 +740,22 @@ mod tests {
             .unwrap();
         assert_eq!((got.files, got.bytes), (1, 5));
         let f = remote.join("d/f.txt");
-        assert_eq!(read_file(&s, f.to_str().unwrap(), 5).await.unwrap(), b"hello");
+        assert_eq!(
+            read_file(&s, f.to_str().unwrap(), 5).await.unwrap(),
+            b"hello"
+        );
         // Longer than allowed is an error the runner blames on the task, not a cut value.
         let over = read_file(&s, f.to_str().unwrap(), 4).await.unwrap_err();
         assert!(matches!(over, GuestError::OverCap(_)), "{over}");
 
-        let none = get_dir(&s, "/nonexistent/dir", &tmp.path().join("none"), &Caps::bytes(10))
-            .await
-            .unwrap();
+        let none = get_dir(
+            &s,
+            "/nonexistent/dir",
+            &tmp.path().join("none"),
+            &Caps::bytes(10),
+        )
+        .await
+        .unwrap();
         assert_eq!(none, Collected::default());
         assert!(read_file(&s, "/nonexistent/file", 3).await.is_err());
     }

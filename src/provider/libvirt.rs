@@ -18,8 +18,8 @@ use virt::connect::Connect;
 
 use super::seed;
 use super::{
-    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider,
-    ProviderError, SshTarget,
+    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider, ProviderError,
+    SshTarget,
 };
 use crate::image::BaseImage;
 
@@ -403,7 +403,9 @@ impl Provider for LibvirtProvider {
         let name = id.to_string();
         let state = self
             .blocking(move |c| match c.lookup_domain_by_name(&name) {
-                Ok(d) => Ok(Some(d.state().map_err(virt_err("reading the domain state"))?)),
+                Ok(d) => Ok(Some(
+                    d.state().map_err(virt_err("reading the domain state"))?,
+                )),
                 Err(e)
                     if e.code()
                         == virt::error::ErrorNumberEnum::Known(

@@ -35,9 +35,17 @@ pub fn user_data(spec: &InstanceSpec) -> String {
 /// Writes the seed for `spec` to `out`, staging its files in `root` (removed afterwards,
 /// since it holds the guest's private host key).
 pub async fn write(root: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), ProviderError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::io::Write;
     let root = root.to_path_buf();
     let fdir = root.join("ferrotron");
-    std::fs::create_dir_all(&fdir).map_err(ProviderError::io("creating the seed tree"))?;
+    // Owner-only from the start: the tree and the seed hold the guest's private host key,
+    // and the instance directory is world-readable (libvirt's qemu user walks it).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&fdir)
+        .map_err(ProviderError::io("creating the seed tree"))?;
     let uuid = spec.meta.run_uuid;
     let short: String = uuid.simple().to_string().chars().take(8).collect();
     let user_data = user_data(spec);
@@ -61,7 +69,13 @@ pub async fn write(root: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), P
         ),
     ];
     for (path, content) in files {
-        std::fs::write(&path, content)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(content.as_bytes()))
             .map_err(ProviderError::io(format!("writing {}", path.display())))?;
     }
     let r = super::run_tool(
@@ -74,5 +88,44 @@ pub async fn write(root: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), P
     .await;
     // The private host key must not linger in a plain file longer than needed.
     let _ = std::fs::remove_dir_all(&root);
-    r
+    r?;
+    // libvirt hands the disk to its qemu user when the domain starts (dynamic ownership).
+    std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o600))
+        .map_err(ProviderError::io(format!("restricting {}", out.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn the_seed_holding_the_host_key_is_owner_only() {
+        if std::process::Command::new("genisoimage")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: genisoimage not installed");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = crate::guest::keys::RunKeys::generate().unwrap();
+        let spec = InstanceSpec {
+            meta: crate::provider::InstanceMeta {
+                run_uuid: uuid::Uuid::now_v7(),
+                owner: "t".into(),
+                image: "i".into(),
+                created_at: time::OffsetDateTime::now_utc(),
+            },
+            client_public_key: keys.client_public(),
+            host_private_key_openssh: keys.host_private_openssh(),
+            host_public_key: keys.host_public(),
+        };
+        let out = tmp.path().join("seed.iso");
+        write(&tmp.path().join("seed"), &out, &spec).await.unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "seed mode {mode:o}");
+        assert!(!tmp.path().join("seed").exists(), "staging tree removed");
+    }
 }

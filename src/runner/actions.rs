@@ -90,8 +90,12 @@ pub async fn run_action(
         Directive::Shell(commands) => {
             let mut exported = Vec::new();
             for command in commands {
+                // Shown in errors as written; run with values out of the shell's reach.
                 let script = render(command)?;
-                let (status, stdout) = exec_streamed(cx, &action.name, &script).await?;
+                let run = command
+                    .render_for_shell(vars)
+                    .map_err(|e| ActionError::Task(format!("action `{}`: {e}", action.name)))?;
+                let (status, stdout) = exec_streamed(cx, &action.name, &run).await?;
                 exported.extend_from_slice(&stdout);
                 if status != 0 {
                     return Err(ActionError::Task(format!(

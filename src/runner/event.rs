@@ -162,7 +162,11 @@ mod tests {
         assert_eq!(lines, 16);
         assert!(b.pending.is_empty());
         // Quadratic scanning takes minutes here; linear takes milliseconds.
-        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[test]

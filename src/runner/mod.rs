@@ -125,6 +125,9 @@ pub enum RunnerError {
     /// The request cannot run as given; nothing was created.
     #[error("{0}")]
     Invalid(String),
+    /// The run panicked (a ferrotron bug); caught by the scheduler's guard.
+    #[error("{0}")]
+    Panicked(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
     #[error("generating the run's SSH keys: {0}")]
@@ -518,7 +521,11 @@ impl Runner {
         };
         if let Err(e) = cx.phase("upload", Box::pin(upload)).await {
             return self
-                .lost(cx, format!("uploading the task: {e}"), matches!(e, guest::GuestError::OverCap(_)))
+                .lost(
+                    cx,
+                    format!("uploading the task: {e}"),
+                    matches!(e, guest::GuestError::OverCap(_)),
+                )
                 .await;
         }
 

@@ -424,7 +424,17 @@ impl Scheduler {
                     data_dir: self.data_dir.clone(),
                     sink: self.sink(job.id, &slot.name),
                 };
-                runner.run(req, cancel).await
+                match guarded(runner.run(req, cancel)).await {
+                    Ok(r) => r,
+                    Err(why) => {
+                        // Close the run so that the reaper may destroy its instance.
+                        let _ = self
+                            .store
+                            .finish_run(run, RunState::Crashed, Some(exit::INFRA), Some(&why))
+                            .await;
+                        Err(RunnerError::Panicked(why))
+                    }
+                }
             }
             None => Err(RunnerError::Invalid(format!(
                 "task `{}` is not configured in this daemon",
@@ -843,6 +853,43 @@ impl Scheduler {
         reaped
     }
 }
+/// Runs `fut` as a task of its own, so that a panic in one run (a bug, a value nobody
+/// foresaw) ends that run as a crash the scheduler ends and retries, instead of leaving its
+/// job claimed forever with the heartbeat renewing the lease.
+async fn guarded<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    tokio::spawn(fut).await.map_err(|e| {
+        let why = if e.is_panic() {
+            let p = e.into_panic();
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into())
+        } else {
+            e.to_string()
+        };
+        format!("ferrotron bug: the run panicked: {why}")
+    })
+}
+
+#[cfg(test)]
+mod guard {
+    #[tokio::test]
+    async fn a_panicking_run_becomes_an_error() {
+        assert_eq!(super::guarded(async { 7 }).await, Ok(7));
+        let err = super::guarded(async {
+            if std::hint::black_box(true) {
+                panic!("boom at {}", 3);
+            }
+            1
+        })
+        .await
+        .unwrap_err();
+        assert!(err.contains("the run panicked: boom at 3"), "{err}");
+    }
+}
+
 #[cfg(test)]
 mod size {
     #[test]

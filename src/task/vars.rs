@@ -31,6 +31,18 @@ pub enum VarError {
     Unknown { name: String },
 }
 
+/// Whether `s` reads the same to a shell in every context (unquoted, in double or single
+/// quotes, in a heredoc): no expansion, quoting, globbing, splitting or comment character.
+fn is_shell_word(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c))
+        && !s.starts_with(['-', '='])
+}
+
+/// Prefix of the shell variables that carry values into `shell` commands.
+pub const SHELL_VAR_PREFIX: &str = "FERROTRON_VAR_";
+
 /// Whether `s` can name a variable (and so an `export`).
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
@@ -177,6 +189,48 @@ impl Template {
         Ok(out)
     }
 
+    /// The template as a `/bin/sh` script in which no value is ever interpreted by the shell.
+    /// A value made only of characters no shell context treats specially (letters, digits,
+    /// `_./:=@%+,-`) is written as it is, as before. Any other value is assigned once, quoted
+    /// by [`crate::guest::shell_quote`], to a shell variable `FERROTRON_VAR_<name>` on a
+    /// first line, and `${name}` becomes `${FERROTRON_VAR_<name>}`. Values come from bus
+    /// messages (the item, type, arch) and from earlier actions' output: `echo "${item}"`
+    /// with the item `$(reboot)` prints it, where text substitution would have run it. For
+    /// such a value, `'${item}'` in single quotes stays the variable's name.
+    pub fn render_for_shell(&self, vars: &Vars) -> Result<String, VarError> {
+        let mut assigned: Vec<&str> = Vec::new();
+        let mut prelude = String::new();
+        let mut body = String::with_capacity(self.source.len());
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(text) => body.push_str(text),
+                Piece::Var { name, .. } => {
+                    let value = vars
+                        .get(name)
+                        .ok_or_else(|| VarError::Unknown { name: name.clone() })?;
+                    if is_shell_word(value) {
+                        body.push_str(value);
+                        continue;
+                    }
+                    if !assigned.contains(&name.as_str()) {
+                        assigned.push(name);
+                        prelude.push_str(&format!(
+                            "{SHELL_VAR_PREFIX}{name}={} ",
+                            crate::guest::shell_quote(value)
+                        ));
+                    }
+                    body.push_str(&format!("${{{SHELL_VAR_PREFIX}{name}}}"));
+                }
+            }
+        }
+        if prelude.is_empty() {
+            return Ok(body);
+        }
+        // One assignment-only command: the values are set in this shell, never exported.
+        prelude.pop();
+        Ok(format!("{prelude}\n{body}"))
+    }
+
     /// The text as written in the formula, placeholders unexpanded.
     pub fn as_source(&self) -> &str {
         &self.source
@@ -243,6 +297,51 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Vars {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Runs `script` with /bin/sh and returns its stdout.
+    fn sh(script: &str) -> String {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn no_value_reaches_the_shell_as_code() {
+        let tmp = tempfile::tempdir().unwrap();
+        let marker = tmp.path().join("pwned");
+        let evil = format!("$(touch {m})`touch {m}`'\"; touch {m}; \\ *", m = marker.display());
+        let mut v = Vars::new();
+        v.insert("item", evil.as_str());
+        v.insert("arch", "x86_64");
+        let t = Template::parse(
+            "printf '%s|' \"${item}\" ${arch} \"${arch}\" '${arch}'; printf '%s' \"${item}\"",
+        )
+        .unwrap();
+        let script = t.render_for_shell(&v).unwrap();
+        assert_eq!(
+            sh(&script),
+            format!("{evil}|x86_64|x86_64|x86_64|{evil}"),
+            "{script}"
+        );
+        assert!(!marker.exists(), "the value ran as code: {script}");
+        // Plain text substitution, for contrast, runs it.
+        sh(&t.render(&v).unwrap());
+        assert!(marker.exists(), "the test's value is not hostile enough");
+    }
+
+    proptest! {
+        /// Any value, in double quotes, comes out of the shell exactly as it went in.
+        #[test]
+        fn any_value_survives_the_shell(value in "[^\u{0}]{0,40}") {
+            let mut v = Vars::new();
+            v.insert("x", value.as_str());
+            let script = Template::parse("printf '%s' \"${x}\"").unwrap().render_for_shell(&v).unwrap();
+            prop_assert_eq!(sh(&script), value);
+        }
+    }
 
     fn vars() -> Vars {
         [("koji_build", "xchat-0.5-1.fc20"), ("workdir", "/tmp/w")]

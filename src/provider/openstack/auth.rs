@@ -635,8 +635,16 @@ impl Client {
 }
 
 fn retry_after(resp: Option<&Response>) -> Option<Duration> {
-    let v = resp?.headers().get("Retry-After")?.to_str().ok()?;
+    parse_retry_after(resp?.headers().get("Retry-After")?.to_str().ok()?)
+}
+
+/// Seconds from a `Retry-After` value, at most a minute. `NaN` parses as an f64 and would
+/// panic in `Duration::from_secs_f64`: a server's header must not take the daemon down.
+fn parse_retry_after(v: &str) -> Option<Duration> {
     let secs: f64 = v.trim().parse().ok()?;
+    if secs.is_nan() {
+        return None;
+    }
     Some(Duration::from_secs_f64(secs.clamp(0.0, 60.0)))
 }
 
@@ -657,6 +665,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_values_from_a_server_never_panic() {
+        assert_eq!(parse_retry_after(" 5 "), Some(Duration::from_secs(5)));
+        assert_eq!(parse_retry_after("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_retry_after("-3"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("inf"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_retry_after("1e400"), Some(Duration::from_secs(60)));
+        for bad in ["NaN", "nan", "-NaN", "soon", ""] {
+            assert_eq!(parse_retry_after(bad), None, "{bad}");
+        }
+    }
 
     fn catalog() -> Vec<CatalogEntry> {
         serde_json::from_value(json!([

@@ -26,8 +26,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{
-    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider,
-    ProviderError, SshTarget,
+    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider, ProviderError,
+    SshTarget,
 };
 use auth::{ApiError, Client};
 use config::{AddressKind, CloudConfig};
@@ -375,7 +375,9 @@ impl Provider for OpenStackProvider {
                 if s.task_state.as_deref() == Some("deleting")
                     || matches!(s.status.as_str(), "DELETED" | "SOFT_DELETED") =>
             {
-                Some(Loss::infra(format!("{what} is being deleted outside this run")))
+                Some(Loss::infra(format!(
+                    "{what} is being deleted outside this run"
+                )))
             }
             // Nova marks a server whose guest powered itself off SHUTOFF.
             Ok(Some(s)) if s.status == "SHUTOFF" => Some(Loss {
@@ -392,7 +394,8 @@ impl Provider for OpenStackProvider {
             ))),
             _ => None,
         }
-    }}
+    }
+}
 
 /// Reads ferrotron's metadata back; `None` unless all of it is there and well-formed.
 pub fn parse_metadata(m: &BTreeMap<String, String>) -> Option<InstanceMeta> {
