@@ -13,8 +13,11 @@
 //! failing infrastructure is retried with exponential backoff and jitter, a provider that
 //! keeps failing is given a rest by its circuit breaker (no relaunch storm).
 
+mod control;
 pub mod intake;
 pub mod policy;
+
+pub use control::SlotStatus;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -112,11 +115,16 @@ pub struct RunSummary {
 enum CancelReason {
     Shutdown,
     LostLease,
+    /// Someone asked over the API (or on the page) to cancel the job or its run.
+    Requested,
 }
 
 struct Running {
     /// When it was launched: a heartbeat that began earlier may not have seen its claim.
     launched: Instant,
+    /// The job's uuid and the run of this attempt (cancel requests name either).
+    job: Uuid,
+    run: Uuid,
     cancel: watch::Sender<bool>,
     reason: Option<CancelReason>,
     state: RunState,
@@ -379,6 +387,8 @@ impl Scheduler {
             job.id,
             Running {
                 launched: Instant::now(),
+                job: job.uuid,
+                run: run_uuid(job.uuid, job.attempts),
                 cancel: tx,
                 reason: None,
                 state: RunState::Provisioning,
@@ -410,7 +420,8 @@ impl Scheduler {
                     arch: job.arch.clone(),
                     jobid: job.uuid.to_string(),
                     owner: self.instance_owner.clone(),
-                    image: slot.image.clone(),
+                    // A rerun repeats its run's image; other jobs take the provider's.
+                    image: job.image.clone().unwrap_or_else(|| slot.image.clone()),
                     task_timeout: task.timeout,
                     spawn_attempts: task.spawn_attempts.max(1),
                     artifacts_cap: task.artifacts_cap,
@@ -555,7 +566,11 @@ impl Scheduler {
             RunState::Cancelled => JobEnd::Done {
                 state: RunState::Cancelled,
                 outcome: None,
-                error: report.error.clone(),
+                error: if reason == Some(CancelReason::Requested) {
+                    Some("cancelled on request".into())
+                } else {
+                    report.error.clone()
+                },
             },
             _ => {
                 let opened = slot
@@ -656,6 +671,7 @@ impl Scheduler {
         loop {
             tick.tick().await;
             self.flush_states().await;
+            self.act_on_cancel_requests().await;
             let asked = Instant::now();
             let held: HashSet<i64> = match self
                 .store

@@ -154,6 +154,16 @@ impl Breaker {
         }
     }
 
+    /// `closed`, `open` or `half-open`, for people (an open breaker whose cool-down is over
+    /// says half-open: the next claim is its probe).
+    pub fn state_name(&self, now: Instant) -> &'static str {
+        match self.state {
+            State::Closed { .. } => "closed",
+            State::Open { until, .. } if now < until => "open",
+            State::Open { .. } | State::HalfOpen { .. } => "half-open",
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         !matches!(self.state, State::Closed { .. })
     }

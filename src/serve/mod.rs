@@ -5,6 +5,7 @@
 //! broker), stop claiming and give running jobs the grace period, cancel and requeue the
 //! rest, publish what is left to publish, stop HTTP.
 
+pub mod control;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ pub struct Daemon {
     pub api_token: Option<String>,
     pub max_body: usize,
     pub listen: String,
+    /// Runs' logs and artifacts: `<data_dir>/artifacts/<uuid>/`.
+    pub data_dir: PathBuf,
     results_rx: std::sync::Mutex<Option<mpsc::Receiver<RunSummary>>>,
 }
 
@@ -190,7 +193,7 @@ impl Daemon {
             farm: config.daemon.farm.clone(),
             providers: slots,
             tasks,
-            data_dir,
+            data_dir: data_dir.clone(),
             metrics: metrics.clone(),
             wake,
             results: results_tx,
@@ -208,6 +211,7 @@ impl Daemon {
             scheduler,
             api_token,
             listen,
+            data_dir,
             results_rx: std::sync::Mutex::new(results_rx),
             config,
         })
@@ -226,8 +230,23 @@ impl Daemon {
         b
     }
 
+    /// The review UI and every API of `ferrotron web`, on the daemon's store, with its
+    /// token and its farm controls (jobs, cancel, rerun).
+    pub fn web_router(&self) -> axum::Router {
+        let tokens = self.api_token.iter().cloned().collect();
+        let farm = control::DaemonControl {
+            scheduler: self.scheduler.clone(),
+            intake: self.intake.clone(),
+        };
+        crate::web::router(
+            crate::web::WebState::new(self.store.clone(), self.data_dir.clone(), tokens)
+                .with_farm(Arc::new(farm)),
+        )
+    }
+
     /// Runs until SIGTERM or SIGINT (or until `stop` turns true), then shuts down in order.
-    /// `extra` routers (the web UI, the ResultsDB API) are merged into the HTTP server.
+    /// The HTTP server serves the daemon's own routes, the review UI and the APIs
+    /// ([`Daemon::web_router`]) and any `extra` routers.
     pub async fn run(
         self: Arc<Self>,
         extra: Vec<axum::Router>,
@@ -287,7 +306,7 @@ impl Daemon {
             )));
         }
 
-        let mut app = http::router(self.clone());
+        let mut app = http::router(self.clone()).merge(self.web_router());
         for r in extra {
             app = app.merge(r);
         }

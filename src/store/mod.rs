@@ -18,6 +18,7 @@ macro_rules! data_lookup_sql {
     };
 }
 
+mod farm;
 mod query;
 mod queue;
 mod results;
@@ -34,6 +35,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
+pub use farm::{Hold, JobFilter, NewHold};
 pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
     like_pattern,

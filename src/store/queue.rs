@@ -71,11 +71,11 @@ pub(crate) const MIGRATION: super::schema::Migration = super::schema::Migration 
     ],
 };
 
-const IN_FLIGHT: &str = "state IN ('provisioning', 'running', 'collecting')";
+pub(super) const IN_FLIGHT: &str = "state IN ('provisioning', 'running', 'collecting')";
 
-const JOB_COLUMNS: &str = "id, uuid, message_id, topic, rule, task, item, item_type, arch, pool, \
-    provider, priority, state, attempts, max_attempts, claimed_by, lease_until, not_before, \
-    received_at, created_at, claimed_at, finished_at, error, outcome";
+pub(super) const JOB_COLUMNS: &str = "id, uuid, message_id, topic, rule, task, item, item_type, \
+    arch, pool, provider, priority, state, attempts, max_attempts, claimed_by, lease_until, \
+    not_before, received_at, created_at, claimed_at, finished_at, error, outcome, image";
 
 /// The run of attempt `attempt` (1-based) of job `job`: the job's uuid with the attempt
 /// number folded into its random low bits (still a valid v7 uuid, still time-ordered).
@@ -136,6 +136,9 @@ pub struct Job {
     pub error: Option<String>,
     /// A one-line summary of the last run's outcome.
     pub outcome: Option<String>,
+    /// The image its runs are created from instead of the provider's (a rerun keeps the
+    /// image of the run it repeats); `None`: the provider's configured image.
+    pub image: Option<String>,
 }
 
 impl Job {
@@ -212,10 +215,11 @@ fn job_from_row(row: &AnyRow) -> Result<Job, String> {
         finished_at: ot("finished_at")?,
         error: col(row, "error")?,
         outcome: col(row, "outcome")?,
+        image: col(row, "image")?,
     })
 }
 
-fn jobs_from_rows(rows: &[AnyRow], op: &str) -> Result<Vec<Job>, StoreError> {
+pub(super) fn jobs_from_rows(rows: &[AnyRow], op: &str) -> Result<Vec<Job>, StoreError> {
     rows.iter()
         .map(job_from_row)
         .collect::<Result<_, _>>()

@@ -137,6 +137,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX runs_arch_created ON runs (arch, created_at)",
         ],
     },
+    // Farm control: rerun images and holds (store/farm.rs). Numbered after its issue so that
+    // parallel branches do not collide; migrations are applied by number.
+    super::farm::MIGRATION,
 ];
 
 /// The newest schema version this binary knows.

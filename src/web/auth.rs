@@ -13,7 +13,16 @@ pub fn require_token(
     headers: &HeaderMap,
     body_token: Option<&str>,
 ) -> Result<(), ApiError> {
-    if state.tokens.is_empty() {
+    check_token(&state.tokens, headers, body_token)
+}
+
+/// [`require_token`] against a list of tokens (empty: read-only).
+pub fn check_token(
+    tokens: &[String],
+    headers: &HeaderMap,
+    body_token: Option<&str>,
+) -> Result<(), ApiError> {
+    if tokens.is_empty() {
         return Err(ApiError::status(
             StatusCode::FORBIDDEN,
             "this server is read-only (no API tokens are configured)",
@@ -40,8 +49,7 @@ pub fn require_token(
         }
     }
     let ok = offered.iter().filter(|t| !t.is_empty()).any(|t| {
-        state
-            .tokens
+        tokens
             .iter()
             .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes()))
     });

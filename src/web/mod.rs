@@ -7,7 +7,9 @@
 
 pub mod auth;
 pub mod error;
+pub mod farm;
 pub mod files;
+pub mod jobs_api;
 pub mod pages;
 pub mod params;
 pub mod resultsdb;
@@ -29,6 +31,8 @@ pub struct WebState {
     pub data_dir: PathBuf,
     /// Tokens accepted on POSTs. Empty: the server is read-only and refuses every write.
     pub tokens: Arc<[String]>,
+    /// The farm daemon of this process (`ferrotron serve`); `None` in `ferrotron web`.
+    pub farm: Option<Arc<dyn farm::FarmControl>>,
 }
 
 impl WebState {
@@ -37,7 +41,14 @@ impl WebState {
             store,
             data_dir,
             tokens: tokens.into(),
+            farm: None,
         }
+    }
+
+    /// The same, with the controls of the farm daemon that runs in this process.
+    pub fn with_farm(mut self, farm: Arc<dyn farm::FarmControl>) -> WebState {
+        self.farm = Some(farm);
+        self
     }
 }
 
@@ -46,6 +57,7 @@ pub fn router(state: WebState) -> Router {
     Router::new()
         .merge(resultsdb::routes())
         .merge(runs_api::routes())
+        .merge(jobs_api::routes())
         .merge(pages::routes())
         .with_state(state)
 }

@@ -1,9 +1,11 @@
 //! Runs API (`/api/v1/runs`): the list with filters and paging, one run with everything the
-//! run page shows, and cancel requests (recorded in the store; the owning daemon acts).
+//! run page shows, and cancel requests (recorded in the store; the owning daemon acts, at
+//! once when it is this process). Reruns are in [`super::jobs_api`]: they make a job.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -11,7 +13,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::params::{self, Pairs, csv, fmt_time};
-use super::{WebState, auth, base_url, files, resultsdb};
+use super::{WebState, base_url, files, resultsdb};
 use crate::outcome::Outcome;
 use crate::store::{RunFilter, RunRecord, RunState, RunSummary};
 
@@ -208,12 +210,26 @@ async fn cancel(
     headers: HeaderMap,
     Path(uuid): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let body_token = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("_auth_token")?.as_str().map(str::to_string));
-    auth::require_token(&st, &headers, body_token.as_deref())?;
-    let uuid = parse_run_uuid(&uuid)?;
+) -> Response {
+    if let Some(refusal) = super::jobs_api::refuse(&st, &headers, &body) {
+        return refusal;
+    }
+    match cancel_run(&st, &uuid).await {
+        // The run page's button: back to the page, which now says so.
+        Ok((uuid, _)) if super::jobs_api::from_form(&headers) => {
+            Redirect::to(&format!("/runs/{uuid}")).into_response()
+        }
+        Ok((uuid, state)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"uuid": uuid, "state": state, "cancel_requested": true})),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cancel_run(st: &WebState, uuid: &str) -> ApiResult<(Uuid, RunState)> {
+    let uuid = parse_run_uuid(uuid)?;
     let state = st.store.request_cancel(uuid).await?;
     if state.is_terminal() {
         return Err(ApiError::status(
@@ -221,10 +237,11 @@ async fn cancel(
             format!("run {uuid} is already {state}: nothing to cancel"),
         ));
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"uuid": uuid, "state": state, "cancel_requested": true})),
-    ))
+    // A daemon in this process that runs it stops it now; any other within a heartbeat.
+    if let Some(farm) = &st.farm {
+        farm.cancel_running(uuid);
+    }
+    Ok((uuid, state))
 }
 
 /// Quotes a word for a POSIX shell when it needs it.

@@ -62,6 +62,22 @@ pub async fn page(State(st): State<WebState>, Path(uuid): Path<String>) -> Respo
     if let Some(e) = &run.error {
         let _ = write!(b, "<p class=\"error\">{}</p>", esc(e));
     }
+    if st.farm.is_some() {
+        // Forms, not scripts: a browser without the token is asked for it (HTTP Basic).
+        b.push_str("<p class=\"actions\">");
+        if live && !cancel {
+            let _ = write!(
+                b,
+                "<form class=\"inline\" method=\"post\" action=\"/api/v1/runs/{uuid}/cancel\">\
+                 <button type=\"submit\" id=\"cancel\">cancel</button></form> "
+            );
+        }
+        let _ = write!(
+            b,
+            "<form class=\"inline\" method=\"post\" action=\"/api/v1/runs/{uuid}/rerun\">\
+             <button type=\"submit\" id=\"rerun\">rerun</button></form></p>"
+        );
+    }
 
     b.push_str("<h2>Parameters</h2><dl class=\"kv\">");
     let mut kv = |k: &str, v: String| {
