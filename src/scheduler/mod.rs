@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::config::SchedulerConfig;
@@ -136,8 +136,6 @@ pub struct SchedulerParts {
     pub data_dir: PathBuf,
     pub metrics: Arc<Metrics>,
     pub wake: Arc<Notify>,
-    /// Where run summaries go to be published; `None`: not published.
-    pub results: Option<mpsc::Sender<RunSummary>>,
     /// Base of run URLs.
     pub public_url: String,
     /// How long message ids are remembered for de-duplication.
@@ -155,7 +153,6 @@ pub struct Scheduler {
     data_dir: PathBuf,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
-    results: Option<mpsc::Sender<RunSummary>>,
     public_url: String,
     dedup_horizon: Duration,
     running: Mutex<HashMap<i64, Running>>,
@@ -197,7 +194,6 @@ impl Scheduler {
             data_dir: parts.data_dir,
             metrics: parts.metrics,
             wake: parts.wake,
-            results: parts.results,
             public_url: parts.public_url.trim_end_matches('/').to_string(),
             dedup_horizon: parts.dedup_horizon,
             running: Mutex::default(),
@@ -437,23 +433,18 @@ impl Scheduler {
             .and_then(|r| r.reason);
         slot.in_flight.fetch_sub(1, Ordering::SeqCst);
 
-        let (end, mut summary) = self.decide(&slot, &job, run, &result, reason);
+        let (end, summary) = self.decide(&slot, &job, run, &result, reason);
         if reason == Some(CancelReason::LostLease) {
             // The daemon that took the job over closes this run and tells the bus.
             tracing::warn!(job = %job.uuid, "job was taken over by another daemon; run {run} stopped");
-            summary = None;
         } else {
-            self.end_with_retries(&job, &end).await;
-        }
-        if let Some(summary) = summary {
-            self.metrics.run_ended(&summary.state);
-            if let Some(tx) = &self.results
-                && tx.try_send(summary).is_err()
-            {
-                self.metrics
-                    .results_publish_failed
-                    .fetch_add(1, Ordering::Relaxed);
+            if let Some(summary) = &summary {
+                self.metrics.run_ended(&summary.state);
             }
+            // The run message is committed with the job's end (the store's outbox), so it
+            // goes out exactly when the end is recorded, even across a restart.
+            let body = summary.as_ref().and_then(|s| serde_json::to_string(s).ok());
+            self.end_with_retries(&job, &end, body.as_deref()).await;
         }
         self.active.fetch_sub(1, Ordering::SeqCst);
         self.ended.notify_waiters();
@@ -595,11 +586,11 @@ impl Scheduler {
 
     /// Ends the job in the store, retrying a store that is briefly away. When it stays away,
     /// the lease runs out and recovery reads the run's final state instead.
-    async fn end_with_retries(&self, job: &Job, end: &JobEnd) {
+    async fn end_with_retries(&self, job: &Job, end: &JobEnd, announce: Option<&str>) {
         for attempt in 0..5u32 {
             match self
                 .store
-                .end_job(job.id, &self.daemon_id, job.attempts, end)
+                .end_job_announcing(job.id, &self.daemon_id, job.attempts, end, announce)
                 .await
             {
                 Ok(true) => return,

@@ -18,6 +18,7 @@ macro_rules! data_lookup_sql {
     };
 }
 
+mod outbox;
 mod query;
 mod queue;
 mod results;
@@ -34,6 +35,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
+pub use outbox::{OutboxEntry, OutboxKind, OutboxPolicy};
 pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
     like_pattern,
@@ -109,6 +111,10 @@ pub(crate) fn db<F: FnOnce() -> String>(op: F) -> impl FnOnce(sqlx::Error) -> St
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Which bus messages writes add to the outbox (none unless the process publishes).
+    outbox: OutboxPolicy,
+    /// Signalled after a commit that wrote outbox rows (shared by clones).
+    outbox_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -139,7 +145,12 @@ impl Store {
             Dialect::Sqlite => open_sqlite(url).await?,
         };
         schema::migrate(&pool, dialect).await?;
-        Ok(Store { pool, dialect })
+        Ok(Store {
+            pool,
+            dialect,
+            outbox: OutboxPolicy::default(),
+            outbox_wake: Default::default(),
+        })
     }
 
     pub fn dialect(&self) -> Dialect {

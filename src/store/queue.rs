@@ -422,7 +422,22 @@ impl Store {
         attempt: u32,
         end: &JobEnd,
     ) -> Result<bool, StoreError> {
-        self.end_job_if(id, owner, attempt, end, None).await
+        self.end_job_if(id, owner, attempt, end, None, None).await
+    }
+
+    /// [`Store::end_job`], adding `announce` (a run message's JSON body) to the outbox in
+    /// the same transaction when the job ended here and this store announces runs: the
+    /// message goes out exactly when the end is committed.
+    pub async fn end_job_announcing(
+        &self,
+        id: i64,
+        owner: &str,
+        attempt: u32,
+        end: &JobEnd,
+        announce: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.end_job_if(id, owner, attempt, end, None, announce)
+            .await
     }
 
     /// [`Store::end_job`], and with `orphaned`, only while the lease is still expired or the
@@ -435,6 +450,7 @@ impl Store {
         attempt: u32,
         end: &JobEnd,
         orphaned: Option<&str>,
+        announce: Option<&str>,
     ) -> Result<bool, StoreError> {
         let op = || format!("ending job {id}");
         let mut guard =
@@ -481,8 +497,23 @@ impl Store {
         if let Some(previous) = orphaned {
             q = q.bind(now_micros()).bind(previous);
         }
-        let done = q.execute(&self.pool).await.map_err(db(op))?;
-        Ok(done.rows_affected() == 1)
+        let announce = announce.filter(|_| self.outbox.wants(super::OutboxKind::Run));
+        let Some(body) = announce else {
+            let done = q.execute(&self.pool).await.map_err(db(op))?;
+            return Ok(done.rows_affected() == 1);
+        };
+        let mut tx = self.begin().await.map_err(db(op))?;
+        let ended = q.execute(&mut *tx).await.map_err(db(op))?.rows_affected() == 1;
+        if ended {
+            super::outbox::insert(&mut tx, super::OutboxKind::Run, body)
+                .await
+                .map_err(db(op))?;
+        }
+        tx.commit().await.map_err(db(op))?;
+        if ended {
+            self.outbox_committed();
+        }
+        Ok(ended)
     }
 
     /// Claimed jobs whose lease ran out, and (when given) every claimed job of
@@ -515,6 +546,7 @@ impl Store {
             job.attempts,
             end,
             Some(previous_self.unwrap_or("")),
+            None,
         )
         .await
     }

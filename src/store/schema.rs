@@ -137,6 +137,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX runs_arch_created ON runs (arch, created_at)",
         ],
     },
+    // Bus messages committed with what they announce (store/outbox.rs).
+    super::outbox::MIGRATION,
 ];
 
 /// The newest schema version this binary knows.
