@@ -349,3 +349,170 @@ async fn every_result_is_announced_in_fedora_messaging_form_even_across_a_sigkil
     delete_queue(&conn, &format!("ferrotron-bus-{u}")).await;
     let _ = conn.close(200, "bye".into()).await;
 }
+
+/// `FERROTRON_TEST_TLS_DIR` and `FERROTRON_TEST_AMQPS` (provisioning/test-tls.sh).
+fn tls_or_skip() -> Option<(std::path::PathBuf, String)> {
+    let dir = env_or_skip("FERROTRON_TEST_TLS_DIR")?;
+    let url = env_or_skip("FERROTRON_TEST_AMQPS")?;
+    Some((dir.into(), url))
+}
+
+fn tls_task_config(dir: &Path, port: u16, u: &str, amqp: &str) -> String {
+    let fixture = common::repo().join("tests/fixtures/two-results");
+    format!(
+        "daemon: {{id: tls1, farm: tlsfarm, listen: '127.0.0.1:{port}', api_token: {TOKEN}, \
+         db: 'sqlite://{db}'}}\n\
+         bus:\n  amqp: {amqp}\n\
+         providers: [{{name: sim, kind: sim, max_instances: 2}}]\n\
+         tasks:\n  two: {{path: '{fixture}'}}\n\
+         rules:\n  - {{name: one, topics: ['t{u}.tls'], item: '{{nvr}}', type: koji_build, arches: [x86_64], tasks: [two]}}\n",
+        db = dir.join("ferrotron.db").display(),
+        fixture = fixture.display(),
+    )
+}
+
+/// `rabbitmqctl list_connections` rows: user, auth mechanism, ssl, client properties.
+fn broker_connections() -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "user",
+            "auth_mechanism",
+            "ssl",
+            "client_properties",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate_the_farm_runs_what_fedora_messaging_publishes() {
+    let (Some((tls, amqps)), Some(python)) = (tls_or_skip(), env_or_skip("FERROTRON_TEST_PYTHON"))
+    else {
+        return;
+    };
+    let u = uniq();
+    let data = common::reachable_tempdir();
+    let port = free_port();
+    // The farm reads the same fedora-messaging file the publisher uses: TLS, EXTERNAL login
+    // (no password in the URL), a server-named auto-delete queue, the bindings.
+    let fm = data.path().join("fedora-messaging.toml");
+    std::fs::write(
+        &fm,
+        format!(
+            "amqp_url = \"{amqps}\"\npublish_exchange = \"amq.topic\"\ntopic_prefix = \"\"\n\
+             [tls]\nca_cert = \"{d}/ca.pem\"\ncertfile = \"{d}/client.pem\"\nkeyfile = \"{d}/client-key.pem\"\n\
+             [client_properties]\napp = \"bus test {u}\"\n\
+             [queues.00000000-0000-0000-0000-000000000000]\ndurable = false\nauto_delete = true\nexclusive = true\narguments = {{}}\n\
+             [[bindings]]\nqueue = \"00000000-0000-0000-0000-000000000000\"\nexchange = \"amq.topic\"\n\
+             routing_keys = [\"t{u}.tls\"]\n",
+            d = tls.display()
+        ),
+    )
+    .unwrap();
+    let config = data.path().join("farm.yaml");
+    std::fs::write(
+        &config,
+        tls_task_config(
+            data.path(),
+            port,
+            &u,
+            &format!("{{fedora_messaging_config: '{}', publish_results: false, publish_resultsdb: false}}", fm.display()),
+        ),
+    )
+    .unwrap();
+    let mut d = Serve::start(data.path(), &config, port);
+    d.wait_log("consuming from amqps://", Duration::from_secs(60));
+    let conns = broker_connections();
+    let ours = conns
+        .lines()
+        .find(|l| l.contains(&format!("bus test {u}")))
+        .unwrap_or_else(|| panic!("no connection of the farm:\n{conns}"));
+    assert!(ours.starts_with("ferrotron-test\tEXTERNAL\ttrue"), "{ours}");
+    assert!(ours.contains("ferrotron"), "{ours}");
+
+    // fedora-messaging's own publisher, over TLS with the client certificate.
+    let script = "import json, sys\n\
+from fedora_messaging import api, message\n\
+m = message.Message(topic=sys.argv[1], body=json.loads(sys.argv[2]))\n\
+m.id = sys.argv[3]\n\
+api.publish(m, timeout=30)\n";
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            script,
+            &format!("t{u}.tls"),
+            &json!({"nvr": "bash-5.2.26-1.fc41"}).to_string(),
+            &format!("tls-{u}"),
+        ])
+        .env("FEDORA_MESSAGING_CONF", &fm)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fedora-messaging publish over TLS failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        data.path().join("ferrotron.db").display()
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        let jobs = store.jobs(None).await.unwrap();
+        if let Some(j) = jobs.first().filter(|j| j.state.is_terminal()) {
+            break j.clone();
+        }
+        assert!(Instant::now() < deadline, "{jobs:?}\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(job.message_id.as_deref(), Some(format!("tls-{u}").as_str()));
+    assert_eq!(job.item, "bash-5.2.26-1.fc41");
+    assert_eq!(job.state, ferrotron::store::RunState::Finished, "{job:?}");
+    d.kill(libc::SIGTERM);
+}
+
+#[tokio::test]
+async fn a_tls_connection_without_a_client_certificate_is_refused_with_a_clear_error() {
+    let Some((tls, amqps)) = tls_or_skip() else {
+        return;
+    };
+    let u = uniq();
+    for (tls_block, want) in [
+        // The broker insists on a certificate.
+        (
+            format!("{{ca_cert: '{}/ca.pem'}}", tls.display()),
+            "the broker wants a client certificate: set bus.amqp.tls.certfile and keyfile",
+        ),
+        // The broker's certificate is not signed by the CA we trust.
+        (
+            format!(
+                "{{ca_cert: '{0}/other-ca.pem', certfile: '{0}/client.pem', keyfile: '{0}/client-key.pem'}}",
+                tls.display()
+            ),
+            "not signed by a trusted CA: set bus.amqp.tls.ca_cert",
+        ),
+    ] {
+        let data = common::reachable_tempdir();
+        let port = free_port();
+        let config = data.path().join("farm.yaml");
+        std::fs::write(
+            &config,
+            tls_task_config(
+                data.path(),
+                port,
+                &u,
+                &format!("{{url: '{amqps}', queue: ferrotron-refused-{u}, reconnect_max_s: 1, tls: {tls_block}}}"),
+            ),
+        )
+        .unwrap();
+        let mut d = Serve::start(data.path(), &config, port);
+        d.wait_log(want, Duration::from_secs(60));
+        assert!(!d.log().contains("consuming from"), "{}", d.log());
+        d.kill(libc::SIGTERM);
+    }
+}

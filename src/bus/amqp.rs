@@ -51,7 +51,7 @@ pub enum AmqpError {
     Broker {
         url: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
         /// What the operator may have to change, when the cause is recognisable.
         hint: String,
     },
@@ -111,7 +111,7 @@ fn err(cfg: &AmqpConfig) -> impl Fn(lapin::Error) -> AmqpError + '_ {
         };
         AmqpError::Broker {
             url: redact(&cfg.url),
-            source,
+            source: Box::new(source),
             hint,
         }
     }
