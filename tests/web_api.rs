@@ -787,6 +787,16 @@ async fn resultsdb_shapes_match(s: Server) {
     }
     let (st, v) = post(&s, "/api/v2.0/nothing", json!({}), Some(TOKEN)).await;
     assert_eq!((st, v), (404, json!({"message": "Not found"})));
+    let r = client()
+        .delete(format!("{}/api/v2.0/results", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        405,
+        "a known path with the wrong method"
+    );
 
     // Validation errors carry ResultsDB's `validation_error` and ferrotron's `message`.
     for (path, field) in [
