@@ -22,7 +22,7 @@ use crate::guest::keys::RunKeys;
 use crate::guest::{self, Command, Session, transfer};
 use crate::provider::{Access, Instance, InstanceMeta, InstanceSpec, Provider};
 use crate::results::CheckResult;
-use crate::store::{Attempt, NewRun, Phase, RunState, Store};
+use crate::store::{Attempt, NewRun, Phase, RunCompletion, RunState, Store};
 use crate::task::{Formula, Vars};
 
 use actions::{ActionContext, ActionError, Layout, TaskState};
@@ -102,6 +102,15 @@ pub enum RunnerError {
     Invalid(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    /// The run ended (its instance is gone) but the store refused or missed its final
+    /// record; `completion` is what to write again once the store is back.
+    #[error("the run ended ({}) but its end was not recorded: {source}", report.state)]
+    Unrecorded {
+        report: Box<RunReport>,
+        completion: Box<crate::store::RunCompletion>,
+        #[source]
+        source: crate::store::StoreError,
+    },
     #[error("generating the run's SSH keys: {0}")]
     Keys(String),
     #[error("{context}: {source}")]
@@ -350,15 +359,16 @@ impl Runner {
 
         let phases = cx.phases.lock().expect("phases lock").clone();
         let base = format!("file://{}", artifacts_dir.display());
-        self.store
-            .store_results(req.uuid, &task.results, Some(&base))
-            .await?;
-        self.store.record_phases(req.uuid, &phases).await?;
-        self.store
-            .finish_run(req.uuid, state, Some(exit_code), error.as_deref())
-            .await?;
-
-        Ok(RunReport {
+        let completion = RunCompletion {
+            uuid: req.uuid,
+            results: task.results.clone(),
+            ref_url_base: Some(base),
+            phases: phases.clone(),
+            state,
+            exit_code: Some(exit_code),
+            error: error.clone(),
+        };
+        let report = RunReport {
             uuid: req.uuid,
             task: req.formula.checkname(),
             item: req.item.clone(),
@@ -382,7 +392,17 @@ impl Runner {
             log: log_path,
             refused_artifacts: refused,
             kept_instance: kept,
-        })
+        };
+        // Results, phases and the final state go in one transaction: a store that fails
+        // here leaves nothing half written, and the caller may write `completion` again.
+        match self.store.complete_run(&completion).await {
+            Ok(()) => Ok(report),
+            Err(source) => Err(RunnerError::Unrecorded {
+                report: Box::new(report),
+                completion: Box::new(completion),
+                source,
+            }),
+        }
     }
 
     /// Everything that may be cut short by a timeout or a signal.
