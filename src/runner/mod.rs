@@ -123,6 +123,13 @@ pub enum RunnerError {
 
 pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
 
+/// How long the informational state writes of a run may wait for the store.
+const STATE_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long the run's final record may wait for the store before the caller gets it back
+/// to write again ([`RunnerError::Unrecorded`]); longer than the pool's acquire timeout.
+const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(40);
+
 pub struct Runner {
     pub provider: Arc<dyn Provider>,
     pub store: Store,
@@ -395,7 +402,15 @@ impl Runner {
         };
         // Results, phases and the final state go in one transaction: a store that fails
         // here leaves nothing half written, and the caller may write `completion` again.
-        match self.store.complete_run(&completion).await {
+        let written = tokio::time::timeout(FINAL_WRITE_LIMIT, self.store.complete_run(&completion))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Unanswered {
+                    op: format!("recording the end of run {}", req.uuid),
+                    after: FINAL_WRITE_LIMIT,
+                })
+            });
+        match written {
             Ok(()) => Ok(report),
             Err(source) => Err(RunnerError::Unrecorded {
                 report: Box::new(report),
@@ -405,13 +420,20 @@ impl Runner {
         }
     }
 
+    /// Records the phase the run is in. Informational: a store that is away or slow must not
+    /// hold the run (and its instance), so the write is bounded and its failure ignored.
+    async fn note_state(&self, uuid: Uuid, state: RunState) {
+        let _ =
+            tokio::time::timeout(STATE_WRITE_LIMIT, self.store.set_run_state(uuid, state)).await;
+    }
+
     /// Everything that may be cut short by a timeout or a signal.
     async fn body(&self, req: &RunRequest, cx: &RunCtx) -> Ending {
         let session = match Box::pin(self.provision(req, cx)).await {
             Ok(s) => s,
             Err(e) => return Ending::Infra(e),
         };
-        let _ = self.store.set_run_state(req.uuid, RunState::Running).await;
+        self.note_state(req.uuid, RunState::Running).await;
         let layout = Layout::under(session.root());
         let upload = async {
             transfer::put_dir(session.as_ref(), &req.formula.dir, &layout.workdir).await?;
@@ -520,10 +542,7 @@ impl Runner {
 
     /// Creates an instance and connects to it, retrying spawns that do not come up.
     async fn provision(&self, req: &RunRequest, cx: &RunCtx) -> Result<Arc<dyn Session>, String> {
-        let _ = self
-            .store
-            .set_run_state(req.uuid, RunState::Provisioning)
-            .await;
+        self.note_state(req.uuid, RunState::Provisioning).await;
         let attempts = req.spawn_attempts.max(1);
         let mut last_error = String::new();
         for attempt in 1..=attempts {
@@ -615,10 +634,7 @@ impl Runner {
         let Some(session) = cx.session() else {
             return true; // nothing ran, nothing to collect
         };
-        let _ = self
-            .store
-            .set_run_state(req.uuid, RunState::Collecting)
-            .await;
+        self.note_state(req.uuid, RunState::Collecting).await;
         let remote = Layout::under(session.root()).artifactsdir;
         let got = cx
             .phase(

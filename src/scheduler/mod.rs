@@ -860,7 +860,13 @@ impl Scheduler {
         let mut stop = self.stop.subscribe();
         let mut failures = 0u32;
         loop {
-            let err = match tokio::time::timeout(STORE_CALL, op()).await {
+            // A stopping daemon gives each try less time: its shutdown is bounded.
+            let limit = if self.stopping.load(Ordering::SeqCst) {
+                STORE_CALL_STOPPING
+            } else {
+                STORE_CALL
+            };
+            let err = match tokio::time::timeout(limit, op()).await {
                 Ok(Ok(v)) => {
                     if failures > 0 {
                         tracing::info!(job = %job.uuid, "{what}: done after {failures} failed tries");
@@ -870,7 +876,7 @@ impl Scheduler {
                 Ok(Err(e)) if e.is_fenced() => return Err(GaveUp::Lost),
                 Ok(Err(e)) if !e.is_transient() => return Err(GaveUp::Refused(e.to_string())),
                 Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("the store did not answer within {} s", STORE_CALL.as_secs()),
+                Err(_) => format!("the store did not answer within {} s", limit.as_secs()),
             };
             failures += 1;
             if self.claim_lost(job.id) {

@@ -91,6 +91,8 @@ pub enum StoreError {
         "{op}: this daemon no longer holds job {job} (its claim was taken over by another daemon, or the job ended); nothing was written"
     )]
     Fenced { op: String, job: i64 },
+    #[error("{op}: the database did not answer within {} s", after.as_secs())]
+    Unanswered { op: String, after: Duration },
 }
 
 impl StoreError {
@@ -124,7 +126,7 @@ impl StoreError {
                 sqlx::Error::Database(e) => e.kind() == sqlx::error::ErrorKind::Other,
                 _ => false,
             },
-            StoreError::Io { .. } => true,
+            StoreError::Io { .. } | StoreError::Unanswered { .. } => true,
             _ => false,
         }
     }
