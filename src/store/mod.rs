@@ -277,6 +277,9 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
                     "PRAGMA foreign_keys = ON",
                     "PRAGMA busy_timeout = 5000",
                     "PRAGMA synchronous = NORMAL",
+                    // LIKE as PostgreSQL's: case-sensitive (`:like` filters answer the same
+                    // rows whatever the store).
+                    "PRAGMA case_sensitive_like = ON",
                 ] {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }

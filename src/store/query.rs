@@ -324,12 +324,14 @@ impl Store {
     }
 
     /// The newest result matching `f` per testcase, and per the first value of each of
-    /// the `distinct_on` data keys (ResultsDB's `/results/latest`), newest first. Two
+    /// the `distinct_on` data keys (ResultsDB's `/results/latest`), newest first: at most
+    /// `limit` of them, plus one more when there are more (so the caller can tell). Two
     /// statements.
     pub async fn latest_results(
         &self,
         f: &ResultFilter,
         distinct_on: &[String],
+        limit: u32,
     ) -> Result<Vec<StoredResult>, StoreError> {
         let mut sql = Sql::new(RESULT_ROWS);
         sql.push(" AND r.id IN (SELECT id FROM (SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.testcase_id");
@@ -343,6 +345,8 @@ impl Store {
         sql.push(" ORDER BY r.submit_time DESC, r.id DESC) AS rn FROM results r");
         f.where_sql(&mut sql);
         sql.push(") x WHERE rn = 1) ORDER BY r.submit_time DESC, r.id DESC");
+        let l = sql.arg_i64(i64::from(limit) + 1);
+        sql.push(&format!(" LIMIT {l}"));
         self.load_rows(&sql, || "listing the latest results".to_string())
             .await
     }
@@ -383,9 +387,7 @@ impl Store {
             let kind: i64 = col(&row, "kind").map_err(corrupt)?;
             let k: String = col(&row, "k").map_err(corrupt)?;
             if kind == 0 {
-                let uuid =
-                    Uuid::parse_str(&k).map_err(|e| corrupt(format!("group uuid `{k}`: {e}")))?;
-                results[i].groups.push(uuid);
+                results[i].groups.push(k);
             } else {
                 let v: String = col(&row, "v").map_err(corrupt)?;
                 results[i].data.entry(k).or_default().push(v);
@@ -445,7 +447,7 @@ impl Store {
     /// Creates the group, or updates the description/ref_url given (POST /groups).
     pub async fn upsert_group(
         &self,
-        uuid: Uuid,
+        uuid: &str,
         description: Option<&str>,
         ref_url: Option<&str>,
     ) -> Result<GroupRow, StoreError> {
@@ -456,7 +458,7 @@ impl Store {
              description = COALESCE(excluded.description, result_groups.description), \
              ref_url = COALESCE(excluded.ref_url, result_groups.ref_url)",
         )
-        .bind(uuid.to_string())
+        .bind(uuid)
         .bind(description)
         .bind(ref_url)
         .execute(&self.pool)

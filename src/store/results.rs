@@ -11,21 +11,35 @@ use uuid::Uuid;
 use super::{Store, StoreError, col, db, from_micros, micros, now_micros};
 use crate::results::CheckResult;
 
-/// A group named by a POSTed result; created when missing (an existing group is kept as is).
+/// A group named by a POSTed result; created when missing. As in ResultsDB, the id is any
+/// string (runs' groups are their uuids), and a field that is `Some` is written to the group
+/// even when it exists (`Some(None)` clears it); `None` leaves it as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewGroup {
-    pub uuid: Uuid,
-    pub description: Option<String>,
-    pub ref_url: Option<String>,
+    pub uuid: String,
+    pub description: Option<Option<String>>,
+    pub ref_url: Option<Option<String>>,
 }
 
 impl From<Uuid> for NewGroup {
     fn from(uuid: Uuid) -> Self {
+        NewGroup::from(uuid.to_string())
+    }
+}
+
+impl From<String> for NewGroup {
+    fn from(uuid: String) -> Self {
         NewGroup {
             uuid,
             description: None,
             ref_url: None,
         }
+    }
+}
+
+impl NewGroup {
+    fn updates(&self) -> bool {
+        self.description.is_some() || self.ref_url.is_some()
     }
 }
 
@@ -52,7 +66,8 @@ pub struct StoredResult {
     pub id: i64,
     pub testcase: String,
     pub testcase_ref_url: Option<String>,
-    pub groups: Vec<Uuid>,
+    /// Group ids (uuids for runs' groups; any string a client POSTed otherwise).
+    pub groups: Vec<String>,
     pub outcome: String,
     pub note: Option<String>,
     pub ref_url: Option<String>,
@@ -124,14 +139,23 @@ impl Store {
 
     /// The generic ResultsDB POST: creates the testcase and the groups when missing, the
     /// result and its data, in one transaction, and returns the result as a read would.
-    /// Data keys with no values are dropped (they would not read back); repeated group uuids
-    /// count once.
+    /// Data keys with no values are dropped (they would not read back); a group named twice
+    /// counts once, with the fields of its later mentions winning (ResultsDB applies them in
+    /// order).
     pub async fn create_result(&self, new: &NewResult) -> Result<StoredResult, StoreError> {
         let op = || format!("creating a result of testcase {}", new.testcase);
-        let mut groups: Vec<&NewGroup> = Vec::with_capacity(new.groups.len());
+        let mut groups: Vec<NewGroup> = Vec::with_capacity(new.groups.len());
         for g in &new.groups {
-            if !groups.iter().any(|seen| seen.uuid == g.uuid) {
-                groups.push(g);
+            match groups.iter_mut().find(|seen| seen.uuid == g.uuid) {
+                Some(seen) => {
+                    if g.description.is_some() {
+                        seen.description.clone_from(&g.description);
+                    }
+                    if g.ref_url.is_some() {
+                        seen.ref_url.clone_from(&g.ref_url);
+                    }
+                }
+                None => groups.push(g.clone()),
             }
         }
 
@@ -157,14 +181,15 @@ impl Store {
         };
         let mut group_ids = Vec::with_capacity(groups.len());
         for g in &groups {
-            group_ids.push(match known_groups.get(&g.uuid) {
-                Some(&id) => (id, g.uuid),
-                None => (ensure_group(&mut tx, g).await.map_err(db(op))?, g.uuid),
-            });
+            let id = match known_groups.get(&g.uuid) {
+                Some(&id) if !g.updates() => id,
+                _ => ensure_group(&mut tx, g).await.map_err(db(op))?,
+            };
+            group_ids.push((id, g.uuid.clone()));
         }
         // Reads list a result's groups in group id order: return them the same way.
         group_ids.sort_unstable();
-        let groups: Vec<Uuid> = group_ids.iter().map(|&(_, uuid)| uuid).collect();
+        let groups: Vec<String> = group_ids.iter().map(|(_, uuid)| uuid.clone()).collect();
 
         let submit_time = new.submit_time.map_or_else(now_micros, micros);
         let id = insert_result(
@@ -388,7 +413,6 @@ async fn load(conn: &mut AnyConnection, which: &Which<'_>) -> Result<Vec<StoredR
     for row in &groups {
         let id: i64 = col(row, "result_id")?;
         let uuid: String = col(row, "uuid")?;
-        let uuid = Uuid::parse_str(&uuid).map_err(|e| format!("group uuid `{uuid}`: {e}"))?;
         // Rows of results committed after the first query are not ours: skip them.
         if let Some(&i) = index.get(&id) {
             results[i].groups.push(uuid);
@@ -519,8 +543,8 @@ async fn ensure_testcase(
 /// Ids of those of `groups` that exist (one query).
 async fn find_groups(
     conn: &mut AnyConnection,
-    groups: &[&NewGroup],
-) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    groups: &[NewGroup],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
     if groups.is_empty() {
         return Ok(HashMap::new());
     }
@@ -532,43 +556,61 @@ async fn find_groups(
         "SELECT id, uuid FROM result_groups WHERE uuid IN ({placeholders})"
     )));
     for g in groups {
-        q = q.bind(g.uuid.to_string());
+        q = q.bind(g.uuid.as_str());
     }
     Ok(q.fetch_all(&mut *conn)
         .await?
         .into_iter()
-        .filter_map(|(id, uuid)| Some((Uuid::parse_str(&uuid).ok()?, id)))
+        .map(|(id, uuid)| (uuid, id))
         .collect())
 }
 
-/// The group's id; creates it when missing (an existing group keeps its description).
+/// The group's id; creates it when missing, and writes the fields `group` sets (a group
+/// object in a POSTed result updates an existing group, as in ResultsDB).
 async fn ensure_group(conn: &mut AnyConnection, group: &NewGroup) -> Result<i64, sqlx::Error> {
-    let uuid = group.uuid.to_string();
     let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
-        .bind(&uuid)
+        .bind(group.uuid.as_str())
         .fetch_optional(&mut *conn)
         .await?;
-    if let Some(id) = existing {
-        return Ok(id);
-    }
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO result_groups (uuid, description, ref_url) VALUES ($1, $2, $3) \
-         ON CONFLICT (uuid) DO NOTHING RETURNING id",
-    )
-    .bind(&uuid)
-    .bind(group.description.as_deref())
-    .bind(group.ref_url.as_deref())
-    .fetch_optional(&mut *conn)
-    .await?;
-    match inserted {
-        Some(id) => Ok(id),
+    let id = match existing {
+        Some(id) => id,
         None => {
-            sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
-                .bind(&uuid)
-                .fetch_one(&mut *conn)
-                .await
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO result_groups (uuid, description, ref_url) VALUES ($1, $2, $3) \
+                 ON CONFLICT (uuid) DO NOTHING RETURNING id",
+            )
+            .bind(group.uuid.as_str())
+            .bind(group.description.clone().flatten())
+            .bind(group.ref_url.clone().flatten())
+            .fetch_optional(&mut *conn)
+            .await?;
+            match inserted {
+                Some(id) => return Ok(id),
+                // Created meanwhile by a concurrent POST: update it below like any other.
+                None => {
+                    sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
+                        .bind(group.uuid.as_str())
+                        .fetch_one(&mut *conn)
+                        .await?
+                }
+            }
+        }
+    };
+    for (column, value) in [
+        ("description", &group.description),
+        ("ref_url", &group.ref_url),
+    ] {
+        if let Some(value) = value {
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE result_groups SET {column} = $1 WHERE id = $2"
+            )))
+            .bind(value.clone())
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
         }
     }
+    Ok(id)
 }
 
 async fn insert_result(

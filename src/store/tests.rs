@@ -485,7 +485,7 @@ async fn results_round_trip(db: TestDb) {
         assert_eq!(r.testcase_ref_url, None);
         assert_eq!(r.outcome, c.outcome.as_str());
         assert_eq!(r.note, c.note);
-        assert_eq!(r.groups, vec![run.uuid]);
+        assert_eq!(r.groups, vec![run.uuid.to_string()]);
         assert!(near_now(r.submit_time));
         assert_eq!(r.data["item"], vec![c.item.clone()]);
         assert_eq!(r.data["type"], vec!["koji_build".to_string()]);
@@ -530,7 +530,7 @@ async fn results_round_trip(db: TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(extra.groups, vec![run.uuid, other]);
+    assert_eq!(extra.groups, vec![run.uuid.to_string(), other.to_string()]);
     let got = store.run_results(run.uuid).await.unwrap();
     assert_eq!(got.len(), 4);
     assert_eq!(got[3], extra);
@@ -608,9 +608,9 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         testcase_ref_url: Some("https://docs.example/install".into()),
         groups: vec![
             NewGroup {
-                uuid: g1,
-                description: Some("first group".into()),
-                ref_url: Some("https://ci.example/1".into()),
+                uuid: g1.to_string(),
+                description: Some(Some("first group".into())),
+                ref_url: Some(Some("https://ci.example/1".into())),
             },
             g2.into(),
             g1.into(), // repeated: counts once
@@ -632,7 +632,7 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         created.testcase_ref_url.as_deref(),
         Some("https://docs.example/install")
     );
-    assert_eq!(created.groups, vec![g1, g2]);
+    assert_eq!(created.groups, vec![g1.to_string(), g2.to_string()]);
     assert_eq!(created.outcome, "NEEDS_INSPECTION");
     assert_eq!(created.submit_time, truncate_to_micros(when));
     assert_eq!(created.submit_time.microsecond(), 448_757);
@@ -658,14 +658,15 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         )
     );
 
-    // Second POST: same testcase without ref_url keeps it; the existing group keeps its
-    // description; submit_time defaults to now.
+    // Second POST: same testcase without ref_url keeps it; the existing group takes the new
+    // description and keeps the ref_url it was not given (as ResultsDB); submit_time
+    // defaults to now.
     let second = store
         .create_result(&NewResult {
             testcase: "compose.install".into(),
             groups: vec![NewGroup {
-                uuid: g1,
-                description: Some("renamed?".into()),
+                uuid: g1.to_string(),
+                description: Some(Some("renamed".into())),
                 ref_url: None,
             }],
             outcome: "PASSED".into(),
@@ -679,13 +680,40 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     );
     assert!(near_now(second.submit_time));
     assert!(second.data.is_empty());
-    let description: Option<String> =
-        sqlx::query_scalar("SELECT description FROM result_groups WHERE uuid = $1")
+    let group: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT description, ref_url FROM result_groups WHERE uuid = $1")
             .bind(g1.to_string())
             .fetch_one(store.pool())
             .await
             .unwrap();
-    assert_eq!(description.as_deref(), Some("first group"));
+    assert_eq!(
+        group,
+        (Some("renamed".into()), Some("https://ci.example/1".into()))
+    );
+    // A group named by id only is left as it is; `Some(None)` clears a field.
+    store
+        .create_result(&NewResult {
+            testcase: "compose.install".into(),
+            groups: vec![
+                g1.into(),
+                NewGroup {
+                    uuid: g1.to_string(),
+                    description: None,
+                    ref_url: Some(None),
+                },
+            ],
+            outcome: "PASSED".into(),
+            ..NewResult::default()
+        })
+        .await
+        .unwrap();
+    let group: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT description, ref_url FROM result_groups WHERE uuid = $1")
+            .bind(g1.to_string())
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(group, (Some("renamed".into()), None));
 
     // A new ref_url for the testcase replaces the old one (as ResultsDB does).
     let third = store
@@ -713,7 +741,7 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     assert!(third.groups.is_empty());
     assert_eq!(count(store, "SELECT COUNT(*) FROM testcases").await, 1);
     assert_eq!(count(store, "SELECT COUNT(*) FROM result_groups").await, 2);
-    assert_eq!(store.run_results(g1).await.unwrap().len(), 2);
+    assert_eq!(store.run_results(g1).await.unwrap().len(), 3);
 
     // Groups come back in creation order whatever order the POST named them in.
     let both = store
@@ -725,7 +753,7 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(both.groups, vec![g1, g2]);
+    assert_eq!(both.groups, vec![g1.to_string(), g2.to_string()]);
     assert_eq!(store.result(both.id).await.unwrap(), Some(both));
 }
 
