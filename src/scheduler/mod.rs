@@ -199,7 +199,7 @@ enum GaveUp {
 /// Whether the end of a run is in the store.
 enum Recorded {
     /// Yes (or there was nothing to record): what the runner said.
-    Yes(Result<RunReport, RunnerError>),
+    Yes(Box<Result<RunReport, RunnerError>>),
     /// The claim was taken over: this daemon may write nothing more about the job.
     Lost,
     /// Not, and this daemon stopped trying: the job is left to its lease.
@@ -624,14 +624,14 @@ impl Scheduler {
                         })
                         .await
                     {
-                        Ok(()) => Recorded::Yes(Ok(*report)),
+                        Ok(()) => Recorded::Yes(Box::new(Ok(*report))),
                         Err(GaveUp::Lost) => Recorded::Lost,
                         Err(GaveUp::Refused(e) | GaveUp::Stopping(e)) => Recorded::Abandoned(e),
                     }
                 }
             }
             Err(RunnerError::Store(e)) if e.is_fenced() => Recorded::Lost,
-            other => Recorded::Yes(other),
+            other => Recorded::Yes(Box::new(other)),
         };
         let reason = self
             .running

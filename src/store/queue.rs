@@ -1141,7 +1141,7 @@ mod tests {
             )
             .await
             .unwrap(),
-            [live_fence.clone()]
+            std::slice::from_ref(&live_fence)
         );
         // d1 restarted: its previous life's claims are orphans whatever their lease.
         let mine = s.orphaned_jobs(Some("d1")).await.unwrap();
