@@ -705,6 +705,34 @@ async fn resultsdb_group_objects_update_the_group(s: Server) {
         (v["description"].as_str(), v["ref_url"].as_str()),
         (Some("second"), Some("http://three"))
     );
+    // A testcase object's ref_url is applied the same way: absent keeps, null clears.
+    let tc_ref = |testcase: Value| {
+        let s = &s;
+        async move {
+            let (st, v) = post(
+                s,
+                "/api/v2.0/results",
+                json!({"outcome": "PASSED", "testcase": testcase}),
+                Some(TOKEN),
+            )
+            .await;
+            assert_eq!(st, 201, "{v}");
+            v["testcase"]["ref_url"].clone()
+        }
+    };
+    assert_eq!(
+        tc_ref(json!({"name": "tc.ref", "ref_url": "http://a"})).await,
+        "http://a"
+    );
+    assert_eq!(tc_ref(json!("tc.ref")).await, "http://a");
+    assert_eq!(tc_ref(json!({"name": "tc.ref"})).await, "http://a");
+    assert_eq!(
+        tc_ref(json!({"name": "tc.ref", "ref_url": null})).await,
+        Value::Null
+    );
+    let (_, v) = get(&s, "/api/v2.0/testcases/tc.ref").await;
+    assert_eq!(v["ref_url"], Value::Null);
+
     // An explicit null clears, as ResultsDB's `grp.get("description", …)` does.
     result(json!([{"uuid": g, "description": null}])).await;
     let v = group().await;
@@ -787,6 +815,16 @@ async fn resultsdb_shapes_match(s: Server) {
     }
     let (st, v) = post(&s, "/api/v2.0/nothing", json!({}), Some(TOKEN)).await;
     assert_eq!((st, v), (404, json!({"message": "Not found"})));
+    let r = client()
+        .delete(format!("{}/api/v2.0/results", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        405,
+        "a known path with the wrong method"
+    );
 
     // Validation errors carry ResultsDB's `validation_error` and ferrotron's `message`.
     for (path, field) in [

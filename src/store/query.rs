@@ -333,20 +333,7 @@ impl Store {
         distinct_on: &[String],
         limit: u32,
     ) -> Result<Vec<StoredResult>, StoreError> {
-        let mut sql = Sql::new(RESULT_ROWS);
-        sql.push(" AND r.id IN (SELECT id FROM (SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.testcase_id");
-        for key in distinct_on {
-            let k = sql.arg_str(key);
-            sql.push(&format!(
-                ", (SELECT dd.value FROM result_data dd WHERE dd.result_id = r.id \
-                 AND dd.key = {k} ORDER BY dd.ord LIMIT 1)"
-            ));
-        }
-        sql.push(" ORDER BY r.submit_time DESC, r.id DESC) AS rn FROM results r");
-        f.where_sql(&mut sql);
-        sql.push(") x WHERE rn = 1) ORDER BY r.submit_time DESC, r.id DESC");
-        let l = sql.arg_i64(i64::from(limit) + 1);
-        sql.push(&format!(" LIMIT {l}"));
+        let sql = latest_sql(f, distinct_on, limit);
         self.load_rows(&sql, || "listing the latest results".to_string())
             .await
     }
@@ -765,6 +752,29 @@ impl Store {
     }
 }
 
+/// The statement of [`Store::latest_results`].
+fn latest_sql(f: &ResultFilter, distinct_on: &[String], limit: u32) -> Sql {
+    let mut sql = Sql::new(RESULT_ROWS);
+    sql.push(
+        " AND r.id IN (SELECT id FROM (SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.testcase_id",
+    );
+    for key in distinct_on {
+        let k = sql.arg_str(key);
+        sql.push(&format!(
+            ", (SELECT dd.value FROM result_data dd WHERE dd.result_id = r.id \
+             AND dd.key = {k} ORDER BY dd.ord LIMIT 1)"
+        ));
+    }
+    sql.push(" ORDER BY r.submit_time DESC, r.id DESC) AS rn FROM results r");
+    f.where_sql(&mut sql);
+    // `+`: with the LIMIT, a planner could otherwise walk the whole submit_time index in
+    // order, testing each result against the (small) set of latest ids.
+    sql.push(") x WHERE rn = 1) ORDER BY +r.submit_time DESC, r.id DESC");
+    let l = sql.arg_i64(i64::from(limit) + 1);
+    sql.push(&format!(" LIMIT {l}"));
+    sql
+}
+
 fn group_from_row(row: &AnyRow) -> Result<GroupRow, String> {
     Ok(GroupRow {
         uuid: col(row, "uuid")?,
@@ -827,6 +837,19 @@ mod tests {
             outcomes: vec!["PASSED".into()],
             ..ResultFilter::default()
         };
+        // The whole /results/latest statement (Greenwave's query shape): driven by the item
+        // index, no scan of results in submit_time order despite its LIMIT.
+        let mut latest = latest_sql(&broad, &["arch".to_string()], 10_000);
+        latest.text = format!("EXPLAIN QUERY PLAN {}", latest.text);
+        let rows = latest.query().fetch_all(store.pool()).await.unwrap();
+        let p = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(3).unwrap())
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(p.contains("result_data_lookup (key=? AND <expr>=?)"), "{p}");
+        assert!(!p.contains("SCAN r"), "{p}");
+        assert!(!p.contains("results_submit_time"), "{p}");
         for (f, latest) in [(&item_only, false), (&broad, false), (&broad, true)] {
             let p = plan(&store, f, latest).await;
             assert!(p.contains("result_data_lookup (key=? AND <expr>=?)"), "{p}");

@@ -49,8 +49,9 @@ impl NewGroup {
 pub struct NewResult {
     /// Testcase name; the testcase is created when missing.
     pub testcase: String,
-    /// When set, becomes the testcase's ref_url (created or updated).
-    pub testcase_ref_url: Option<String>,
+    /// When `Some`, becomes the testcase's ref_url (created or updated; `Some(None)` clears
+    /// it, as a `"ref_url": null` does in ResultsDB); `None` leaves it.
+    pub testcase_ref_url: Option<Option<String>>,
     pub groups: Vec<NewGroup>,
     pub outcome: String,
     pub note: Option<String>,
@@ -171,11 +172,12 @@ impl Store {
         let mut tx = super::begin_on(&mut conn, self.dialect)
             .await
             .map_err(db(op))?;
+        let tc_ref_url = new.testcase_ref_url.as_ref().map(Option::as_deref);
         let (testcase_id, testcase_ref_url) = match testcase {
-            Some(found) => update_testcase_ref_url(&mut tx, found, new.testcase_ref_url.as_deref())
+            Some(found) => update_testcase_ref_url(&mut tx, found, tc_ref_url)
                 .await
                 .map_err(db(op))?,
-            None => ensure_testcase(&mut tx, &new.testcase, new.testcase_ref_url.as_deref())
+            None => ensure_testcase(&mut tx, &new.testcase, tc_ref_url)
                 .await
                 .map_err(db(op))?,
         };
@@ -491,20 +493,20 @@ async fn find_testcase(
 }
 
 /// Sets an existing testcase's ref_url when `ref_url` is given and differs (ResultsDB does the
-/// same on POST); returns the id and the resulting ref_url.
+/// same on POST; `Some(None)` clears it); returns the id and the resulting ref_url.
 async fn update_testcase_ref_url(
     conn: &mut AnyConnection,
     (id, current): (i64, Option<String>),
-    ref_url: Option<&str>,
+    ref_url: Option<Option<&str>>,
 ) -> Result<(i64, Option<String>), sqlx::Error> {
     match ref_url {
-        Some(new) if current.as_deref() != Some(new) => {
+        Some(new) if current.as_deref() != new => {
             sqlx::query("UPDATE testcases SET ref_url = $1 WHERE id = $2")
                 .bind(new)
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
-            Ok((id, Some(new.to_string())))
+            Ok((id, new.map(str::to_string)))
         }
         _ => Ok((id, current)),
     }
@@ -515,7 +517,7 @@ async fn update_testcase_ref_url(
 async fn ensure_testcase(
     conn: &mut AnyConnection,
     name: &str,
-    ref_url: Option<&str>,
+    ref_url: Option<Option<&str>>,
 ) -> Result<(i64, Option<String>), sqlx::Error> {
     if let Some(found) = find_testcase(conn, name).await? {
         return update_testcase_ref_url(conn, found, ref_url).await;
@@ -527,11 +529,11 @@ async fn ensure_testcase(
          ON CONFLICT (name) DO NOTHING RETURNING id",
     )
     .bind(name)
-    .bind(ref_url)
+    .bind(ref_url.flatten())
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = inserted {
-        return Ok((id, ref_url.map(str::to_string)));
+        return Ok((id, ref_url.flatten().map(str::to_string)));
     }
     match find_testcase(conn, name).await? {
         Some(found) => update_testcase_ref_url(conn, found, ref_url).await,

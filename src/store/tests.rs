@@ -605,7 +605,7 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     let when = datetime!(2025-01-12 20:20:55.448757321 UTC);
     let new = NewResult {
         testcase: "compose.install".into(),
-        testcase_ref_url: Some("https://docs.example/install".into()),
+        testcase_ref_url: Some(Some("https://docs.example/install".into())),
         groups: vec![
             NewGroup {
                 uuid: g1.to_string(),
@@ -719,7 +719,7 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     let third = store
         .create_result(&NewResult {
             testcase: "compose.install".into(),
-            testcase_ref_url: Some("https://docs.example/v2".into()),
+            testcase_ref_url: Some(Some("https://docs.example/v2".into())),
             outcome: "FAILED".into(),
             ..NewResult::default()
         })

@@ -331,8 +331,8 @@ fn opt_str(m: &Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
     }
 }
 
-/// A field of a group object as ResultsDB applies it: absent leaves the group's value,
-/// present (even `null`) replaces it.
+/// A field of a group or testcase object as ResultsDB applies it: absent leaves the stored
+/// value, present (even `null`) replaces it.
 fn group_field(o: &Map<String, Value>, key: &str) -> ApiResult<Option<Option<String>>> {
     match o.get(key) {
         None => Ok(None),
@@ -454,7 +454,8 @@ pub fn new_result(m: &Map<String, Value>, body: &[u8]) -> ApiResult<NewResult> {
     let (testcase, testcase_ref_url) = match m.get("testcase") {
         Some(Value::String(s)) => (s.clone(), None),
         Some(Value::Object(t)) => match t.get("name") {
-            Some(Value::String(n)) => (n.clone(), opt_str(t, "ref_url")?),
+            // As a group's fields: absent keeps the testcase's ref_url, null clears it.
+            Some(Value::String(n)) => (n.clone(), group_field(t, "ref_url")?),
             _ => {
                 return Err(ApiError::invalid(
                     "testcase",
@@ -831,7 +832,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(ok.outcome, "PASSED");
-        assert_eq!(ok.testcase_ref_url.as_deref(), Some("u"));
+        assert_eq!(ok.testcase_ref_url, Some(Some("u".into())));
         assert_eq!(ok.groups[0], NewGroup::from("not-a-uuid".to_string()));
         assert_eq!(ok.groups[1].description, Some(Some("d".into())));
         assert_eq!(ok.groups[1].ref_url, Some(None));
