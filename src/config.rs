@@ -314,6 +314,10 @@ pub struct SchedulerConfig {
     /// On SIGTERM: how long running jobs may finish before their instances are destroyed
     /// and the jobs requeued, seconds. Default 60.
     pub shutdown_grace_s: u64,
+    /// The final writes of a run (its record, the end of its job) are retried until the
+    /// store answers; once the daemon is stopping, for at most this long, seconds (the
+    /// lease then runs out and the next daemon to start recovers the job). Default 30.
+    pub final_write_grace_s: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -330,6 +334,7 @@ impl Default for SchedulerConfig {
             breaker_failures: 5,
             breaker_cooldown_s: 30.0,
             shutdown_grace_s: 60,
+            final_write_grace_s: 30,
         }
     }
 }
@@ -340,6 +345,9 @@ impl SchedulerConfig {
     }
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_s.max(1))
+    }
+    pub fn final_write_grace(&self) -> Duration {
+        Duration::from_secs(self.final_write_grace_s)
     }
 }
 

@@ -273,7 +273,12 @@ impl Daemon {
         let local = listener.local_addr().ok();
         let (stop_tx, stop_rx) = watch::channel(false);
 
-        let loops = self.scheduler.start().await;
+        let loops = self
+            .scheduler
+            .start()
+            .await
+            .map_err(|e| anyhow!("{}: {e}", self.config.path.display()))?;
+        let mut fatal = self.scheduler.fatal();
 
         let mut bus_tasks = Vec::new();
         if let Some(a) = &self.config.bus.amqp {
@@ -322,11 +327,15 @@ impl Daemon {
             local.map_or(self.listen.clone(), |a| a.to_string())
         );
 
-        wait_for_signal(external_stop).await;
+        let fatal_reason = tokio::select! {
+            _ = wait_for_signal(external_stop) => None,
+            r = fatal.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
+        };
         eprintln!("ferrotron serve: shutting down: no new messages or claims");
         let _ = stop_tx.send(true);
+        // A consumer stuck on a store that does not answer must not hold the shutdown.
         for t in bus_tasks {
-            let _ = t.await;
+            let _ = tokio::time::timeout(Duration::from_secs(45), t).await;
         }
         let grace = Duration::from_secs(self.config.scheduler.shutdown_grace_s);
         self.scheduler.shutdown(grace).await;
@@ -337,7 +346,10 @@ impl Daemon {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         eprintln!("ferrotron serve: stopped");
-        Ok(())
+        match fatal_reason {
+            Some(why) => Err(anyhow!(why)),
+            None => Ok(()),
+        }
     }
 }
 

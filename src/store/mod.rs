@@ -40,9 +40,11 @@ pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
     like_pattern,
 };
-pub use queue::{Enqueued, Job, JobEnd, NewJob, TaskLoad, run_uuid};
+pub use queue::{
+    DaemonRecord, Enqueued, Fence, Job, JobEnd, NewJob, Recovered, Registration, TaskLoad, run_uuid,
+};
 pub use results::{NewGroup, NewResult, StoredResult};
-pub use runs::{Attempt, NewRun, Phase, RunRecord, RunState, UnknownRunState};
+pub use runs::{Attempt, NewRun, Phase, RunCompletion, RunRecord, RunState, UnknownRunState};
 
 /// Which SQL engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,12 @@ pub enum StoreError {
     Invalid { op: String, message: String },
     #[error("{op}: unreadable row: {message}")]
     Corrupt { op: String, message: String },
+    #[error(
+        "{op}: this daemon no longer holds job {job} (its claim was taken over by another daemon, or the job ended); nothing was written"
+    )]
+    Fenced { op: String, job: i64 },
+    #[error("{op}: the database did not answer within {} s", after.as_secs())]
+    Unanswered { op: String, after: Duration },
 }
 
 impl StoreError {
@@ -98,6 +106,31 @@ impl StoreError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
+    }
+
+    /// True when a fenced write was refused: the claim is someone else's now.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
+
+    /// True when trying again later may succeed: the database could not be reached or the
+    /// connection broke (as opposed to a refused or invalid write).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db { source, .. } => match source {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::BeginFailed => true,
+                // A server shutting down, a full disk, a lock timeout: not a refused write.
+                sqlx::Error::Database(e) => e.kind() == sqlx::error::ErrorKind::Other,
+                _ => false,
+            },
+            StoreError::Io { .. } | StoreError::Unanswered { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -115,6 +148,8 @@ pub struct Store {
     outbox: OutboxPolicy,
     /// Signalled after a commit that wrote outbox rows (shared by clones).
     outbox_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Set on a handle made by [`Store::fenced`]: run writes check the claim first.
+    fence: Option<std::sync::Arc<Fence>>,
 }
 
 impl Store {
@@ -150,7 +185,18 @@ impl Store {
             dialect,
             outbox: OutboxPolicy::default(),
             outbox_wake: Default::default(),
+            fence: None,
         })
+    }
+
+    /// The same store, with every write about a run (create, state, completion) made only
+    /// while `fence`'s claim is still held: the handle a daemon gives the runner of a job,
+    /// so that a daemon whose job was taken over cannot record a result for it.
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store {
+            fence: Some(std::sync::Arc::new(fence)),
+            ..self.clone()
+        }
     }
 
     pub fn dialect(&self) -> Dialect {

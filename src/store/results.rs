@@ -133,65 +133,7 @@ impl Store {
     ) -> Result<Vec<i64>, StoreError> {
         let op = || format!("storing {} results of run {run}", results.len());
         let mut tx = self.begin().await.map_err(db(op))?;
-        let group_id: i64 = sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
-            .bind(run.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(op))?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "result group of run",
-                key: run.to_string(),
-            })?;
-
-        let now = now_micros();
-        let mut testcases: HashMap<&str, i64> = HashMap::new();
-        let mut ids = Vec::with_capacity(results.len());
-        let mut data_rows: Vec<(i64, &str, i64, &str)> = Vec::new();
-        for r in results {
-            let testcase_id = match testcases.get(r.checkname.as_str()) {
-                Some(&id) => id,
-                None => {
-                    let (id, _) = ensure_testcase(&mut tx, &r.checkname, None)
-                        .await
-                        .map_err(db(op))?;
-                    testcases.insert(&r.checkname, id);
-                    id
-                }
-            };
-            let ref_url = match (ref_url_base, r.artifact.as_deref()) {
-                (Some(base), Some(artifact)) => Some(format!(
-                    "{}/{}",
-                    base.trim_end_matches('/'),
-                    artifact.trim_start_matches('/')
-                )),
-                _ => None,
-            };
-            let id = insert_result(
-                &mut tx,
-                testcase_id,
-                r.outcome.as_str(),
-                r.note.as_deref(),
-                ref_url.as_deref(),
-                now,
-            )
-            .await
-            .map_err(db(op))?;
-            ids.push(id);
-
-            data_rows.push((id, "item", 0, r.item.as_str()));
-            data_rows.push((id, "type", 0, r.item_type.as_str()));
-            for (key, values) in &r.data {
-                if key == "item" || key == "type" {
-                    continue;
-                }
-                for (ord, value) in (0_i64..).zip(values) {
-                    data_rows.push((id, key.as_str(), ord, value.as_str()));
-                }
-            }
-        }
-        let links: Vec<(i64, i64)> = ids.iter().map(|&id| (id, group_id)).collect();
-        insert_links(&mut tx, &links).await.map_err(db(op))?;
-        insert_data(&mut tx, &data_rows).await.map_err(db(op))?;
+        let ids = insert_run_results(&mut tx, run, results, ref_url_base).await?;
         let announced = self.announce_results(&mut tx, &ids).await.map_err(db(op))?;
         tx.commit().await.map_err(db(op))?;
         if announced {
@@ -309,7 +251,7 @@ impl Store {
 
     /// Adds a `result.new` outbox row per result, in the results' transaction, when this
     /// store announces results. True when it wrote any.
-    async fn announce_results(
+    pub(crate) async fn announce_results(
         &self,
         conn: &mut AnyConnection,
         ids: &[i64],
@@ -397,6 +339,76 @@ impl Store {
 }
 
 /// Loads results with their testcases, groups and data: exactly three queries.
+/// [`Store::store_results`] inside the caller's transaction.
+pub(crate) async fn insert_run_results(
+    tx: &mut AnyConnection,
+    run: Uuid,
+    results: &[CheckResult],
+    ref_url_base: Option<&str>,
+) -> Result<Vec<i64>, StoreError> {
+    let op = || format!("storing {} results of run {run}", results.len());
+    let group_id: i64 = sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
+        .bind(run.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db(op))?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "result group of run",
+            key: run.to_string(),
+        })?;
+
+    let now = now_micros();
+    let mut testcases: HashMap<&str, i64> = HashMap::new();
+    let mut ids = Vec::with_capacity(results.len());
+    let mut data_rows: Vec<(i64, &str, i64, &str)> = Vec::new();
+    for r in results {
+        let testcase_id = match testcases.get(r.checkname.as_str()) {
+            Some(&id) => id,
+            None => {
+                let (id, _) = ensure_testcase(&mut *tx, &r.checkname, None)
+                    .await
+                    .map_err(db(op))?;
+                testcases.insert(&r.checkname, id);
+                id
+            }
+        };
+        let ref_url = match (ref_url_base, r.artifact.as_deref()) {
+            (Some(base), Some(artifact)) => Some(format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                artifact.trim_start_matches('/')
+            )),
+            _ => None,
+        };
+        let id = insert_result(
+            &mut *tx,
+            testcase_id,
+            r.outcome.as_str(),
+            r.note.as_deref(),
+            ref_url.as_deref(),
+            now,
+        )
+        .await
+        .map_err(db(op))?;
+        ids.push(id);
+
+        data_rows.push((id, "item", 0, r.item.as_str()));
+        data_rows.push((id, "type", 0, r.item_type.as_str()));
+        for (key, values) in &r.data {
+            if key == "item" || key == "type" {
+                continue;
+            }
+            for (ord, value) in (0_i64..).zip(values) {
+                data_rows.push((id, key.as_str(), ord, value.as_str()));
+            }
+        }
+    }
+    let links: Vec<(i64, i64)> = ids.iter().map(|&id| (id, group_id)).collect();
+    insert_links(&mut *tx, &links).await.map_err(db(op))?;
+    insert_data(&mut *tx, &data_rows).await.map_err(db(op))?;
+    Ok(ids)
+}
+
 async fn load(conn: &mut AnyConnection, which: &Which<'_>) -> Result<Vec<StoredResult>, Failure> {
     let ids = which.ids_sql();
     let rows = which

@@ -1238,19 +1238,32 @@ async fn outbox_rows_commit_with_what_they_announce(db: TestDb) {
         outcome: None,
         error: None,
     };
+    let fence = j.fence().unwrap();
+    let forged = Fence {
+        job: j.id,
+        token: "not-the-token".into(),
+    };
     assert!(
         !store
-            .end_job_announcing(j.id, "someone-else", j.attempts, &end, Some("{}"))
+            .end_job_announcing(&forged, &end, Some("{}"))
             .await
             .unwrap()
     );
     assert_eq!(store.outbox_len().await.unwrap(), 0);
     assert!(
         store
-            .end_job_announcing(j.id, "d1", j.attempts, &end, Some(r#"{"run":1}"#))
+            .end_job_announcing(&fence, &end, Some(r#"{"run":1}"#))
             .await
             .unwrap()
     );
+    // Repeating an end that committed (its answer lost) adds no second message.
+    assert!(
+        store
+            .end_job_announcing(&fence, &end, Some(r#"{"run":1}"#))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
     let rows = store
         .claim_outbox("d1/d", Duration::from_secs(60), 10)
         .await
@@ -1260,4 +1273,255 @@ async fn outbox_rows_commit_with_what_they_announce(db: TestDb) {
         (rows[0].kind, rows[0].payload.as_str()),
         (OutboxKind::Run, r#"{"run":1}"#)
     );
+}
+
+// --- fencing: lease tokens and daemon ids ---------------------------------------------------
+
+fn queued_job(task: &str) -> NewJob {
+    NewJob {
+        rule: "r".into(),
+        task: task.into(),
+        item: "bash-5.2-1.fc41".into(),
+        item_type: "koji_build".into(),
+        arch: "x86_64".into(),
+        pool: "vm".into(),
+        priority: 0,
+        max_attempts: 3,
+    }
+}
+
+fn run_of(job: &Job) -> NewRun {
+    NewRun {
+        uuid: job.current_run().unwrap(),
+        ..new_run("t", &job.item)
+    }
+}
+
+fn completion(run: Uuid, outcome: Outcome) -> RunCompletion {
+    RunCompletion {
+        uuid: run,
+        results: vec![check("t.check", "bash-5.2-1.fc41", outcome)],
+        ref_url_base: None,
+        phases: vec![Phase {
+            name: "clone".into(),
+            started_at: OffsetDateTime::now_utc(),
+            duration: Duration::from_millis(5),
+        }],
+        state: RunState::Finished,
+        exit_code: Some(0),
+        error: None,
+    }
+}
+
+fn requeue_on_takeover(_: &Job, _: Option<(RunState, Option<String>)>) -> JobEnd {
+    JobEnd::Requeue {
+        not_before: OffsetDateTime::now_utc(),
+        error: Some("taken over".into()),
+        free_attempt: false,
+    }
+}
+
+on_both!(a_taken_over_claim_can_no_longer_end_extend_or_record);
+async fn a_taken_over_claim_can_no_longer_end_extend_or_record(db: TestDb) {
+    let s = &db.store;
+    s.enqueue(None, "a", OffsetDateTime::now_utc(), &[queued_job("t")])
+        .await
+        .unwrap();
+    // d1 claims with a lease that is already over (it was cut off from the database).
+    let j = s
+        .claim("vm", "t", "p", "d1", 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    let fence = j.fence().expect("a claim has a token");
+    let d1 = s.fenced(fence.clone());
+    d1.create_run(&run_of(&j)).await.unwrap();
+    d1.set_run_state(run_of(&j).uuid, RunState::Running)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // d2 takes the job over: the run is closed as crashed and the job requeued, at once.
+    let orphan = s.orphaned_jobs(None).await.unwrap().remove(0);
+    let took = s
+        .recover_job(&orphan, None, requeue_on_takeover, 4, "d1 went silent")
+        .await
+        .unwrap()
+        .expect("the orphan is taken over");
+    assert!(took.run_closed);
+    let run = run_of(&j).uuid;
+    let rec = s.run(run).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.error.as_deref()),
+        (RunState::Crashed, Some("d1 went silent"))
+    );
+
+    // d1 comes back: it can extend nothing, record nothing, end nothing.
+    assert!(
+        s.heartbeat("d1", std::slice::from_ref(&fence), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let err = d1
+        .complete_run(&completion(run, Outcome::Passed))
+        .await
+        .unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    assert!(err.to_string().contains("no longer holds job"), "{err}");
+    assert!(
+        d1.set_run_state(run, RunState::Collecting)
+            .await
+            .unwrap_err()
+            .is_fenced()
+    );
+    let done = JobEnd::Done {
+        state: RunState::Finished,
+        outcome: Some("1 PASSED".into()),
+        error: None,
+    };
+    assert!(!s.end_job(&fence, &done).await.unwrap());
+    assert_eq!(s.run(run).await.unwrap().unwrap().state, RunState::Crashed);
+    assert!(
+        s.run_results(run).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+
+    // The next claim (anyone's, even d1's) has a new token; the old one stays dead.
+    let again = s
+        .claim("vm", "t", "p", "d1", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    let fence2 = again.fence().unwrap();
+    assert_ne!(fence2, fence);
+    assert!(!s.end_job(&fence, &done).await.unwrap());
+    let err = d1.create_run(&run_of(&again)).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    let d1 = s.fenced(fence2.clone());
+    d1.create_run(&run_of(&again)).await.unwrap();
+    d1.complete_run(&completion(run_of(&again).uuid, Outcome::Passed))
+        .await
+        .unwrap();
+    assert!(s.end_job(&fence2, &done).await.unwrap());
+    let j = s.job(j.uuid).await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempts), (RunState::Finished, 2));
+}
+
+on_both!(final_writes_repeated_after_a_lost_answer_count_once);
+async fn final_writes_repeated_after_a_lost_answer_count_once(db: TestDb) {
+    let s = &db.store;
+    s.enqueue(None, "a", OffsetDateTime::now_utc(), &[queued_job("t")])
+        .await
+        .unwrap();
+    let j = s
+        .claim("vm", "t", "p", "d1", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    let fence = j.fence().unwrap();
+    let d1 = s.fenced(fence.clone());
+    let run = run_of(&j);
+    d1.create_run(&run).await.unwrap();
+    // The same completion twice (a commit whose answer was lost, then the retry).
+    let c = completion(run.uuid, Outcome::Passed);
+    d1.complete_run(&c).await.unwrap();
+    d1.complete_run(&c).await.unwrap();
+    assert_eq!(s.run_results(run.uuid).await.unwrap().len(), 1);
+    let rec = s.run(run.uuid).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.phases.len()), (RunState::Finished, 1));
+    let done = JobEnd::Done {
+        state: RunState::Finished,
+        outcome: Some("1 PASSED".into()),
+        error: None,
+    };
+    assert!(s.end_job(&fence, &done).await.unwrap());
+    // Repeated: still "ended here", and the job ended once.
+    assert!(s.end_job(&fence, &done).await.unwrap());
+    let after = s.job(j.uuid).await.unwrap().unwrap();
+    assert_eq!((after.state, after.attempts), (RunState::Finished, 1));
+    assert!(s.orphaned_jobs(Some("d1")).await.unwrap().is_empty());
+}
+
+on_both!(the_heartbeat_renews_only_the_claims_it_names);
+async fn the_heartbeat_renews_only_the_claims_it_names(db: TestDb) {
+    let s = &db.store;
+    s.enqueue(
+        None,
+        "a",
+        OffsetDateTime::now_utc(),
+        &[queued_job("t"), queued_job("t")],
+    )
+    .await
+    .unwrap();
+    let jobs = s
+        .claim("vm", "t", "p", "d1", 2, Duration::ZERO)
+        .await
+        .unwrap();
+    let (kept, dropped) = (jobs[0].fence().unwrap(), jobs[1].fence().unwrap());
+    let held = s
+        .heartbeat("d1", std::slice::from_ref(&kept), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(held, [kept]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The claim the daemon no longer works on runs out; the other does not.
+    let orphans = s.orphaned_jobs(None).await.unwrap();
+    assert_eq!(
+        orphans.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [dropped.job]
+    );
+    // Another daemon's heartbeat cannot renew d1's claims, even with their tokens.
+    assert!(
+        s.heartbeat("d2", &[dropped], Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+on_both!(a_daemon_id_is_held_by_one_live_process);
+async fn a_daemon_id_is_held_by_one_live_process(db: TestDb) {
+    let s = &db.store;
+    let now = OffsetDateTime::now_utc();
+    let rec = |instance: &str, pid: u32| DaemonRecord {
+        id: "d1".into(),
+        instance: instance.into(),
+        host: "h".into(),
+        pid,
+        started_at: now,
+        seen_at: now,
+    };
+    let lease = Duration::from_secs(60);
+    assert_eq!(
+        s.register_daemon(&rec("a", 10), lease, None).await.unwrap(),
+        Registration::Registered
+    );
+    // A second process under the same id is refused while the first renews it.
+    match s.register_daemon(&rec("b", 11), lease, None).await.unwrap() {
+        Registration::Held(other) => assert_eq!((other.instance, other.pid), ("a".into(), 10)),
+        r => panic!("{r:?}"),
+    }
+    assert!(s.renew_daemon("d1", "a").await.unwrap());
+    // Once the first is known dead, the id moves; the first learns it on its next renewal.
+    assert_eq!(
+        s.register_daemon(&rec("b", 11), lease, Some("a"))
+            .await
+            .unwrap(),
+        Registration::Registered
+    );
+    assert!(!s.renew_daemon("d1", "a").await.unwrap());
+    assert!(s.renew_daemon("d1", "b").await.unwrap());
+    // A stale registration (older than the lease) is taken over without proof of death.
+    assert_eq!(
+        s.register_daemon(&rec("c", 12), Duration::ZERO, None)
+            .await
+            .unwrap(),
+        Registration::Registered
+    );
+    // A clean shutdown releases the id; releasing someone else's does nothing.
+    s.release_daemon("d1", "b").await.unwrap();
+    assert_eq!(s.daemon("d1").await.unwrap().unwrap().instance, "c");
+    s.release_daemon("d1", "c").await.unwrap();
+    assert!(s.daemon("d1").await.unwrap().is_none());
 }
