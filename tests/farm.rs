@@ -95,14 +95,6 @@ impl Daemon {
         self.log.lock().unwrap().clone()
     }
 
-    fn wait_for_log(&self, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.log().contains(what) {
-            assert!(Instant::now() < deadline, "no `{what}` in:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     fn stop(mut self) {
         // SAFETY: kill(2) on our own child.
         unsafe {

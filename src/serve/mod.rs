@@ -5,6 +5,7 @@
 //! broker), stop claiming and give running jobs the grace period, cancel and requeue the
 //! rest, publish what is left to publish, stop HTTP.
 
+pub mod announce;
 pub mod control;
 pub mod http;
 
@@ -14,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
-use crate::bus::amqp::{self, Outgoing};
+use crate::bus::amqp;
 use crate::config::{Config, ProviderKind};
 use crate::metrics::Metrics;
 use crate::provider::Provider;
@@ -24,8 +25,8 @@ use crate::provider::libvirt::{LibvirtConfig, LibvirtProvider};
 use crate::provider::local::LocalProvider;
 use crate::provider::sim::{SimConfig, SimProvider};
 use crate::scheduler::intake::{Intake, TaskDefaults};
-use crate::scheduler::{ProviderSlot, RunSummary, Scheduler, SchedulerParts, TaskSpec};
-use crate::store::Store;
+use crate::scheduler::{ProviderSlot, Scheduler, SchedulerParts, TaskSpec};
+use crate::store::{OutboxPolicy, Store};
 use crate::task::Formula;
 
 /// Settings that come from the command line when the file leaves them out.
@@ -47,9 +48,10 @@ pub struct Daemon {
     pub api_token: Option<String>,
     pub max_body: usize,
     pub listen: String,
-    /// Runs' logs and artifacts: `<data_dir>/artifacts/<uuid>/`.
+    /// Base of the URLs the daemon gives out (run pages, artifacts, API hrefs in messages).
+    pub public_url: String,
+    /// Runs' logs and artifacts live in `<data_dir>/artifacts/<uuid>/`.
     pub data_dir: PathBuf,
-    results_rx: std::sync::Mutex<Option<mpsc::Receiver<RunSummary>>>,
 }
 
 /// The host name, the default daemon id.
@@ -79,6 +81,14 @@ impl Daemon {
         let store = Store::open(&db_url)
             .await
             .with_context(|| format!("{cfg_path}: daemon.db: opening the store"))?;
+        // What the bus announces is written to the outbox with what it announces.
+        let store = match &config.bus.amqp {
+            Some(a) => store.with_outbox(OutboxPolicy {
+                results: a.publish_resultsdb,
+                runs: a.publish_results,
+            }),
+            None => store,
+        };
         let daemon_id = config.daemon.id.clone().unwrap_or_else(hostname);
         if daemon_id.is_empty() || daemon_id.contains('/') {
             return Err(anyhow!(
@@ -172,20 +182,16 @@ impl Daemon {
             store: store.clone(),
             metrics: metrics.clone(),
             wake: wake.clone(),
+            max_jobs: config.bus.max_jobs(),
         });
-        let publish = config.bus.amqp.as_ref().is_some_and(|a| a.publish_results);
-        let (results_tx, results_rx) = if publish {
-            let (tx, rx) = mpsc::channel(10_000);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
         let listen = config.daemon.listen.clone();
         let public_url = config
             .daemon
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{listen}"));
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_string();
         let scheduler = Scheduler::new(SchedulerParts {
             store: store.clone(),
             cfg: config.scheduler.clone(),
@@ -196,8 +202,7 @@ impl Daemon {
             data_dir: data_dir.clone(),
             metrics: metrics.clone(),
             wake,
-            results: results_tx,
-            public_url,
+            public_url: public_url.clone(),
             dedup_horizon: Duration::from_secs(
                 config.bus.dedup_hours.unwrap_or(168).saturating_mul(3600),
             ),
@@ -211,10 +216,19 @@ impl Daemon {
             scheduler,
             api_token,
             listen,
+            public_url,
             data_dir,
-            results_rx: std::sync::Mutex::new(results_rx),
             config,
         })
+    }
+
+    /// The AMQP settings with the client property `url` (where this farm is) filled in.
+    fn amqp_client(&self, a: &crate::config::AmqpConfig) -> crate::config::AmqpConfig {
+        let mut a = a.clone();
+        a.client_properties
+            .entry("url".into())
+            .or_insert_with(|| self.public_url.clone());
+        a
     }
 
     /// The AMQP bindings: the rules' topics and the configured extras.
@@ -230,8 +244,9 @@ impl Daemon {
         b
     }
 
-    /// The review UI and every API of `ferrotron web`, on the daemon's store, with its
-    /// token and its farm controls (jobs, cancel, rerun).
+    /// The review UI and every API of `ferrotron web` over the daemon's store (so results
+    /// POSTed here are announced like the daemon's own), with its API token for writes and
+    /// its farm controls (jobs, farm, cancel that acts, rerun).
     pub fn web_router(&self) -> axum::Router {
         let tokens = self.api_token.iter().cloned().collect();
         let farm = control::DaemonControl {
@@ -245,8 +260,8 @@ impl Daemon {
     }
 
     /// Runs until SIGTERM or SIGINT (or until `stop` turns true), then shuts down in order.
-    /// The HTTP server serves the daemon's own routes, the review UI and the APIs
-    /// ([`Daemon::web_router`]) and any `extra` routers.
+    /// The HTTP server serves the daemon's own routes and the `extra` routers (`ferrotron
+    /// serve` passes [`Daemon::web_router`]).
     pub async fn run(
         self: Arc<Self>,
         extra: Vec<axum::Router>,
@@ -264,12 +279,17 @@ impl Daemon {
         let local = listener.local_addr().ok();
         let (stop_tx, stop_rx) = watch::channel(false);
 
-        let loops = self.scheduler.start().await;
+        let loops = self
+            .scheduler
+            .start()
+            .await
+            .map_err(|e| anyhow!("{}: {e}", self.config.path.display()))?;
+        let mut fatal = self.scheduler.fatal();
 
         let mut bus_tasks = Vec::new();
         if let Some(a) = &self.config.bus.amqp {
             let consumer = amqp::Consumer {
-                cfg: a.clone(),
+                cfg: self.amqp_client(a),
                 bindings: self.bindings(),
                 max_body: self.max_body,
                 handler: self.intake.clone(),
@@ -279,37 +299,22 @@ impl Daemon {
         }
         let (pub_stop_tx, pub_stop_rx) = watch::channel(false);
         let mut publisher = None;
-        let results_rx = self.results_rx.lock().expect("results lock").take();
-        if let (Some(a), Some(mut rx)) = (self.config.bus.amqp.clone(), results_rx) {
-            let (out_tx, out_rx) = mpsc::channel::<Outgoing>(10_000);
-            let topic = a.result_topic.clone();
-            tokio::spawn(async move {
-                while let Some(s) = rx.recv().await {
-                    let body = serde_json::to_value(&s).unwrap_or_default();
-                    if out_tx
-                        .send(Outgoing {
-                            topic: topic.clone(),
-                            body,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-            publisher = Some(tokio::spawn(amqp::publisher(
-                a,
-                out_rx,
-                self.metrics.clone(),
-                pub_stop_rx,
-            )));
+        if let Some(a) = self.config.bus.amqp.clone().filter(|a| a.publishes()) {
+            let announcer = announce::Announcer {
+                store: self.store.clone(),
+                cfg: self.amqp_client(&a),
+                public_url: self.public_url.clone(),
+                daemon_id: self.scheduler.daemon_id().to_string(),
+                metrics: self.metrics.clone(),
+            };
+            publisher = Some(tokio::spawn(announcer.run(pub_stop_rx)));
         }
 
-        let mut app = http::router(self.clone()).merge(self.web_router());
+        let mut app = http::router(self.clone());
         for r in extra {
             app = app.merge(r);
         }
+        let app = crate::web::with_access_log(app);
         let mut http_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -318,24 +323,37 @@ impl Daemon {
                 })
                 .await
         });
+        // Lifecycle lines go through tracing (info by default in serve), so that they
+        // follow --log-format like everything else.
         tracing::info!(
             daemon = %self.scheduler.daemon_id(),
-            "serving on {}",
-            local.map_or(self.listen.clone(), |a| a.to_string())
-        );
-        eprintln!(
+            providers = self.config.providers.len(),
+            tasks = self.config.tasks.len(),
+            rules = self.config.rules.len(),
+            amqp = self.config.bus.amqp.as_ref().map_or("off".to_string(), |a| amqp::redact(&a.url)),
+            public_url = %self.public_url,
             "ferrotron serve: daemon {} listening on {}",
             self.scheduler.daemon_id(),
             local.map_or(self.listen.clone(), |a| a.to_string())
         );
+        sd_notify("READY=1\nSTATUS=serving");
 
-        wait_for_signal(external_stop).await;
-        eprintln!("ferrotron serve: shutting down: no new messages or claims");
+        let fatal_reason = tokio::select! {
+            _ = wait_for_signal(external_stop) => None,
+            r = fatal.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
+        };
+        tracing::info!("ferrotron serve: shutting down: no new messages or claims");
+        sd_notify("STOPPING=1\nSTATUS=shutting down");
         let _ = stop_tx.send(true);
+        // A consumer stuck on a store that does not answer must not hold the shutdown.
         for t in bus_tasks {
-            let _ = t.await;
+            let _ = tokio::time::timeout(Duration::from_secs(45), t).await;
         }
         let grace = Duration::from_secs(self.config.scheduler.shutdown_grace_s);
+        tracing::info!(
+            "ferrotron serve: letting running jobs finish (up to {}s)",
+            grace.as_secs()
+        );
         self.scheduler.shutdown(grace).await;
         loops.abort();
         let _ = pub_stop_tx.send(true);
@@ -343,8 +361,35 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(15), p).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        eprintln!("ferrotron serve: stopped");
-        Ok(())
+        tracing::info!("ferrotron serve: stopped");
+        match fatal_reason {
+            Some(why) => Err(anyhow!(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit) how the daemon is doing: one datagram to
+/// `$NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace). Nothing without it.
+pub fn sd_notify(state: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name.as_bytes())
+        }
+        None => SocketAddr::from_pathname(&target),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!("NOTIFY_SOCKET {target}: cannot tell systemd `{state}`: {e}");
     }
 }
 

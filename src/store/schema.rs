@@ -137,9 +137,13 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX runs_arch_created ON runs (arch, created_at)",
         ],
     },
+    // Lease tokens and daemon registrations (store/queue.rs).
+    super::queue::FENCING_MIGRATION,
     // Farm control: rerun images and holds (store/farm.rs). Numbered after its issue so that
-    // parallel branches do not collide; migrations are applied by number.
+    // parallel branches do not collide; migrations are applied by number, kept in order here.
     super::farm::MIGRATION,
+    // Bus messages committed with what they announce (store/outbox.rs).
+    super::outbox::MIGRATION,
 ];
 
 /// The newest schema version this binary knows.

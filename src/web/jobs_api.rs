@@ -431,6 +431,7 @@ mod tests {
             finished_at: None,
             error: None,
             outcome: None,
+            lease_token: None,
             image: None,
         }
     }
