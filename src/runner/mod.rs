@@ -291,10 +291,11 @@ impl Runner {
             self.provider.kind(),
             req.image,
         )));
-        if self.provider.kind() == "local" {
-            cx.emit(Event::Notice(
-                "local backend: the task runs on this host as you, with no isolation".into(),
-            ));
+        if !self.provider.capabilities().isolated {
+            cx.emit(Event::Notice(format!(
+                "{} backend: the task runs on this host as you, with no isolation",
+                self.provider.kind()
+            )));
         }
 
         let ending = if *cancel.borrow() {

@@ -856,7 +856,7 @@ mod size {
                 std::fs::write(tmp.path().join("runtask.yml"), "name: b\ndesc: d\nmaintainer: m\nactions:\n  - name: p\n    dummy: {result: PASS}\n").unwrap();
                 let formula = crate::task::Formula::load(tmp.path()).unwrap();
                 let runner = crate::runner::Runner {
-                    provider: std::sync::Arc::new(crate::provider::local::LocalProvider::new(tmp.path(), 1)),
+                    provider: crate::provider::build(&crate::provider::Spec::Local(Default::default()), &crate::provider::Context::new(tmp.path())).await.unwrap(),
                     store,
                     data_dir: tmp.path().into(),
                     sink: std::sync::Arc::new(|_: &crate::runner::Event| {}),

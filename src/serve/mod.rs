@@ -16,12 +16,8 @@ use anyhow::{Context, Result, anyhow};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::bus::amqp::{self, Outgoing};
-use crate::config::{Config, ProviderKind};
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::provider::Provider;
-use crate::provider::libvirt::{LibvirtConfig, LibvirtProvider};
-use crate::provider::local::LocalProvider;
-use crate::provider::sim::{SimConfig, SimProvider};
 use crate::scheduler::intake::{Intake, TaskDefaults};
 use crate::scheduler::{ProviderSlot, RunSummary, Scheduler, SchedulerParts, TaskSpec};
 use crate::store::Store;
@@ -87,50 +83,30 @@ impl Daemon {
 
         let mut slots = Vec::new();
         for (i, p) in config.providers.iter().enumerate() {
-            let (provider, image): (Arc<dyn Provider>, String) = match &p.kind {
-                ProviderKind::Libvirt { uri, image, accel } => {
-                    let (spec, recipes, images) = (
-                        image.clone(),
-                        defaults.recipes_dir.clone(),
-                        defaults.images_dir.clone(),
-                    );
-                    let base = tokio::task::spawn_blocking(move || {
-                        crate::image::recipe::resolve(&spec, &recipes, &images, true)
-                    })
-                    .await?
-                    .with_context(|| format!("{cfg_path}: providers[{i}].image `{image}`"))?;
-                    let prov = LibvirtProvider::new(LibvirtConfig {
-                        max_instances: p.max_instances,
-                        accel: *accel,
-                        ..LibvirtConfig::new(uri.clone(), data_dir.join("instances"))
-                    });
-                    (Arc::new(prov), base.path.display().to_string())
-                }
-                ProviderKind::Local => (
-                    Arc::new(LocalProvider::new(data_dir.join("local"), p.max_instances)),
-                    "local".to_string(),
-                ),
-                ProviderKind::Sim {
-                    create_ms,
-                    delete_ms,
-                    jitter_ms,
-                    failure_rate,
-                } => (
-                    Arc::new(SimProvider::new(SimConfig {
-                        root: data_dir.join("sim").join(&p.name),
-                        max_instances: p.max_instances,
-                        create_latency: Duration::from_millis(*create_ms),
-                        delete_latency: Duration::from_millis(*delete_ms),
-                        jitter: Duration::from_millis(*jitter_ms),
-                        failure_rate: *failure_rate,
-                    })),
-                    "sim".to_string(),
-                ),
+            let at = format!("{cfg_path}: providers[{i}]");
+            let cx = crate::provider::Context {
+                data_dir: data_dir.clone(),
+                name: p.name.clone(),
             };
+            let provider = crate::provider::build(&p.spec, &cx)
+                .await
+                .with_context(|| at.clone())?;
+            provider.preflight().with_context(|| at.clone())?;
+            let image = crate::image::for_provider(
+                &provider.capabilities().images,
+                p.spec.image(),
+                &defaults.recipes_dir,
+                &defaults.images_dir,
+            )
+            .await
+            .with_context(|| {
+                let named = p.spec.image().unwrap_or(crate::image::DEFAULT_IMAGE);
+                format!("{at}.image `{named}`")
+            })?;
             slots.push(ProviderSlot::new(
                 p.name.clone(),
                 p.pool().to_string(),
-                p.max_instances,
+                p.max_instances(),
                 provider,
                 image,
                 &config.scheduler,
