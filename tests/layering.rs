@@ -54,7 +54,10 @@ fn rules(doc: &str) -> Vec<Rule> {
             .map(|t| segments(t.trim()))
             .filter(|t| !t.is_empty())
             .collect();
-        assert!(!never.is_empty(), "layering rule with nothing after it: {line}");
+        assert!(
+            !never.is_empty(),
+            "layering rule with nothing after it: {line}"
+        );
         out.push(Rule {
             from: if from == "*" {
                 Vec::new()
@@ -115,16 +118,17 @@ fn paths_in(line: &str, module: &[String]) -> Vec<Vec<String>> {
             i += 1;
             continue;
         }
-        let rest = &line[i..];
-        let (mut base, mut j) = if rest.starts_with("crate::") {
+        // Bytes, not `&line[i..]`: `i` may be inside a multi-byte character.
+        let rest = &b[i..];
+        let (mut base, mut j) = if rest.starts_with(b"crate::") {
             (Vec::new(), i + "crate::".len())
-        } else if rest.starts_with("super::") {
+        } else if rest.starts_with(b"super::") {
             (module.to_vec(), i)
         } else {
             i += 1;
             continue;
         };
-        while line[j..].starts_with("super::") {
+        while b[j..].starts_with(b"super::") {
             base.pop();
             j += "super::".len();
         }
@@ -173,7 +177,7 @@ fn tree(line: &str, mut j: usize, mut prefix: Vec<String>, out: &mut Vec<Vec<Str
         if !seg.is_empty() && seg != "self" {
             prefix.push(seg.to_string());
         }
-        if line[j..].starts_with("::") {
+        if b[j..].starts_with(b"::") {
             j += 2;
             continue;
         }
@@ -255,7 +259,10 @@ fn violations(root: &Path) -> (Vec<String>, usize) {
 fn src_follows_the_layering_rules_of_architecture_md() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (found, checked) = violations(root);
-    assert!(checked > 200, "only {checked} paths found: is the scanner broken?");
+    assert!(
+        checked > 200,
+        "only {checked} paths found: is the scanner broken?"
+    );
     assert!(
         found.is_empty(),
         "{} layering violations:\n{}",
@@ -282,17 +289,32 @@ fn the_checker_finds_breaks() {
         std::fs::create_dir_all(src.join(dir)).unwrap();
     }
     let w = |p: &str, t: &str| std::fs::write(src.join(p), t).unwrap();
-    w("guest/ssh.rs", "use crate::provider::SshTarget;\n// crate::provider::x is fine here\n");
+    w(
+        "guest/ssh.rs",
+        "use crate::provider::SshTarget;\n// crate::provider::x is fine here\n",
+    );
     w("image/source.rs", "use super::build::Ctl;\n");
     w("provider/spec.rs", "use super::libvirt::LibvirtProvider;\n");
-    w("cli/run.rs", "use crate::provider::{self, Spec, libvirt::Network};\n");
+    w(
+        "cli/run.rs",
+        "use crate::provider::{self, Spec, libvirt::Network};\n",
+    );
     w("outcome.rs", "fn f() { crate::store::x(); }\n");
     let (found, _) = violations(d.path());
     let all = found.join("\n");
-    assert!(all.contains("src/guest/ssh.rs:1: `guest::ssh` names `provider::SshTarget`"), "{all}");
+    assert!(
+        all.contains("src/guest/ssh.rs:1: `guest::ssh` names `provider::SshTarget`"),
+        "{all}"
+    );
     assert!(all.contains("src/image/source.rs:1:"), "{all}");
-    assert!(all.contains("src/cli/run.rs:1: `cli::run` names `provider::libvirt::Network`"), "{all}");
+    assert!(
+        all.contains("src/cli/run.rs:1: `cli::run` names `provider::libvirt::Network`"),
+        "{all}"
+    );
     assert!(all.contains("src/outcome.rs:1:"), "{all}");
-    assert!(!all.contains("provider/spec.rs"), "a module may name its own parts: {all}");
+    assert!(
+        !all.contains("provider/spec.rs"),
+        "a module may name its own parts: {all}"
+    );
     assert_eq!(found.len(), 4, "{all}");
 }

@@ -151,7 +151,9 @@ async fn build_all(global: &GlobalArgs, args: BuildArgs) -> i32 {
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(super::run::forward_signals(cancel_tx));
     let sink = Arc::new(|e: &Event| {
-        let _ = writeln!(std::io::stdout().lock(), "{}", e.line());
+        if let Some(line) = e.line() {
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
     });
     let mut code = exit::OK;
     for r in recipes {

@@ -13,7 +13,7 @@ use crate::image;
 use crate::provider::spec::{LibvirtSpec, LocalSpec, SshSpec};
 use crate::provider::{self, Spec};
 use crate::runner::{Event, RunReport, RunRequest, Runner, RunnerError, exit};
-use crate::store::Store;
+use crate::store::{RunParams, Store};
 use crate::task::Formula;
 
 #[derive(Args, Debug)]
@@ -33,10 +33,10 @@ pub struct RunArgs {
     #[arg(short = 't', long = "type", value_name = "TYPE", default_value = "")]
     pub item_type: String,
     /// Architecture the check is about.
-    #[arg(short, long, default_value = "noarch")]
+    #[arg(short, long, default_value = RunParams::DEFAULT_ARCH)]
     pub arch: String,
     /// Job id from the caller's scheduler, available as ${jobid}.
-    #[arg(short, long, default_value = "-1")]
+    #[arg(short, long, default_value = RunParams::DEFAULT_JOBID)]
     pub jobid: String,
     /// Run uuid [default: a new time-ordered UUID].
     #[arg(long)]
@@ -71,19 +71,19 @@ pub struct RunArgs {
     #[arg(long, env = "FERROTRON_RECIPES", default_value = "images")]
     pub recipes: PathBuf,
     /// Spawn attempts before a run gives up on getting a machine.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = RunParams::DEFAULT_SPAWN_ATTEMPTS)]
     pub attempts: u32,
     /// How to report: live text, or one JSON object on stdout (live output goes to stderr).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Stop the task after this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 7200)]
+    #[arg(long, value_name = "SECONDS", default_value_t = RunParams::DEFAULT_TASK_TIMEOUT_S)]
     pub timeout: u64,
     /// Keep the machine after the run and print how to reach it.
     #[arg(long)]
     pub no_destroy: bool,
     /// Largest total size of artifacts to collect, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    #[arg(long, value_name = "MIB", default_value_t = RunParams::DEFAULT_ARTIFACTS_MIB)]
     pub artifacts_cap: u64,
 }
 
@@ -103,9 +103,10 @@ pub enum Format {
 /// The provider the flags describe.
 fn provider_spec(args: &RunArgs) -> Spec {
     if let Some(target) = &args.ssh {
-        let identity = args.ssh_privkey.clone().or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519"))
-        });
+        let identity = args
+            .ssh_privkey
+            .clone()
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519")));
         return Spec::Ssh(SshSpec {
             target: target.clone(),
             identity,
@@ -161,7 +162,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
     })?;
     let json = args.format == Format::Json;
     let sink = Arc::new(move |e: &Event| {
-        let line = e.line();
+        let Some(line) = e.line() else { return };
         // With --format json, stdout carries exactly one JSON object.
         if json {
             let _ = writeln!(std::io::stderr().lock(), "{line}");

@@ -21,7 +21,7 @@ use super::{
     Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Provider, ProviderError,
     SshTarget,
 };
-use crate::image::BaseImage;
+use crate::base_image::BaseImage;
 
 const NAMESPACE: &str = "https://ferrotron.dev/xmlns/libvirt/instance/1";
 const PREFIX: &str = "ferrotron-";
@@ -784,7 +784,7 @@ mod tests {
         let image = BaseImage {
             path: "/img/base.qcow2".into(),
             name: None,
-            boot: crate::image::BootInfo {
+            boot: crate::base_image::BootInfo {
                 kernel: Some("/img/k".into()),
                 cmdline: Some("console=ttyS0 root=/dev/vda".into()),
                 user: "root".into(),

@@ -20,7 +20,7 @@ pub mod ssh;
 
 pub use spec::{Accel, Context, Spec, build};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -51,27 +51,7 @@ pub struct InstanceSpec {
     pub host_public_key: String,
 }
 
-/// How the runner reaches an instance once it exists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Access {
-    /// Runs on this host, in `root`. No isolation.
-    Local { root: PathBuf },
-    /// An SSH endpoint whose host key is already known.
-    Ssh(SshTarget),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SshTarget {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    /// The pinned host public key (OpenSSH line); `None` means trust-on-first-use, which
-    /// only `--ssh` to a machine the user names may use.
-    pub host_key: Option<String>,
-    /// A private key file to log in with instead of the run's own key (`--ssh` machines
-    /// do not know the run's key).
-    pub identity: Option<PathBuf>,
-}
+pub use crate::access::{Access, SshTarget};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -208,7 +188,7 @@ pub trait Provider: Send + Sync {
     /// storage pools, a Glance image service). Returns where it went, one entry per place.
     async fn upload_image(
         &self,
-        _image: &crate::image::BaseImage,
+        _image: &crate::base_image::BaseImage,
     ) -> Result<Vec<String>, ProviderError> {
         Err(ProviderError::Permanent(format!(
             "the {} backend does not take uploaded images",

@@ -144,6 +144,13 @@ pub struct SchedulerParts {
     pub dedup_horizon: Duration,
 }
 
+/// The daemon's loop over the job queue: claims queued jobs per pool within each provider
+/// slot's capacity (fair share, breaker), runs each under its lease with a [`Runner`],
+/// renews leases and flushes job states on a heartbeat, ends jobs (finished, retried with
+/// backoff, crashed), recovers orphans and reaps leaked instances of its farm.
+///
+/// It knows backends only as [`ProviderSlot`]s, and a job's state only through the run's
+/// events; a job runs only while this daemon holds its claim.
 pub struct Scheduler {
     store: Store,
     cfg: SchedulerConfig,
@@ -615,25 +622,17 @@ impl Scheduler {
         }
     }
 
-    /// The runner's event sink for one job: phase → job state, instance gauge.
+    /// The runner's event sink for one job: the run's state → the job's, instance gauge.
     fn sink(self: &Arc<Self>, job_id: i64, provider: &str) -> crate::runner::EventSink {
         let me = Arc::downgrade(self);
         let provider = provider.to_string();
         Arc::new(move |e: &Event| {
             let Some(me) = me.upgrade() else { return };
             let state = match e {
-                Event::PhaseStarted { name } => match name.as_str() {
-                    "clone" => Some(RunState::Provisioning),
-                    "upload" => Some(RunState::Running),
-                    "collect" => Some(RunState::Collecting),
-                    _ => None,
-                },
-                Event::PhaseFinished { name, ok, .. } => {
-                    if name == "clone" && *ok {
-                        me.metrics.live_instances(&provider, 1);
-                    } else if name == "destroy" {
-                        me.metrics.live_instances(&provider, -1);
-                    }
+                Event::State(s) => Some(*s),
+                Event::Instance { held, .. } => {
+                    me.metrics
+                        .live_instances(&provider, if *held { 1 } else { -1 });
                     None
                 }
                 _ => None,

@@ -68,14 +68,6 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
-/// Compares in time independent of where the strings differ.
-fn same_token(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn submit(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(token) = &d.api_token else {
         return error(
@@ -88,7 +80,7 @@ async fn submit(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bytes) -
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !same_token(given.as_bytes(), token.as_bytes()) {
+    if !crate::util::constant_time_eq(given.as_bytes(), token.as_bytes()) {
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token (Authorization: Bearer TOKEN)",

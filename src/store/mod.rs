@@ -40,7 +40,7 @@ pub use query::{
 };
 pub use queue::{Enqueued, Job, JobEnd, NewJob, TaskLoad, run_uuid};
 pub use results::{NewGroup, NewResult, StoredResult};
-pub use runs::{Attempt, NewRun, Phase, RunRecord, RunState, UnknownRunState};
+pub use runs::{Attempt, NewRun, Phase, RunParams, RunRecord, RunState, UnknownRunState};
 
 /// Which SQL engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -122,8 +122,54 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
-    // The daemon's job queue (store/queue.rs).
-    super::queue::MIGRATION,
+    // The daemon's job queue (store/queue.rs); its statements as they shipped.
+    Migration {
+        version: 2,
+        name: "job queue and seen message ids",
+        statements: &[
+            "CREATE TABLE jobs (
+            id AUTO_ID,
+            uuid TEXT NOT NULL UNIQUE,
+            message_id TEXT,
+            topic TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            task TEXT NOT NULL,
+            item TEXT NOT NULL,
+            item_type TEXT NOT NULL,
+            arch TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            provider TEXT,
+            priority INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            max_attempts INTEGER NOT NULL,
+            claimed_by TEXT,
+            lease_until BIGINT,
+            not_before BIGINT NOT NULL,
+            received_at BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            claimed_at BIGINT,
+            finished_at BIGINT,
+            error TEXT,
+            outcome TEXT
+        )",
+            // The claim: queued jobs of one pool and task, best priority first, then oldest.
+            // The predicate must match `QUEUED` textually for SQLite to use the index.
+            "CREATE INDEX jobs_ready ON jobs (pool, task, priority, id) WHERE state = 'queued'",
+            // Heartbeats and recovery: claimed jobs by owner and by lease.
+            "CREATE INDEX jobs_claimed ON jobs (claimed_by, lease_until)
+            WHERE state IN ('provisioning', 'running', 'collecting')",
+            "CREATE INDEX jobs_message ON jobs (message_id)",
+            "CREATE INDEX jobs_state ON jobs (state)",
+            "CREATE TABLE seen_messages (
+            message_id TEXT PRIMARY KEY,
+            topic TEXT NOT NULL,
+            received_at BIGINT NOT NULL,
+            jobs INTEGER NOT NULL
+        )",
+            "CREATE INDEX seen_messages_received ON seen_messages (received_at)",
+        ],
+    },
     // Version 2 is the job queue (scheduler branch); versions are applied by number, so either
     // may land first.
     Migration {

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -317,8 +316,7 @@ impl Provider for OpenStackProvider {
             "name": name,
             "imageRef": image.id,
             "flavorRef": flavor.id,
-            "user_data": base64::engine::general_purpose::STANDARD
-                .encode(super::seed::user_data(spec)),
+            "user_data": crate::util::base64_encode(super::seed::user_data(spec)),
             "metadata": self.metadata(&spec.meta)?,
         });
         if let Some(n) = &self.settings().network {
