@@ -1021,3 +1021,301 @@ async fn sigkill_mid_run_then_restart_leaves_no_leak_and_reruns_the_job() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
 }
+
+// --- the store fails, daemons disagree ----------------------------------------------------
+
+/// A fresh PostgreSQL database reached through a proxy the test controls: (direct URL,
+/// database name, the daemon's URL through the proxy, the proxy).
+async fn pg_behind_proxy(admin: &str) -> (String, String, String, common::proxy::Proxy) {
+    let (url, name) = fresh_pg(admin).await;
+    let (target, _) = common::proxy::reroute_url(&url, "127.0.0.1:9".parse().unwrap());
+    let proxy = common::proxy::Proxy::start(target);
+    let (_, via) = common::proxy::reroute_url(&url, proxy.addr);
+    (url, name, via, proxy)
+}
+
+#[tokio::test]
+async fn a_store_outage_while_runs_finish_ends_every_job_exactly_once() {
+    let Some(admin) = env_or_skip("FERROTRON_TEST_PG") else {
+        return;
+    };
+    let (url, name, via, proxy) = pg_behind_proxy(&admin).await;
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "nap", "echo napping; sleep 6; echo awake");
+    let s = setup(
+        Some(via),
+        "",
+        &format!(
+            "scheduler: {{heartbeat_s: 1, lease_s: 60, poll_ms: 100}}\n\
+             providers: [{{name: sim, kind: sim, max_instances: 8, create_ms: 10}}]\n{}",
+            sim_rules(&task, "t.x")
+        ),
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    for i in 0..3 {
+        let (st, r) = d.submit(
+            &json!({"topic": "t.x", "id": format!("m{i}"), "body": koji_body(&format!("p{i}"))}),
+        );
+        assert_eq!(st, 202, "{r}");
+    }
+    let store = Store::open(&url).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| {
+        j.len() == 6 && j.iter().all(|j| j.state == RunState::Running)
+    })
+    .await;
+    assert!(
+        jobs.iter().all(|j| j.state == RunState::Running),
+        "{}\n{}",
+        explain(&store).await,
+        d.log()
+    );
+
+    // The database goes away for 15 s; every task finishes meanwhile.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    for j in store.jobs(None).await.unwrap() {
+        let run = store.run(j.current_run().unwrap()).await.unwrap().unwrap();
+        let log = std::fs::read_to_string(&run.log_path).unwrap();
+        assert!(log.contains("[work] awake"), "task did not finish: {log}");
+        assert!(
+            !run.state.is_terminal() && !j.state.is_terminal(),
+            "nothing can be recorded while the store is away: {j:?} {run:?}"
+        );
+    }
+    proxy.restore();
+
+    let jobs = wait_jobs(&store, Duration::from_secs(120), |j| all_terminal(j, 6)).await;
+    for j in &jobs {
+        assert_eq!(
+            (j.state, j.attempts),
+            (RunState::Finished, 1),
+            "a finished job ends once, not rerun: {j:?}\n{}\n{}",
+            explain(&store).await,
+            d.log()
+        );
+        let run = store.run(j.current_run().unwrap()).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Finished, "{run:?}");
+        assert!(run.phases.iter().any(|p| p.name == "destroy"), "{run:?}");
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(runs, 6, "one run per job");
+    assert!(d.log().contains("trying again"), "{}", d.log());
+    assert_eq!(
+        std::fs::read_dir(s.data.path().join("sim/sim"))
+            .unwrap()
+            .count(),
+        0,
+        "instances left"
+    );
+    // Healthy afterwards: a new message runs.
+    let (st, r) = d.submit(&json!({"topic": "t.x", "id": "after", "body": koji_body("q")}));
+    assert_eq!(st, 202, "{r}");
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 8)).await;
+    assert!(
+        jobs.iter().all(|j| j.state == RunState::Finished),
+        "{}",
+        explain(&store).await
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+    store.close().await;
+    drop_pg(&admin, &name).await;
+}
+
+#[tokio::test]
+async fn sigterm_while_the_store_is_down_still_stops_the_daemon() {
+    let Some(admin) = env_or_skip("FERROTRON_TEST_PG") else {
+        return;
+    };
+    let (url, name, via, proxy) = pg_behind_proxy(&admin).await;
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "slow", "echo napping; sleep 300");
+    let s = setup(
+        Some(via),
+        "",
+        &format!(
+            "scheduler: {{heartbeat_s: 1, lease_s: 30, shutdown_grace_s: 1, final_write_grace_s: 5}}\n\
+             providers: [{{name: sim, kind: sim, max_instances: 4, create_ms: 10}}]\n{}",
+            sim_rules(&task, "t.x").replace("[x86_64, aarch64]", "[x86_64]")
+        ),
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let (st, r) = d.submit(&json!({"topic": "t.x", "id": "m", "body": koji_body("zsh")}));
+    assert_eq!(st, 202, "{r}");
+    let store = Store::open(&url).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| {
+        j.len() == 1 && j[0].state == RunState::Running
+    })
+    .await;
+    assert_eq!(jobs[0].state, RunState::Running, "{}", d.log());
+
+    proxy.cut();
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    let code = d.wait(Duration::from_secs(150));
+    let took = t.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM with the store down");
+    assert_eq!(code, Some(0), "did not stop:\n{}", d.log());
+    // Grace 1 s, the instance destroyed, then at most final_write_grace_s (5 s) of tries of
+    // at most 5 s each, after a first try bounded by the pool's 30 s acquire timeout.
+    assert!(took < Duration::from_secs(90), "{took:?}\n{}", d.log());
+    assert!(d.log().contains("left to its lease"), "{}", d.log());
+    assert_eq!(
+        std::fs::read_dir(s.data.path().join("sim/sim"))
+            .unwrap()
+            .count(),
+        0,
+        "instance left"
+    );
+
+    // The store comes back; the same daemon id starts again (its previous process is gone)
+    // and recovers the claim its previous life could not end.
+    proxy.restore();
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| {
+        j[0].attempts == 2 && j[0].state == RunState::Running
+    })
+    .await;
+    assert_eq!(
+        (jobs[0].attempts, jobs[0].state),
+        (2, RunState::Running),
+        "{}\n{}",
+        explain(&store).await,
+        d.log()
+    );
+    let first = store.run(run_of(&jobs[0], 1)).await.unwrap().unwrap();
+    assert_eq!(first.state, RunState::Crashed, "{first:?}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+    store.close().await;
+    drop_pg(&admin, &name).await;
+}
+
+fn run_of(job: &Job, attempt: u32) -> uuid::Uuid {
+    ferrotron::store::run_uuid(job.uuid, attempt)
+}
+
+#[tokio::test]
+async fn jobs_of_a_task_a_daemon_does_not_know_are_left_to_one_that_does() {
+    let Some(admin) = env_or_skip("FERROTRON_TEST_PG") else {
+        return;
+    };
+    let (url, name) = fresh_pg(&admin).await;
+    let s0 = tempfile::tempdir().unwrap();
+    let farm = |task: &str, topic: &str| {
+        let dir = write_task(s0.path(), task, "echo ran");
+        format!(
+            "scheduler: {{poll_ms: 50}}\nproviders: [{{name: sim, kind: sim, max_instances: 4, create_ms: 200}}]\n\
+             tasks:\n  {task}: {{path: '{}'}}\n\
+             rules:\n  - {{name: r, topics: ['{topic}'], item: '{{name}}', type: koji_build, arches: [x86_64], tasks: [{task}]}}\n",
+            dir.display()
+        )
+    };
+    let a = setup(Some(url.clone()), "", &farm("ta", "t.a"));
+    let b = setup(Some(url.clone()), "", &farm("tb", "t.b"));
+    let b_config = std::fs::read_to_string(&b.config)
+        .unwrap()
+        .replace("id: d1", "id: d2");
+    std::fs::write(&b.config, b_config).unwrap();
+    let da = Daemon::start(a.data.path(), &a.config, a.port);
+    let db = Daemon::start(b.data.path(), &b.config, b.port);
+    // Both daemons claim from the same pool; each message's jobs go in through the daemon
+    // whose rules know its topic.
+    for i in 0..10 {
+        let (st, r) = db.submit(&json!({"topic": "t.b", "body": {"name": format!("b{i}")}}));
+        assert_eq!(st, 202, "{r}");
+        let (st, r) = da.submit(&json!({"topic": "t.a", "body": {"name": format!("a{i}")}}));
+        assert_eq!(st, 202, "{r}");
+    }
+    let store = Store::open(&url).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(120), |j| all_terminal(j, 20)).await;
+    for j in &jobs {
+        let want = if j.task == "ta" { "d1" } else { "d2" };
+        assert_eq!(
+            (j.state, j.attempts, j.claimed_by.as_deref()),
+            (RunState::Finished, 1, Some(want)),
+            "{j:?}\nA:\n{}\nB:\n{}",
+            da.log(),
+            db.log()
+        );
+    }
+    store.close().await;
+    drop(da);
+    drop(db);
+    drop_pg(&admin, &name).await;
+}
+
+#[tokio::test]
+async fn a_second_live_daemon_with_the_same_id_refuses_to_start() {
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "true");
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "providers: [{{name: sim, kind: sim, max_instances: 2, create_ms: 10}}]\n{}",
+            sim_rules(&task, "t.x")
+        ),
+    );
+    let mut first = Daemon::start(s.data.path(), &s.config, s.port);
+    // The same id (and store) on another port.
+    let port2 = free_port();
+    let config2 = s.data.path().join("farm2.yaml");
+    std::fs::write(
+        &config2,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace(&format!(":{}'", s.port), &format!(":{port2}'")),
+    )
+    .unwrap();
+    let mut second = common::command(
+        s.data.path(),
+        &["serve", "--config", config2.to_str().unwrap()],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second daemon with the same id kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("daemon id `d1` is in use by another live daemon")
+            && err.contains(&format!("pid {}", first.child.id()))
+            && err.contains("farm2.yaml"),
+        "{err}"
+    );
+    // The first one is unharmed.
+    assert_eq!(first.http("GET", "/healthz", b"", None).0, 200);
+    // Once it is dead (no clean release), the id can be taken at once on this host.
+    first.signal(libc::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let mut again = Daemon::start(s.data.path(), &config2, port2);
+    assert_eq!(again.http("GET", "/healthz", b"", None).0, 200);
+    again.signal(libc::SIGTERM);
+    assert_eq!(
+        again.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        again.log()
+    );
+}

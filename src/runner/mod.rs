@@ -22,7 +22,7 @@ use crate::guest::keys::RunKeys;
 use crate::guest::{self, Command, Session, transfer};
 use crate::provider::{Access, Instance, InstanceMeta, InstanceSpec, Provider};
 use crate::results::CheckResult;
-use crate::store::{Attempt, NewRun, Phase, RunState, Store};
+use crate::store::{Attempt, NewRun, Phase, RunCompletion, RunState, Store};
 use crate::task::{Formula, Vars};
 
 use actions::{ActionContext, ActionError, Layout, TaskState};
@@ -102,6 +102,15 @@ pub enum RunnerError {
     Invalid(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    /// The run ended (its instance is gone) but the store refused or missed its final
+    /// record; `completion` is what to write again once the store is back.
+    #[error("the run ended ({}) but its end was not recorded: {source}", report.state)]
+    Unrecorded {
+        report: Box<RunReport>,
+        completion: Box<crate::store::RunCompletion>,
+        #[source]
+        source: crate::store::StoreError,
+    },
     #[error("generating the run's SSH keys: {0}")]
     Keys(String),
     #[error("{context}: {source}")]
@@ -113,6 +122,13 @@ pub enum RunnerError {
 }
 
 pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// How long the informational state writes of a run may wait for the store.
+const STATE_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long the run's final record may wait for the store before the caller gets it back
+/// to write again ([`RunnerError::Unrecorded`]); longer than the pool's acquire timeout.
+const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(40);
 
 pub struct Runner {
     pub provider: Arc<dyn Provider>,
@@ -351,15 +367,16 @@ impl Runner {
 
         let phases = cx.phases.lock().expect("phases lock").clone();
         let base = format!("file://{}", artifacts_dir.display());
-        self.store
-            .store_results(req.uuid, &task.results, Some(&base))
-            .await?;
-        self.store.record_phases(req.uuid, &phases).await?;
-        self.store
-            .finish_run(req.uuid, state, Some(exit_code), error.as_deref())
-            .await?;
-
-        Ok(RunReport {
+        let completion = RunCompletion {
+            uuid: req.uuid,
+            results: task.results.clone(),
+            ref_url_base: Some(base),
+            phases: phases.clone(),
+            state,
+            exit_code: Some(exit_code),
+            error: error.clone(),
+        };
+        let report = RunReport {
             uuid: req.uuid,
             task: req.formula.checkname(),
             item: req.item.clone(),
@@ -383,7 +400,32 @@ impl Runner {
             log: log_path,
             refused_artifacts: refused,
             kept_instance: kept,
-        })
+        };
+        // Results, phases and the final state go in one transaction: a store that fails
+        // here leaves nothing half written, and the caller may write `completion` again.
+        let written = tokio::time::timeout(FINAL_WRITE_LIMIT, self.store.complete_run(&completion))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Unanswered {
+                    op: format!("recording the end of run {}", req.uuid),
+                    after: FINAL_WRITE_LIMIT,
+                })
+            });
+        match written {
+            Ok(()) => Ok(report),
+            Err(source) => Err(RunnerError::Unrecorded {
+                report: Box::new(report),
+                completion: Box::new(completion),
+                source,
+            }),
+        }
+    }
+
+    /// Records the phase the run is in. Informational: a store that is away or slow must not
+    /// hold the run (and its instance), so the write is bounded and its failure ignored.
+    async fn note_state(&self, uuid: Uuid, state: RunState) {
+        let _ =
+            tokio::time::timeout(STATE_WRITE_LIMIT, self.store.set_run_state(uuid, state)).await;
     }
 
     /// Everything that may be cut short by a timeout or a signal.
@@ -392,7 +434,7 @@ impl Runner {
             Ok(s) => s,
             Err(e) => return Ending::Infra(e),
         };
-        let _ = self.store.set_run_state(req.uuid, RunState::Running).await;
+        self.note_state(req.uuid, RunState::Running).await;
         let layout = Layout::under(session.root());
         let upload = async {
             transfer::put_dir(session.as_ref(), &req.formula.dir, &layout.workdir).await?;
@@ -501,10 +543,7 @@ impl Runner {
 
     /// Creates an instance and connects to it, retrying spawns that do not come up.
     async fn provision(&self, req: &RunRequest, cx: &RunCtx) -> Result<Arc<dyn Session>, String> {
-        let _ = self
-            .store
-            .set_run_state(req.uuid, RunState::Provisioning)
-            .await;
+        self.note_state(req.uuid, RunState::Provisioning).await;
         let attempts = req.spawn_attempts.max(1);
         let mut last_error = String::new();
         for attempt in 1..=attempts {
@@ -596,10 +635,7 @@ impl Runner {
         let Some(session) = cx.session() else {
             return true; // nothing ran, nothing to collect
         };
-        let _ = self
-            .store
-            .set_run_state(req.uuid, RunState::Collecting)
-            .await;
+        self.note_state(req.uuid, RunState::Collecting).await;
         let remote = Layout::under(session.root()).artifactsdir;
         let got = cx
             .phase(

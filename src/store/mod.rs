@@ -18,6 +18,7 @@ macro_rules! data_lookup_sql {
     };
 }
 
+mod outbox;
 mod query;
 mod queue;
 mod results;
@@ -34,13 +35,16 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
+pub use outbox::{OutboxEntry, OutboxKind, OutboxPolicy};
 pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
     like_pattern,
 };
-pub use queue::{Enqueued, Job, JobEnd, NewJob, TaskLoad, run_uuid};
+pub use queue::{
+    DaemonRecord, Enqueued, Fence, Job, JobEnd, NewJob, Recovered, Registration, TaskLoad, run_uuid,
+};
 pub use results::{NewGroup, NewResult, StoredResult};
-pub use runs::{Attempt, NewRun, Phase, RunRecord, RunState, UnknownRunState};
+pub use runs::{Attempt, NewRun, Phase, RunCompletion, RunRecord, RunState, UnknownRunState};
 
 /// Which SQL engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,12 @@ pub enum StoreError {
     Invalid { op: String, message: String },
     #[error("{op}: unreadable row: {message}")]
     Corrupt { op: String, message: String },
+    #[error(
+        "{op}: this daemon no longer holds job {job} (its claim was taken over by another daemon, or the job ended); nothing was written"
+    )]
+    Fenced { op: String, job: i64 },
+    #[error("{op}: the database did not answer within {} s", after.as_secs())]
+    Unanswered { op: String, after: Duration },
 }
 
 impl StoreError {
@@ -96,6 +106,31 @@ impl StoreError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
+    }
+
+    /// True when a fenced write was refused: the claim is someone else's now.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
+
+    /// True when trying again later may succeed: the database could not be reached or the
+    /// connection broke (as opposed to a refused or invalid write).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db { source, .. } => match source {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::BeginFailed => true,
+                // A server shutting down, a full disk, a lock timeout: not a refused write.
+                sqlx::Error::Database(e) => e.kind() == sqlx::error::ErrorKind::Other,
+                _ => false,
+            },
+            StoreError::Io { .. } | StoreError::Unanswered { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -109,6 +144,12 @@ pub(crate) fn db<F: FnOnce() -> String>(op: F) -> impl FnOnce(sqlx::Error) -> St
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Which bus messages writes add to the outbox (none unless the process publishes).
+    outbox: OutboxPolicy,
+    /// Signalled after a commit that wrote outbox rows (shared by clones).
+    outbox_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Set on a handle made by [`Store::fenced`]: run writes check the claim first.
+    fence: Option<std::sync::Arc<Fence>>,
 }
 
 impl Store {
@@ -139,7 +180,23 @@ impl Store {
             Dialect::Sqlite => open_sqlite(url).await?,
         };
         schema::migrate(&pool, dialect).await?;
-        Ok(Store { pool, dialect })
+        Ok(Store {
+            pool,
+            dialect,
+            outbox: OutboxPolicy::default(),
+            outbox_wake: Default::default(),
+            fence: None,
+        })
+    }
+
+    /// The same store, with every write about a run (create, state, completion) made only
+    /// while `fence`'s claim is still held: the handle a daemon gives the runner of a job,
+    /// so that a daemon whose job was taken over cannot record a result for it.
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store {
+            fence: Some(std::sync::Arc::new(fence)),
+            ..self.clone()
+        }
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -228,6 +285,9 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
                     "PRAGMA foreign_keys = ON",
                     "PRAGMA busy_timeout = 5000",
                     "PRAGMA synchronous = NORMAL",
+                    // LIKE as PostgreSQL's: case-sensitive (`:like` filters answer the same
+                    // rows whatever the store).
+                    "PRAGMA case_sensitive_like = ON",
                 ] {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }

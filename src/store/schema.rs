@@ -137,6 +137,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX runs_arch_created ON runs (arch, created_at)",
         ],
     },
+    // Lease tokens and daemon registrations (store/queue.rs).
+    super::queue::FENCING_MIGRATION,
+    // Bus messages committed with what they announce (store/outbox.rs).
+    super::outbox::MIGRATION,
 ];
 
 /// The newest schema version this binary knows.

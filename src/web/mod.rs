@@ -10,6 +10,7 @@ pub mod error;
 pub mod files;
 pub mod pages;
 pub mod params;
+pub mod pyrepr;
 pub mod resultsdb;
 pub mod runs_api;
 
@@ -29,6 +30,27 @@ pub struct WebState {
     pub data_dir: PathBuf,
     /// Tokens accepted on POSTs. Empty: the server is read-only and refuses every write.
     pub tokens: Arc<[String]>,
+    pub limits: Limits,
+    /// One permit per open live-log stream ([`Limits::live_logs`] in all).
+    pub live_logs: Arc<tokio::sync::Semaphore>,
+}
+
+/// Bounds on what one request may cost the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most rows in one `/results/latest` answer.
+    pub latest_max: u32,
+    /// Most live-log (server-sent events) streams open at once; more get a 503.
+    pub live_logs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            latest_max: resultsdb::LATEST_MAX,
+            live_logs: files::MAX_LIVE_LOGS,
+        }
+    }
 }
 
 impl WebState {
@@ -37,16 +59,26 @@ impl WebState {
             store,
             data_dir,
             tokens: tokens.into(),
+            limits: Limits::default(),
+            live_logs: Arc::new(tokio::sync::Semaphore::new(files::MAX_LIVE_LOGS)),
         }
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> WebState {
+        self.limits = limits;
+        self.live_logs = Arc::new(tokio::sync::Semaphore::new(limits.live_logs));
+        self
     }
 }
 
-/// Every route of the review UI and APIs.
+/// Every route of the review UI and APIs. Any other path answers ResultsDB's JSON 404
+/// (`{"message": "Not found"}`): clients of the API parse every error body as JSON.
 pub fn router(state: WebState) -> Router {
     Router::new()
         .merge(resultsdb::routes())
         .merge(runs_api::routes())
         .merge(pages::routes())
+        .fallback(error::not_found_fallback)
         .with_state(state)
 }
 
