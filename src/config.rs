@@ -378,14 +378,17 @@ impl<'de> Deserialize<'de> for ProviderConfig {
         let mut m = serde_norway::Mapping::deserialize(d)?;
         let mut take = |k: &str| m.remove(k).filter(|v| !v.is_null());
         let name: String = match take(ENTRY_KEYS[0]) {
-            Some(v) => serde_norway::from_value(v).map_err(|e| D::Error::custom(format!("name: {e}")))?,
+            Some(v) => {
+                serde_norway::from_value(v).map_err(|e| D::Error::custom(format!("name: {e}")))?
+            }
             None => return Err(D::Error::missing_field("name")),
         };
         let pool: Option<String> = take(ENTRY_KEYS[1])
             .map(serde_norway::from_value)
             .transpose()
             .map_err(|e| D::Error::custom(format!("pool: {e}")))?;
-        let mut spec: Spec = serde_norway::from_value(Value::Mapping(m)).map_err(D::Error::custom)?;
+        let mut spec: Spec =
+            serde_norway::from_value(Value::Mapping(m)).map_err(D::Error::custom)?;
         spec.default_max_instances(DEFAULT_MAX_INSTANCES);
         Ok(ProviderConfig { name, pool, spec })
     }
@@ -475,9 +478,7 @@ fn check_providers(value: &Value) -> Result<(), String> {
     for (i, entry) in list.iter().enumerate() {
         let p: ProviderConfig =
             serde_norway::from_value(entry.clone()).map_err(|e| format!("providers[{i}]: {e}"))?;
-        p.spec
-            .check()
-            .map_err(|e| format!("providers[{i}].{e}"))?;
+        p.spec.check().map_err(|e| format!("providers[{i}].{e}"))?;
     }
     Ok(())
 }
@@ -895,12 +896,16 @@ mod tests {
         assert_eq!(c.providers[1].pool(), "sim");
         assert_eq!(c.providers[1].spec.kind(), "openstack");
 
-        let e = with("  - {name: a, kind: sim}\n  - {name: b, kind: libvirt, urii: x}\n").unwrap_err();
+        let e =
+            with("  - {name: a, kind: sim}\n  - {name: b, kind: libvirt, urii: x}\n").unwrap_err();
         assert!(
             e.contains("p.yaml") && e.contains("providers[1]") && e.contains("`urii`"),
             "{e}"
         );
-        assert!(e.contains("storage_pools"), "the known keys come from the spec: {e}");
+        assert!(
+            e.contains("storage_pools"),
+            "the known keys come from the spec: {e}"
+        );
         let e = with("  - {name: a, kind: vmware}\n").unwrap_err();
         assert!(e.contains("providers[0]") && e.contains("vmware"), "{e}");
         let e = with("  - {name: a, kind: sim, failure_rate: 1.5}\n").unwrap_err();

@@ -103,9 +103,10 @@ pub enum Format {
 /// The provider the flags describe.
 fn provider_spec(args: &RunArgs) -> Spec {
     if let Some(target) = &args.ssh {
-        let identity = args.ssh_privkey.clone().or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519"))
-        });
+        let identity = args
+            .ssh_privkey
+            .clone()
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519")));
         return Spec::Ssh(SshSpec {
             target: target.clone(),
             identity,

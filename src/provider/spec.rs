@@ -252,18 +252,16 @@ pub async fn build(spec: &Spec, cx: &Context) -> Result<Arc<dyn Provider>, Provi
                 .with_pools(s.storage_pools.clone()),
             )
         }
-        Spec::Openstack(s) => {
-            Arc::new(OpenStackProvider::connect(
-                s.cloud.as_deref(),
-                Overrides {
-                    flavor: s.flavor.clone(),
-                    network: s.network.clone(),
-                    image: s.image.clone(),
-                    address: s.address,
-                    max_instances: s.max_instances,
-                },
-            )?)
-        }
+        Spec::Openstack(s) => Arc::new(OpenStackProvider::connect(
+            s.cloud.as_deref(),
+            Overrides {
+                flavor: s.flavor.clone(),
+                network: s.network.clone(),
+                image: s.image.clone(),
+                address: s.address,
+                max_instances: s.max_instances,
+            },
+        )?),
         Spec::Ssh(s) => Arc::new(SshProvider::parse(&s.target, s.identity.clone())?),
         Spec::Local(_) => Arc::new(LocalProvider::new(cx.data_dir.join("local"), max)),
         Spec::Sim(s) => Arc::new(SimProvider::new(SimConfig {
@@ -317,7 +315,9 @@ mod tests {
     async fn builds_what_the_spec_names() {
         let d = tempfile::tempdir().unwrap();
         let cx = Context::new(d.path());
-        let p = build(&Spec::Local(LocalSpec::default()), &cx).await.unwrap();
+        let p = build(&Spec::Local(LocalSpec::default()), &cx)
+            .await
+            .unwrap();
         assert_eq!(p.kind(), "local");
         assert!(!p.capabilities().isolated);
         let mut spec = parse("{kind: sim}").unwrap();
