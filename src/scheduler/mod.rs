@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::config::SchedulerConfig;
@@ -143,8 +143,6 @@ pub struct SchedulerParts {
     pub data_dir: PathBuf,
     pub metrics: Arc<Metrics>,
     pub wake: Arc<Notify>,
-    /// Where run summaries go to be published; `None`: not published.
-    pub results: Option<mpsc::Sender<RunSummary>>,
     /// Base of run URLs.
     pub public_url: String,
     /// How long message ids are remembered for de-duplication.
@@ -162,7 +160,6 @@ pub struct Scheduler {
     data_dir: PathBuf,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
-    results: Option<mpsc::Sender<RunSummary>>,
     public_url: String,
     dedup_horizon: Duration,
     running: Mutex<HashMap<i64, Running>>,
@@ -255,7 +252,6 @@ impl Scheduler {
             data_dir: parts.data_dir,
             metrics: parts.metrics,
             wake: parts.wake,
-            results: parts.results,
             public_url: parts.public_url.trim_end_matches('/').to_string(),
             dedup_horizon: parts.dedup_horizon,
             running: Mutex::default(),
@@ -659,17 +655,13 @@ impl Scheduler {
             }
             Recorded::Yes(result) => {
                 let (end, summary) = self.decide(&slot, &job, run, &result, reason);
-                if self.end_durably(&job, &fence, &end).await
+                // The run message is committed with the job's end (the store's outbox), so
+                // it goes out exactly when the end is recorded, even across a restart.
+                let body = summary.as_ref().and_then(|s| serde_json::to_string(s).ok());
+                if self.end_durably(&job, &fence, &end, body.as_deref()).await
                     && let Some(summary) = summary
                 {
                     self.metrics.run_ended(&summary.state);
-                    if let Some(tx) = &self.results
-                        && tx.try_send(summary).is_err()
-                    {
-                        self.metrics
-                            .results_publish_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
                 }
             }
         }
@@ -827,10 +819,16 @@ impl Scheduler {
 
     /// Ends the job in the store, retrying while the store is away. True: it ended here
     /// (and only then may the run be announced).
-    async fn end_durably(&self, job: &Job, fence: &Fence, end: &JobEnd) -> bool {
+    async fn end_durably(
+        &self,
+        job: &Job,
+        fence: &Fence,
+        end: &JobEnd,
+        announce: Option<&str>,
+    ) -> bool {
         match self
             .durably(job, "recording the end of the job", || {
-                self.store.end_job(fence, end)
+                self.store.end_job_announcing(fence, end, announce)
             })
             .await
         {

@@ -5,6 +5,7 @@
 //! broker), stop claiming and give running jobs the grace period, cancel and requeue the
 //! rest, publish what is left to publish, stop HTTP.
 
+pub mod announce;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -13,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
-use crate::bus::amqp::{self, Outgoing};
+use crate::bus::amqp;
 use crate::config::{Config, ProviderKind};
 use crate::metrics::Metrics;
 use crate::provider::Provider;
@@ -23,8 +24,8 @@ use crate::provider::libvirt::{LibvirtConfig, LibvirtProvider};
 use crate::provider::local::LocalProvider;
 use crate::provider::sim::{SimConfig, SimProvider};
 use crate::scheduler::intake::{Intake, TaskDefaults};
-use crate::scheduler::{ProviderSlot, RunSummary, Scheduler, SchedulerParts, TaskSpec};
-use crate::store::Store;
+use crate::scheduler::{ProviderSlot, Scheduler, SchedulerParts, TaskSpec};
+use crate::store::{OutboxPolicy, Store};
 use crate::task::Formula;
 
 /// Settings that come from the command line when the file leaves them out.
@@ -46,7 +47,10 @@ pub struct Daemon {
     pub api_token: Option<String>,
     pub max_body: usize,
     pub listen: String,
-    results_rx: std::sync::Mutex<Option<mpsc::Receiver<RunSummary>>>,
+    /// Base of the URLs the daemon gives out (run pages, artifacts, API hrefs in messages).
+    pub public_url: String,
+    /// Runs' logs and artifacts live in `<data_dir>/artifacts/<uuid>/`.
+    pub data_dir: PathBuf,
 }
 
 /// The host name, the default daemon id.
@@ -76,6 +80,14 @@ impl Daemon {
         let store = Store::open(&db_url)
             .await
             .with_context(|| format!("{cfg_path}: daemon.db: opening the store"))?;
+        // What the bus announces is written to the outbox with what it announces.
+        let store = match &config.bus.amqp {
+            Some(a) => store.with_outbox(OutboxPolicy {
+                results: a.publish_resultsdb,
+                runs: a.publish_results,
+            }),
+            None => store,
+        };
         let daemon_id = config.daemon.id.clone().unwrap_or_else(hostname);
         if daemon_id.is_empty() || daemon_id.contains('/') {
             return Err(anyhow!(
@@ -169,20 +181,16 @@ impl Daemon {
             store: store.clone(),
             metrics: metrics.clone(),
             wake: wake.clone(),
+            max_jobs: config.bus.max_jobs(),
         });
-        let publish = config.bus.amqp.as_ref().is_some_and(|a| a.publish_results);
-        let (results_tx, results_rx) = if publish {
-            let (tx, rx) = mpsc::channel(10_000);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
         let listen = config.daemon.listen.clone();
         let public_url = config
             .daemon
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{listen}"));
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_string();
         let scheduler = Scheduler::new(SchedulerParts {
             store: store.clone(),
             cfg: config.scheduler.clone(),
@@ -190,11 +198,10 @@ impl Daemon {
             farm: config.daemon.farm.clone(),
             providers: slots,
             tasks,
-            data_dir,
+            data_dir: data_dir.clone(),
             metrics: metrics.clone(),
             wake,
-            results: results_tx,
-            public_url,
+            public_url: public_url.clone(),
             dedup_horizon: Duration::from_secs(
                 config.bus.dedup_hours.unwrap_or(168).saturating_mul(3600),
             ),
@@ -208,9 +215,30 @@ impl Daemon {
             scheduler,
             api_token,
             listen,
-            results_rx: std::sync::Mutex::new(results_rx),
+            public_url,
+            data_dir,
             config,
         })
+    }
+
+    /// The review UI and APIs over the daemon's store (so results POSTed here are announced
+    /// like the daemon's own); writes need the daemon's API token.
+    pub fn web_router(&self) -> axum::Router {
+        let tokens = self.api_token.iter().cloned().collect();
+        crate::web::router(crate::web::WebState::new(
+            self.store.clone(),
+            self.data_dir.clone(),
+            tokens,
+        ))
+    }
+
+    /// The AMQP settings with the client property `url` (where this farm is) filled in.
+    fn amqp_client(&self, a: &crate::config::AmqpConfig) -> crate::config::AmqpConfig {
+        let mut a = a.clone();
+        a.client_properties
+            .entry("url".into())
+            .or_insert_with(|| self.public_url.clone());
+        a
     }
 
     /// The AMQP bindings: the rules' topics and the configured extras.
@@ -255,7 +283,7 @@ impl Daemon {
         let mut bus_tasks = Vec::new();
         if let Some(a) = &self.config.bus.amqp {
             let consumer = amqp::Consumer {
-                cfg: a.clone(),
+                cfg: self.amqp_client(a),
                 bindings: self.bindings(),
                 max_body: self.max_body,
                 handler: self.intake.clone(),
@@ -265,31 +293,15 @@ impl Daemon {
         }
         let (pub_stop_tx, pub_stop_rx) = watch::channel(false);
         let mut publisher = None;
-        let results_rx = self.results_rx.lock().expect("results lock").take();
-        if let (Some(a), Some(mut rx)) = (self.config.bus.amqp.clone(), results_rx) {
-            let (out_tx, out_rx) = mpsc::channel::<Outgoing>(10_000);
-            let topic = a.result_topic.clone();
-            tokio::spawn(async move {
-                while let Some(s) = rx.recv().await {
-                    let body = serde_json::to_value(&s).unwrap_or_default();
-                    if out_tx
-                        .send(Outgoing {
-                            topic: topic.clone(),
-                            body,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-            publisher = Some(tokio::spawn(amqp::publisher(
-                a,
-                out_rx,
-                self.metrics.clone(),
-                pub_stop_rx,
-            )));
+        if let Some(a) = self.config.bus.amqp.clone().filter(|a| a.publishes()) {
+            let announcer = announce::Announcer {
+                store: self.store.clone(),
+                cfg: self.amqp_client(&a),
+                public_url: self.public_url.clone(),
+                daemon_id: self.scheduler.daemon_id().to_string(),
+                metrics: self.metrics.clone(),
+            };
+            publisher = Some(tokio::spawn(announcer.run(pub_stop_rx)));
         }
 
         let mut app = http::router(self.clone());

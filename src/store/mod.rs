@@ -18,6 +18,7 @@ macro_rules! data_lookup_sql {
     };
 }
 
+mod outbox;
 mod query;
 mod queue;
 mod results;
@@ -34,6 +35,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
+pub use outbox::{OutboxEntry, OutboxKind, OutboxPolicy};
 pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
     like_pattern,
@@ -142,6 +144,10 @@ pub(crate) fn db<F: FnOnce() -> String>(op: F) -> impl FnOnce(sqlx::Error) -> St
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Which bus messages writes add to the outbox (none unless the process publishes).
+    outbox: OutboxPolicy,
+    /// Signalled after a commit that wrote outbox rows (shared by clones).
+    outbox_wake: std::sync::Arc<tokio::sync::Notify>,
     /// Set on a handle made by [`Store::fenced`]: run writes check the claim first.
     fence: Option<std::sync::Arc<Fence>>,
 }
@@ -177,6 +183,8 @@ impl Store {
         Ok(Store {
             pool,
             dialect,
+            outbox: OutboxPolicy::default(),
+            outbox_wake: Default::default(),
             fence: None,
         })
     }

@@ -610,6 +610,18 @@ impl Store {
     /// answer was lost on the way (the commit landed, the connection did not) is found again
     /// by its token and answers true.
     pub async fn end_job(&self, fence: &Fence, end: &JobEnd) -> Result<bool, StoreError> {
+        self.end_job_announcing(fence, end, None).await
+    }
+
+    /// [`Store::end_job`], adding `announce` (a run message's JSON body) to the outbox in
+    /// the same transaction when this store announces runs: the message exists exactly when
+    /// the end is committed (a repeated end finds it committed and adds nothing).
+    pub async fn end_job_announcing(
+        &self,
+        fence: &Fence,
+        end: &JobEnd,
+        announce: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let op = || format!("ending job {}", fence.job);
         let q = end_query(
             end,
@@ -617,13 +629,25 @@ impl Store {
             &format!("WHERE id = $5 AND lease_token = $6 AND {IN_FLIGHT}"),
         )
         .map_err(|message| StoreError::Invalid { op: op(), message })?;
-        let done = q
-            .bind(fence.job)
-            .bind(fence.token.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(db(op))?;
-        if done.rows_affected() == 1 {
+        let q = q.bind(fence.job).bind(fence.token.as_str());
+        let ended = match announce.filter(|_| self.outbox.wants(super::OutboxKind::Run)) {
+            None => q.execute(&self.pool).await.map_err(db(op))?.rows_affected() == 1,
+            Some(body) => {
+                let mut tx = self.begin().await.map_err(db(op))?;
+                let ended = q.execute(&mut *tx).await.map_err(db(op))?.rows_affected() == 1;
+                if ended {
+                    super::outbox::insert(&mut tx, super::OutboxKind::Run, body)
+                        .await
+                        .map_err(db(op))?;
+                }
+                tx.commit().await.map_err(db(op))?;
+                if ended {
+                    self.outbox_committed();
+                }
+                ended
+            }
+        };
+        if ended {
             return Ok(true);
         }
         let row = sqlx::query("SELECT state, lease_token FROM jobs WHERE id = $1")

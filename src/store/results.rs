@@ -8,7 +8,7 @@ use sqlx::{Any, AnyConnection, AssertSqlSafe};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Store, StoreError, col, db, from_micros, micros, now_micros};
+use super::{OutboxKind, Store, StoreError, col, db, from_micros, micros, now_micros};
 use crate::results::CheckResult;
 
 /// A group named by a POSTed result; created when missing. As in ResultsDB, the id is any
@@ -134,7 +134,11 @@ impl Store {
         let op = || format!("storing {} results of run {run}", results.len());
         let mut tx = self.begin().await.map_err(db(op))?;
         let ids = insert_run_results(&mut tx, run, results, ref_url_base).await?;
+        let announced = self.announce_results(&mut tx, &ids).await.map_err(db(op))?;
         tx.commit().await.map_err(db(op))?;
+        if announced {
+            self.outbox_committed();
+        }
         Ok(ids)
     }
 
@@ -217,7 +221,14 @@ impl Store {
             })
             .collect();
         insert_data(&mut tx, &data_rows).await.map_err(db(op))?;
+        let announced = self
+            .announce_results(&mut tx, &[id])
+            .await
+            .map_err(db(op))?;
         tx.commit().await.map_err(db(op))?;
+        if announced {
+            self.outbox_committed();
+        }
 
         Ok(StoredResult {
             id,
@@ -236,6 +247,22 @@ impl Store {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         })
+    }
+
+    /// Adds a `result.new` outbox row per result, in the results' transaction, when this
+    /// store announces results. True when it wrote any.
+    pub(crate) async fn announce_results(
+        &self,
+        conn: &mut AnyConnection,
+        ids: &[i64],
+    ) -> Result<bool, sqlx::Error> {
+        if !self.outbox.wants(OutboxKind::Result) || ids.is_empty() {
+            return Ok(false);
+        }
+        for id in ids {
+            super::outbox::insert(conn, OutboxKind::Result, &id.to_string()).await?;
+        }
+        Ok(true)
     }
 
     /// One result, or None (three queries).

@@ -355,11 +355,21 @@ impl Store {
             tx.rollback().await.map_err(db(op))?;
             return Ok(());
         }
-        super::results::insert_run_results(&mut tx, uuid, &c.results, c.ref_url_base.as_deref())
-            .await?;
+        let ids = super::results::insert_run_results(
+            &mut tx,
+            uuid,
+            &c.results,
+            c.ref_url_base.as_deref(),
+        )
+        .await?;
+        let announced = self.announce_results(&mut tx, &ids).await.map_err(db(op))?;
         replace_phases(&mut tx, uuid, &c.phases).await?;
         finish_run_on(&mut tx, uuid, c.state, c.exit_code, c.error.as_deref()).await?;
-        tx.commit().await.map_err(db(op))
+        tx.commit().await.map_err(db(op))?;
+        if announced {
+            self.outbox_committed();
+        }
+        Ok(())
     }
 
     /// Replaces the run's phases with `phases` (in order). One transaction.

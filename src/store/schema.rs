@@ -139,6 +139,8 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     // Lease tokens and daemon registrations (store/queue.rs).
     super::queue::FENCING_MIGRATION,
+    // Bus messages committed with what they announce (store/outbox.rs).
+    super::outbox::MIGRATION,
 ];
 
 /// The newest schema version this binary knows.

@@ -1122,6 +1122,159 @@ async fn bench_post_rate_and_item_lookup(db: TestDb) {
     );
 }
 
+// --- outbox -------------------------------------------------------------------------------
+
+on_both!(outbox_rows_commit_with_what_they_announce);
+async fn outbox_rows_commit_with_what_they_announce(db: TestDb) {
+    let plain = db.store.clone();
+    let store = &db.store.clone().with_outbox(OutboxPolicy {
+        results: true,
+        runs: true,
+    });
+    let run = new_run("t", "pkg-1-1");
+    store.create_run(&run).await.unwrap();
+
+    // A store that does not announce writes nothing.
+    plain
+        .store_results(
+            run.uuid,
+            &[check("quiet", "pkg-1-1", Outcome::Passed)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+
+    // A failed transaction leaves no row behind; a committed one leaves one per result.
+    let mut bad = check("other", "pkg-1-1", Outcome::Failed);
+    bad.data = data(&[("", &["oops"])]);
+    let good = check("fresh", "pkg-1-1", Outcome::Passed);
+    assert!(
+        store
+            .store_results(run.uuid, &[good.clone(), bad], None)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    let ids = store
+        .store_results(run.uuid, &[good.clone(), good], None)
+        .await
+        .unwrap();
+    let posted = store
+        .create_result(&NewResult {
+            testcase: "posted".into(),
+            outcome: "PASSED".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_len().await.unwrap(), 3);
+
+    // Two publishers never get the same row; a claim runs out; sent rows go, failed ones
+    // wait their backoff.
+    let a = store
+        .claim_outbox("d1/a", Duration::from_secs(60), 2)
+        .await
+        .unwrap();
+    let b = store
+        .claim_outbox("d2/b", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(b.len(), 1);
+    let payloads: Vec<String> = a.iter().chain(&b).map(|e| e.payload.clone()).collect();
+    let mut want: Vec<String> = ids.iter().map(i64::to_string).collect();
+    want.push(posted.id.to_string());
+    assert_eq!(payloads, want);
+    assert!(
+        a.iter()
+            .all(|e| e.kind == OutboxKind::Result && e.attempts == 0)
+    );
+    assert_ne!(a[0].message_id, a[1].message_id);
+
+    store.outbox_sent(a[0].id).await.unwrap();
+    store
+        .outbox_retry(a[1].id, Duration::from_secs(3600), "broker away")
+        .await
+        .unwrap();
+    // d2 died holding b: its next life frees the claim.
+    assert_eq!(store.release_outbox_claims("d2/").await.unwrap(), 1);
+    let again = store
+        .claim_outbox("d1/c", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].message_id, b[0].message_id, "the id survives");
+    assert_eq!(store.outbox_len().await.unwrap(), 2);
+
+    // A job end carries its run message in the same transaction, only when it ended here.
+    let mut conn = store.pool().acquire().await.unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let job = NewJob {
+        rule: "r".into(),
+        task: "t".into(),
+        item: "i".into(),
+        item_type: "koji_build".into(),
+        arch: "x86_64".into(),
+        pool: "p".into(),
+        priority: 0,
+        max_attempts: 1,
+    };
+    store
+        .enqueue(Some("m1"), "a.b", OffsetDateTime::now_utc(), &[job])
+        .await
+        .unwrap();
+    let claimed = store
+        .claim("p", "t", "prov", "d1", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let j = &claimed[0];
+    let end = JobEnd::Done {
+        state: RunState::Finished,
+        outcome: None,
+        error: None,
+    };
+    let fence = j.fence().unwrap();
+    let forged = Fence {
+        job: j.id,
+        token: "not-the-token".into(),
+    };
+    assert!(
+        !store
+            .end_job_announcing(&forged, &end, Some("{}"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    assert!(
+        store
+            .end_job_announcing(&fence, &end, Some(r#"{"run":1}"#))
+            .await
+            .unwrap()
+    );
+    // Repeating an end that committed (its answer lost) adds no second message.
+    assert!(
+        store
+            .end_job_announcing(&fence, &end, Some(r#"{"run":1}"#))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
+    let rows = store
+        .claim_outbox("d1/d", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].kind, rows[0].payload.as_str()),
+        (OutboxKind::Run, r#"{"run":1}"#)
+    );
+}
+
 // --- fencing: lease tokens and daemon ids ---------------------------------------------------
 
 fn queued_job(task: &str) -> NewJob {
