@@ -55,7 +55,24 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path, config: &Path, port: u16) -> Serve {
-        let mut child = common::command(data, &["serve", "--config", config.to_str().unwrap()])
+        Serve::start_with(data, config, port, &[], &[])
+    }
+
+    /// `global` goes before `serve` (e.g. `--log-format json`).
+    fn start_with(
+        data: &Path,
+        config: &Path,
+        port: u16,
+        global: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Serve {
+        let mut args = global.to_vec();
+        args.extend(["serve", "--config", config.to_str().unwrap()]);
+        let mut cmd = common::command(data, &args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .env("FERROTRON_LOG", "ferrotron=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -292,6 +309,7 @@ async fn every_result_is_announced_in_fedora_messaging_form_even_across_a_sigkil
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     d.wait_log("retrying in", Duration::from_secs(30));
+    d.wait_log("POST /api/v1/messages 422", Duration::from_secs(5));
     d.kill(libc::SIGKILL);
     assert_eq!(store.outbox_len().await.unwrap(), 4, "nothing was sent");
 
@@ -338,6 +356,13 @@ async fn every_result_is_announced_in_fedora_messaging_form_even_across_a_sigkil
         assert_eq!(st, 200);
         assert_eq!(m["body"], serde_json::from_str::<Value>(&api).unwrap());
     }
+    // Operator logs: one access line per request, no terminal escapes into a pipe.
+    let log = d.log();
+    assert!(log.contains("GET /api/v2.0/results/"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "escape sequences in a piped log:\n{log}"
+    );
     let names: Vec<&str> = results
         .iter()
         .map(|m| m["body"]["testcase"]["name"].as_str().unwrap())
@@ -510,9 +535,99 @@ async fn a_tls_connection_without_a_client_certificate_is_refused_with_a_clear_e
             ),
         )
         .unwrap();
-        let mut d = Serve::start(data.path(), &config, port);
+        // Logs for a shipper: every line one JSON object.
+        let mut d = Serve::start_with(data.path(), &config, port, &["--log-format", "json"], &[]);
         d.wait_log(want, Duration::from_secs(60));
-        assert!(!d.log().contains("consuming from"), "{}", d.log());
+        let log = d.log();
+        assert!(!log.contains("consuming from"), "{log}");
+        for line in log.lines() {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert!(
+                v["level"].is_string() && v["fields"]["message"].is_string(),
+                "{line}"
+            );
+        }
         d.kill(libc::SIGTERM);
     }
+}
+
+#[test]
+fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let data = common::reachable_tempdir();
+    let port = free_port();
+    let sock_path = data.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let config = data.path().join("farm.yaml");
+    let task = data.path().join("t");
+    std::fs::create_dir_all(&task).unwrap();
+    std::fs::write(
+        task.join("runtask.yml"),
+        "name: t\ndesc: d\nmaintainer: m\nactions:\n  - name: a\n    shell: [\"true\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "daemon: {{id: n1, listen: '127.0.0.1:{port}', db: 'sqlite://{}/db.sqlite'}}\n\
+             providers: [{{name: sim, kind: sim}}]\ntasks: {{t: {{path: '{}'}}}}\n\
+             rules: [{{name: r, topics: [a.b], item: x, type: y, tasks: [t]}}]\n",
+            data.path().display(),
+            task.display()
+        ),
+    )
+    .unwrap();
+    let mut d = Serve::start_with(
+        data.path(),
+        &config,
+        port,
+        &[],
+        &[("NOTIFY_SOCKET", sock_path.as_path())],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    // Ready means ready: the HTTP port answers.
+    let (st, _) = d.http("GET", "/healthz", b"");
+    assert_eq!(st, 200, "{}", d.log());
+    d.kill(libc::SIGTERM);
+    let n = sock.recv(&mut buf).unwrap();
+    let stopping = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+}
+
+/// The shipped units' command lines are ones this ferrotron accepts (clap reads every
+/// argument before it acts on `--help`, so an unknown flag fails here).
+#[test]
+fn systemd_units_start_commands_this_binary_accepts() {
+    let dir = common::repo().join("provisioning/systemd");
+    let mut seen = 0;
+    for unit in ["ferrotron.service", "ferrotron-image-rebuild.service"] {
+        let text = std::fs::read_to_string(dir.join(unit)).unwrap();
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{unit}: no ExecStart"));
+        let mut words = exec.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/local/bin/ferrotron"), "{unit}");
+        let mut args: Vec<&str> = words.collect();
+        args.push("--help");
+        let out = std::process::Command::new(common::binary())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{unit}: {exec}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen += 1;
+    }
+    let timer = std::fs::read_to_string(dir.join("ferrotron-image-rebuild.timer")).unwrap();
+    assert!(timer.contains("OnCalendar="), "{timer}");
+    let serve = std::fs::read_to_string(dir.join("ferrotron.service")).unwrap();
+    assert!(serve.contains("Type=notify"), "{serve}");
+    assert_eq!(seen, 2);
 }

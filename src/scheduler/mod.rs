@@ -179,6 +179,10 @@ pub struct Scheduler {
 /// hold a loop forever. Longer than the pool's own 30 s acquire timeout.
 const STORE_CALL: Duration = Duration::from_secs(40);
 
+/// Fault injection for tests/faults.rs: when this variable names a phase (`clone`, `boot`,
+/// `upload`, `action`, `collect`, `destroy`), the daemon SIGKILLs itself as a run enters it.
+pub const FAULT_KILL_AT: &str = "FERROTRON_FAULT_KILL_AT";
+
 /// The same bound for the calls a stopping daemon makes on its way out.
 const STORE_CALL_STOPPING: Duration = Duration::from_secs(5);
 
@@ -909,7 +913,17 @@ impl Scheduler {
     fn sink(self: &Arc<Self>, job_id: i64, provider: &str) -> crate::runner::EventSink {
         let me = Arc::downgrade(self);
         let provider = provider.to_string();
+        let kill_at = std::env::var(FAULT_KILL_AT).ok().filter(|p| !p.is_empty());
         Arc::new(move |e: &Event| {
+            if let (Some(at), Event::PhaseStarted { name }) = (&kill_at, e)
+                && (name == at || name.strip_prefix("action ").is_some() && at == "action")
+            {
+                // Fault injection (tests/faults.rs): the daemon dies here like a crash would,
+                // with no chance to clean up anything.
+                tracing::error!("{FAULT_KILL_AT}={at}: killing this daemon with SIGKILL");
+                // SAFETY: kill(2) on this very process.
+                unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
+            }
             let Some(me) = me.upgrade() else { return };
             let state = match e {
                 Event::PhaseStarted { name } => match name.as_str() {

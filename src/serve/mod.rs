@@ -284,6 +284,7 @@ impl Daemon {
         for r in extra {
             app = app.merge(r);
         }
+        let app = crate::web::with_access_log(app);
         let mut http_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -292,28 +293,37 @@ impl Daemon {
                 })
                 .await
         });
+        // Lifecycle lines go through tracing (info by default in serve), so that they
+        // follow --log-format like everything else.
         tracing::info!(
             daemon = %self.scheduler.daemon_id(),
-            "serving on {}",
-            local.map_or(self.listen.clone(), |a| a.to_string())
-        );
-        eprintln!(
+            providers = self.config.providers.len(),
+            tasks = self.config.tasks.len(),
+            rules = self.config.rules.len(),
+            amqp = self.config.bus.amqp.as_ref().map_or("off".to_string(), |a| amqp::redact(&a.url)),
+            public_url = %self.public_url,
             "ferrotron serve: daemon {} listening on {}",
             self.scheduler.daemon_id(),
             local.map_or(self.listen.clone(), |a| a.to_string())
         );
+        sd_notify("READY=1\nSTATUS=serving");
 
         let fatal_reason = tokio::select! {
             _ = wait_for_signal(external_stop) => None,
             r = fatal.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
         };
-        eprintln!("ferrotron serve: shutting down: no new messages or claims");
+        tracing::info!("ferrotron serve: shutting down: no new messages or claims");
+        sd_notify("STOPPING=1\nSTATUS=shutting down");
         let _ = stop_tx.send(true);
         // A consumer stuck on a store that does not answer must not hold the shutdown.
         for t in bus_tasks {
             let _ = tokio::time::timeout(Duration::from_secs(45), t).await;
         }
         let grace = Duration::from_secs(self.config.scheduler.shutdown_grace_s);
+        tracing::info!(
+            "ferrotron serve: letting running jobs finish (up to {}s)",
+            grace.as_secs()
+        );
         self.scheduler.shutdown(grace).await;
         loops.abort();
         let _ = pub_stop_tx.send(true);
@@ -321,11 +331,35 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(15), p).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        eprintln!("ferrotron serve: stopped");
+        tracing::info!("ferrotron serve: stopped");
         match fatal_reason {
             Some(why) => Err(anyhow!(why)),
             None => Ok(()),
         }
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit) how the daemon is doing: one datagram to
+/// `$NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace). Nothing without it.
+pub fn sd_notify(state: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name.as_bytes())
+        }
+        None => SocketAddr::from_pathname(&target),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!("NOTIFY_SOCKET {target}: cannot tell systemd `{state}`: {e}");
     }
 }
 

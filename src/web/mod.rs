@@ -82,6 +82,35 @@ pub fn router(state: WebState) -> Router {
         .with_state(state)
 }
 
+/// `app` with one info line per request on the `ferrotron::access` target: method, path
+/// (without the query, which may carry tokens), status, duration. `serve` logs them by
+/// default; `ferrotron web` with `FERROTRON_LOG=ferrotron::access=info`.
+pub fn with_access_log(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(access_log))
+}
+
+async fn access_log(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: "ferrotron::access",
+        %method,
+        path = %path.escape_debug(),
+        status,
+        ms,
+        "{method} {} {status} {ms:.1}ms",
+        path.escape_debug()
+    );
+    resp
+}
+
 /// `scheme://host` of the request, for the absolute URLs ResultsDB clients expect.
 pub fn base_url(headers: &HeaderMap) -> String {
     let host = headers
