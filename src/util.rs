@@ -99,6 +99,31 @@ where
     }
 }
 
+/// The URL with its password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// This machine's host name (`localhost` when the kernel does not say).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +149,22 @@ mod tests {
     fn percent_encoding_keeps_only_what_it_is_told() {
         assert_eq!(percent_encode("a b/ü~", b""), "a%20b%2F%C3%BC~");
         assert_eq!(percent_encode("a,b:c", b",:"), "a,b:c");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@db.example:5432/x?sslmode=require"),
+            "postgres://u:***@db.example:5432/x?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:secret@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://u@h/x"), "postgres://u@h/x");
+        assert_eq!(redact_url("amqp://h/%2f"), "amqp://h/%2f");
+        assert_eq!(redact_url("sqlite:///a/b.db"), "sqlite:///a/b.db");
+        assert_eq!(redact_url("amqps://u:p@h?x=a@b"), "amqps://u:***@h?x=a@b");
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub enum HandleError {
     /// Nothing was committed; the same message may be retried (the store is unreachable).
     #[error("{0}")]
     Retry(String),
+    /// The message can never be accepted (it asks for too much): nothing was committed, and
+    /// the source acknowledges it all the same.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Where sources deliver messages. An `Ok` answer means the outcome is committed: the

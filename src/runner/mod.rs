@@ -22,7 +22,7 @@ use crate::guest::keys::RunKeys;
 use crate::guest::{self, Command, Session, transfer};
 use crate::provider::{Access, Instance, InstanceMeta, InstanceSpec, Provider};
 use crate::results::CheckResult;
-use crate::store::{Attempt, NewRun, Phase, RunParams, RunState, Store};
+use crate::store::{Attempt, NewRun, Phase, RunCompletion, RunParams, RunState, Store};
 use crate::task::{Formula, Vars};
 
 use actions::{ActionContext, ActionError, Layout, TaskState};
@@ -116,6 +116,15 @@ pub enum RunnerError {
     Invalid(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    /// The run ended (its instance is gone) but the store refused or missed its final
+    /// record; `completion` is what to write again once the store is back.
+    #[error("the run ended ({}) but its end was not recorded: {source}", report.state)]
+    Unrecorded {
+        report: Box<RunReport>,
+        completion: Box<crate::store::RunCompletion>,
+        #[source]
+        source: crate::store::StoreError,
+    },
     #[error("generating the run's SSH keys: {0}")]
     Keys(String),
     #[error("{context}: {source}")]
@@ -127,6 +136,13 @@ pub enum RunnerError {
 }
 
 pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// How long the informational state writes of a run may wait for the store.
+const STATE_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long the run's final record may wait for the store before the caller gets it back
+/// to write again ([`RunnerError::Unrecorded`]); longer than the pool's acquire timeout.
+const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(40);
 
 /// Runs one [`RunRequest`] through its phases: record the run, take an instance from the
 /// provider (spawn retries), connect, upload the task, run its actions with live output,
@@ -179,10 +195,11 @@ impl RunCtx {
         (self.sink)(&event);
     }
 
-    /// Moves the run to `state`: its record (best effort: a store hiccup must not stop the
-    /// run; its end is written with retries) and the listeners.
+    /// Moves the run to `state`: its record and the listeners. The record is informational: a
+    /// store that is away or slow must not hold the run (and its instance), so the write is
+    /// bounded and its failure ignored; the run's end is written with retries.
     async fn enter(&self, store: &Store, uuid: Uuid, state: RunState) {
-        let _ = store.set_run_state(uuid, state).await;
+        let _ = tokio::time::timeout(STATE_WRITE_LIMIT, store.set_run_state(uuid, state)).await;
         self.emit(Event::State(state));
     }
 
@@ -377,15 +394,16 @@ impl Runner {
 
         let phases = cx.phases.lock().expect("phases lock").clone();
         let base = format!("file://{}", artifacts_dir.display());
-        self.store
-            .store_results(req.uuid, &task.results, Some(&base))
-            .await?;
-        self.store.record_phases(req.uuid, &phases).await?;
-        self.store
-            .finish_run(req.uuid, state, Some(exit_code), error.as_deref())
-            .await?;
-
-        Ok(RunReport {
+        let completion = RunCompletion {
+            uuid: req.uuid,
+            results: task.results.clone(),
+            ref_url_base: Some(base),
+            phases: phases.clone(),
+            state,
+            exit_code: Some(exit_code),
+            error: error.clone(),
+        };
+        let report = RunReport {
             uuid: req.uuid,
             task: req.formula.checkname(),
             item: req.item.clone(),
@@ -409,7 +427,25 @@ impl Runner {
             log: log_path,
             refused_artifacts: refused,
             kept_instance: kept,
-        })
+        };
+        // Results, phases and the final state go in one transaction: a store that fails
+        // here leaves nothing half written, and the caller may write `completion` again.
+        let written = tokio::time::timeout(FINAL_WRITE_LIMIT, self.store.complete_run(&completion))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Unanswered {
+                    op: format!("recording the end of run {}", req.uuid),
+                    after: FINAL_WRITE_LIMIT,
+                })
+            });
+        match written {
+            Ok(()) => Ok(report),
+            Err(source) => Err(RunnerError::Unrecorded {
+                report: Box::new(report),
+                completion: Box::new(completion),
+                source,
+            }),
+        }
     }
 
     /// Everything that may be cut short by a timeout or a signal.

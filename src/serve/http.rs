@@ -116,5 +116,6 @@ async fn submit(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bytes) -
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not stored, try again: {e}"),
         ),
+        Err(HandleError::Refused(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
 }

@@ -170,8 +170,6 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX seen_messages_received ON seen_messages (received_at)",
         ],
     },
-    // Version 2 is the job queue (scheduler branch); versions are applied by number, so either
-    // may land first.
     Migration {
         version: 3,
         name: "review: cancel requests, run list indexes",
@@ -181,6 +179,50 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             // Runs list filtered by state or arch, newest first.
             "CREATE INDEX runs_state_created ON runs (state, created_at)",
             "CREATE INDEX runs_arch_created ON runs (arch, created_at)",
+        ],
+    },
+    // Fencing (store/queue.rs): every claim gets a token that every later write about the job
+    // must present, and daemons register their id so that two live processes cannot share one.
+    Migration {
+        version: 4,
+        name: "lease tokens and daemon registrations",
+        statements: &[
+            // Set by each claim, unique per claim (`CLAIM-BATCH:JOB-ID`); kept after the owner
+            // ended the job (so that a retried end can tell it already landed), cleared by a
+            // takeover.
+            "ALTER TABLE jobs ADD COLUMN lease_token TEXT",
+            "CREATE INDEX jobs_lease_token ON jobs (lease_token)",
+            // One row per daemon id: the process that holds it and when it last said so.
+            "CREATE TABLE daemons (
+                id TEXT PRIMARY KEY,
+                instance TEXT NOT NULL,
+                host TEXT NOT NULL,
+                pid BIGINT NOT NULL,
+                started_at BIGINT NOT NULL,
+                seen_at BIGINT NOT NULL
+            )",
+        ],
+    },
+    // Bus messages committed with what they announce (store/outbox.rs). Numbered after its
+    // issue (13), so parallel branches did not collide; migrations are applied by number.
+    Migration {
+        version: 13,
+        name: "outbox of bus messages",
+        statements: &[
+            "CREATE TABLE outbox (
+                id AUTO_ID,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                message_id TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                attempts INTEGER NOT NULL,
+                next_at BIGINT NOT NULL,
+                claimed_by TEXT,
+                claim_until BIGINT,
+                last_error TEXT
+            )",
+            // The publisher's question: what is due, oldest first.
+            "CREATE INDEX outbox_due ON outbox (next_at, id)",
         ],
     },
 ];

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{error_page, esc, layout, outcome_badge, outcome_class, seg, svg, when};
 use crate::web::WebState;
+use crate::web::error::ApiError;
 use crate::web::files;
 use crate::web::runs_api::reproduce_command;
 
@@ -276,7 +277,21 @@ pub async fn log_stream(State(st): State<WebState>, Path(uuid): Path<String>) ->
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("no run {uuid}")),
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
-    let stream = files::log_events(st.store.clone(), files::log_path(&st, uuid), uuid);
+    // A slot per open stream: each costs a task, a file and a query per poll.
+    let Ok(permit) = st.live_logs.clone().try_acquire_owned() else {
+        let mut resp = ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many live logs open ({} at most): try again later, or read /runs/{uuid}/log",
+                st.limits.live_logs
+            ),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        return resp;
+    };
+    let stream = files::log_events(st.store.clone(), files::log_path(&st, uuid), uuid, permit);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

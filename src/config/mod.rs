@@ -9,6 +9,8 @@
 //!
 //! `ferrotron.example.yaml` at the repository root documents every key.
 
+pub mod fedora_messaging;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -120,45 +122,152 @@ pub struct BusConfig {
     pub max_body_bytes: Option<usize>,
     /// How long message ids are remembered for de-duplication, hours. Default 168 (a week).
     pub dedup_hours: Option<u64>,
+    /// Most jobs one message may create (rules × tasks × arches); a message that would make
+    /// more creates none and is logged. Default 100.
+    pub max_jobs_per_message: Option<usize>,
 }
 
 impl BusConfig {
     pub fn max_body(&self) -> usize {
         self.max_body_bytes.unwrap_or(1 << 20)
     }
+    pub fn max_jobs(&self) -> usize {
+        self.max_jobs_per_message.unwrap_or(100).max(1)
+    }
+}
+
+/// Client certificate and CA for AMQP over TLS (fedora-messaging's `[tls]` names).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTls {
+    /// PEM file of the CA(s) that signed the broker's certificate (trusted besides the
+    /// system's roots).
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub keyfile: Option<PathBuf>,
+}
+
+/// How the farm's queue is declared (fedora-messaging's two kinds).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    /// A durable queue named `queue`: messages wait while the daemon is away (a private
+    /// vhost).
+    #[default]
+    Durable,
+    /// A queue the broker names, deleted when the connection ends (what the public broker
+    /// allows); re-declared and re-bound on every reconnect.
+    ServerNamed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// `amqp://user:pass@host:5672/%2f` (or `amqps://…`).
+    /// `amqp://user:pass@host:5672/%2f` or `amqps://…`; a URL without a password and a
+    /// client certificate authenticate with EXTERNAL. Default: `amqp_url` of
+    /// `fedora_messaging_config`.
+    #[serde(default)]
     pub url: String,
-    /// The durable queue this farm consumes. Default `ferrotron`.
-    #[serde(default = "default_queue")]
-    pub queue: String,
-    /// The topic exchange. Default `amq.topic` (fedora-messaging's).
+    /// A fedora-messaging config file (TOML) to take `amqp_url`, `[tls]`, `[[bindings]]`,
+    /// `[queues]`, `publish_exchange` and `[client_properties]` from; keys set here win.
+    #[serde(default)]
+    pub fedora_messaging_config: Option<PathBuf>,
+    /// TLS client certificate and CA.
+    #[serde(default)]
+    pub tls: Option<AmqpTls>,
+    /// The queue this farm consumes (durable mode). Default: the fedora-messaging file's
+    /// queue, else `ferrotron`.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// `durable` (default) or `server_named`. Default: from the fedora-messaging file's
+    /// queue (`auto_delete = true` is server-named), else durable.
+    #[serde(default)]
+    pub queue_mode: Option<QueueMode>,
+    /// The topic exchange bound to. Default `amq.topic` (fedora-messaging's).
     #[serde(default = "default_exchange")]
     pub exchange: String,
+    /// The exchange messages are published to. Default: `exchange`.
+    #[serde(default)]
+    pub publish_exchange: Option<String>,
+    /// Prepended to published topics, as fedora-messaging's `topic_prefix`
+    /// (`org.fedoraproject.prod.`). Default: the fedora-messaging file's, else none.
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
     /// Unacknowledged messages in flight per consumer. Default 64.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
     /// Extra routing keys to bind besides the rules' topics.
     #[serde(default)]
     pub bindings: Vec<String>,
-    /// Publish a result message after every run. Default true.
+    /// Publish a run message (`result_topic`) after every run. Default true.
     #[serde(default = "yes")]
     pub publish_results: bool,
-    /// Topic of result messages. Default `ferrotron.result.new`.
+    /// Topic of run messages. Default `ferrotron.result.new`.
     #[serde(default = "default_result_topic")]
     pub result_topic: String,
+    /// Publish ResultsDB's `result.new` message for every stored result (what Greenwave
+    /// consumes). Default true.
+    #[serde(default = "yes")]
+    pub publish_resultsdb: bool,
+    /// Topic of those. Default `resultsdb.result.new`.
+    #[serde(default = "default_resultsdb_topic")]
+    pub resultsdb_topic: String,
+    /// Client properties sent when connecting, besides `app`, `version`, `url`.
+    #[serde(default)]
+    pub client_properties: BTreeMap<String, String>,
     /// Longest wait between reconnection attempts, seconds. Default 30.
     #[serde(default = "default_reconnect")]
     pub reconnect_max_s: u64,
 }
 
-fn default_queue() -> String {
-    "ferrotron".into()
+impl AmqpConfig {
+    /// A config for `url` with every default (tests, tools).
+    pub fn new(url: impl Into<String>) -> AmqpConfig {
+        AmqpConfig {
+            url: url.into(),
+            fedora_messaging_config: None,
+            tls: None,
+            queue: None,
+            queue_mode: None,
+            topic_prefix: None,
+            exchange: default_exchange(),
+            publish_exchange: None,
+            prefetch: default_prefetch(),
+            bindings: Vec::new(),
+            publish_results: true,
+            result_topic: default_result_topic(),
+            publish_resultsdb: true,
+            resultsdb_topic: default_resultsdb_topic(),
+            client_properties: BTreeMap::new(),
+            reconnect_max_s: default_reconnect(),
+        }
+    }
+
+    pub fn queue(&self) -> &str {
+        self.queue.as_deref().unwrap_or("ferrotron")
+    }
+
+    pub fn queue_mode(&self) -> QueueMode {
+        self.queue_mode.unwrap_or_default()
+    }
+
+    /// A published topic with the prefix.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix.as_deref().unwrap_or(""))
+    }
+
+    pub fn publish_exchange(&self) -> &str {
+        self.publish_exchange.as_deref().unwrap_or(&self.exchange)
+    }
+
+    /// Whether anything is published.
+    pub fn publishes(&self) -> bool {
+        self.publish_results || self.publish_resultsdb
+    }
 }
+
 fn default_exchange() -> String {
     "amq.topic".into()
 }
@@ -170,6 +279,9 @@ fn yes() -> bool {
 }
 fn default_result_topic() -> String {
     "ferrotron.result.new".into()
+}
+fn default_resultsdb_topic() -> String {
+    "resultsdb.result.new".into()
 }
 fn default_reconnect() -> u64 {
     30
@@ -204,6 +316,10 @@ pub struct SchedulerConfig {
     /// On SIGTERM: how long running jobs may finish before their instances are destroyed
     /// and the jobs requeued, seconds. Default 60.
     pub shutdown_grace_s: u64,
+    /// The final writes of a run (its record, the end of its job) are retried until the
+    /// store answers; once the daemon is stopping, for at most this long, seconds (the
+    /// lease then runs out and the next daemon to start recovers the job). Default 30.
+    pub final_write_grace_s: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -220,6 +336,7 @@ impl Default for SchedulerConfig {
             breaker_failures: 5,
             breaker_cooldown_s: 30.0,
             shutdown_grace_s: 60,
+            final_write_grace_s: 30,
         }
     }
 }
@@ -230,6 +347,9 @@ impl SchedulerConfig {
     }
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_s.max(1))
+    }
+    pub fn final_write_grace(&self) -> Duration {
+        Duration::from_secs(self.final_write_grace_s)
     }
 }
 
@@ -365,6 +485,58 @@ fn check_providers(value: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads the fedora-messaging file the AMQP settings name, makes paths absolute and checks
+/// that the URL and the TLS files are usable.
+fn resolve_amqp(a: &mut AmqpConfig, base: &Path) -> Result<(), String> {
+    let rel = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    if let Some(tls) = a.tls.as_mut() {
+        for p in [&mut tls.ca_cert, &mut tls.certfile, &mut tls.keyfile]
+            .into_iter()
+            .flatten()
+        {
+            rel(p);
+        }
+    }
+    if let Some(mut fm) = a.fedora_messaging_config.clone() {
+        rel(&mut fm);
+        fedora_messaging::apply(a, &fm)
+            .map_err(|e| format!("bus.amqp.fedora_messaging_config: {e}"))?;
+        a.fedora_messaging_config = Some(fm);
+    }
+    if a.url.is_empty() {
+        return Err(
+            "bus.amqp.url: needed (or an amqp_url in bus.amqp.fedora_messaging_config)".into(),
+        );
+    }
+    if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
+        return Err(format!(
+            "bus.amqp.url: `{}` must start with amqp:// or amqps://",
+            crate::util::redact_url(&a.url)
+        ));
+    }
+    if let Some(tls) = &a.tls {
+        if tls.certfile.is_some() != tls.keyfile.is_some() {
+            return Err("bus.amqp.tls: certfile and keyfile go together".into());
+        }
+        for (key, p) in [
+            ("ca_cert", &tls.ca_cert),
+            ("certfile", &tls.certfile),
+            ("keyfile", &tls.keyfile),
+        ] {
+            if let Some(p) = p
+                && let Err(e) = std::fs::metadata(p)
+            {
+                return Err(format!("bus.amqp.tls.{key}: {}: {e}", p.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The `FERROTRON__…` variables of this process, sorted.
 pub fn env_overrides() -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = std::env::vars()
@@ -482,6 +654,9 @@ impl Config {
             if t.path.is_relative() {
                 t.path = base.join(&t.path);
             }
+        }
+        if let Some(a) = cfg.bus.amqp.as_mut() {
+            resolve_amqp(a, base).map_err(|m| invalid(path, m))?;
         }
         cfg.check()?;
         Ok(cfg)
