@@ -26,6 +26,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::util::redact_url;
+
 use lapin::message::{Delivery, DeliveryResult};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -59,20 +61,6 @@ pub enum AmqpError {
     Closed { url: String, message: String },
     #[error("bus.amqp: {0}")]
     Config(String),
-}
-
-/// The URL with its password hidden, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// Whether the URL carries a password (`user:pass@`); `user@`, `user:@` and no user at all
@@ -110,7 +98,7 @@ fn err(cfg: &AmqpConfig) -> impl Fn(lapin::Error) -> AmqpError + '_ {
             String::new()
         };
         AmqpError::Broker {
-            url: redact(&cfg.url),
+            url: redact_url(&cfg.url),
             source: Box::new(source),
             hint,
         }
@@ -128,7 +116,7 @@ fn read_file(key: &str, path: &std::path::Path) -> Result<Vec<u8>, AmqpError> {
 pub async fn connect(cfg: &AmqpConfig, role: &str) -> Result<Connection, AmqpError> {
     use std::str::FromStr;
     let mut uri = lapin::uri::AMQPUri::from_str(&cfg.url)
-        .map_err(|e| AmqpError::Config(format!("url `{}`: {e}", redact(&cfg.url))))?;
+        .map_err(|e| AmqpError::Config(format!("url `{}`: {e}", redact_url(&cfg.url))))?;
     let mut tls = lapin::tcp::OwnedTLSConfig::default();
     if let Some(t) = &cfg.tls {
         if let Some(ca) = &t.ca_cert {
@@ -270,7 +258,7 @@ impl Consumer {
             queue = %queue,
             bindings = self.bindings.len(),
             "consuming from {}",
-            redact(&self.cfg.url)
+            redact_url(&self.cfg.url)
         );
         let (tx, mut rx) =
             mpsc::channel::<DeliveryResult>(usize::from(self.cfg.prefetch.max(1)) + 1);
@@ -290,7 +278,7 @@ impl Consumer {
                     Some(Ok(Some(delivery))) => self.process(delivery, &queue, stop).await?,
                     Some(Ok(None)) | None => {
                         return Err(AmqpError::Closed {
-                            url: redact(&self.cfg.url),
+                            url: redact_url(&self.cfg.url),
                             message: "the broker cancelled the consumer".into(),
                         });
                     }
@@ -301,7 +289,7 @@ impl Consumer {
                     // consumer is not always told, so look.
                     if !conn.status().connected() || !ch.status().connected() {
                         return Err(AmqpError::Closed {
-                            url: redact(&self.cfg.url),
+                            url: redact_url(&self.cfg.url),
                             message: "connection lost".into(),
                         });
                     }
@@ -526,7 +514,7 @@ impl Publisher {
         }
         .await;
         let refused = |message: String| AmqpError::Closed {
-            url: redact(&self.cfg.url),
+            url: redact_url(&self.cfg.url),
             message,
         };
         let outcome = match sent {
@@ -553,15 +541,6 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("amqp://guest:secret@h:5672/%2f"),
-            "amqp://guest:***@h:5672/%2f"
-        );
-        assert_eq!(redact("amqp://h/%2f"), "amqp://h/%2f");
-    }
 
     #[test]
     fn headers_become_json() {

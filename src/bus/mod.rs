@@ -6,7 +6,6 @@
 //! id?}` is the one JSON form of a message outside AMQP.
 
 pub mod amqp;
-pub mod fm_config;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -52,12 +51,15 @@ pub enum Rejected {
     Invalid(String),
 }
 
+/// Longest topic accepted (AMQP's short string limit); rules' topic patterns share it.
+pub const MAX_TOPIC: usize = 255;
+
 /// Checks a topic: 1–255 bytes of printable text without spaces, words separated by dots.
 pub fn check_topic(topic: &str) -> Result<(), Rejected> {
-    if topic.is_empty() || topic.len() > crate::trigger::MAX_TOPIC {
+    if topic.is_empty() || topic.len() > MAX_TOPIC {
         return Err(Rejected::Invalid(format!(
             "topic must have 1 to {} bytes (got {})",
-            crate::trigger::MAX_TOPIC,
+            MAX_TOPIC,
             topic.len()
         )));
     }

@@ -21,21 +21,13 @@ use super::{
     Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Provider, ProviderError,
     SshTarget,
 };
-use crate::image::BaseImage;
+use crate::base_image::BaseImage;
 
 const NAMESPACE: &str = "https://ferrotron.dev/xmlns/libvirt/instance/1";
 const PREFIX: &str = "ferrotron-";
 const META_FILE: &str = "instance.json";
 
-/// Which accelerator domains use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// KVM when a real probe boots a kernel under it, else TCG.
-    Auto,
-    Kvm,
-    Tcg,
-}
+pub use super::spec::Accel;
 
 /// How guests are networked.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -247,6 +239,13 @@ impl LibvirtProvider {
 impl Provider for LibvirtProvider {
     fn kind(&self) -> &'static str {
         "libvirt"
+    }
+
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            isolated: true,
+            images: super::Images::Files,
+        }
     }
 
     async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {
@@ -785,7 +784,7 @@ mod tests {
         let image = BaseImage {
             path: "/img/base.qcow2".into(),
             name: None,
-            boot: crate::image::BootInfo {
+            boot: crate::base_image::BootInfo {
                 kernel: Some("/img/k".into()),
                 cmdline: Some("console=ttyS0 root=/dev/vda".into()),
                 user: "root".into(),

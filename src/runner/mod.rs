@@ -22,7 +22,7 @@ use crate::guest::keys::RunKeys;
 use crate::guest::{self, Command, Session, transfer};
 use crate::provider::{Access, Instance, InstanceMeta, InstanceSpec, Provider};
 use crate::results::CheckResult;
-use crate::store::{Attempt, NewRun, Phase, RunCompletion, RunState, Store};
+use crate::store::{Attempt, NewRun, Phase, RunCompletion, RunParams, RunState, Store};
 use crate::task::{Formula, Vars};
 
 use actions::{ActionContext, ActionError, Layout, TaskState};
@@ -62,6 +62,20 @@ pub struct RunRequest {
     pub artifacts_cap: u64,
     /// `--no-destroy`: leave the instance running and say how to reach it.
     pub keep_instance: bool,
+}
+
+impl RunRequest {
+    /// What the run record keeps of this request.
+    pub fn params(&self) -> RunParams {
+        RunParams {
+            formula: self.formula.path.display().to_string(),
+            jobid: self.jobid.clone(),
+            image: self.image.clone(),
+            task_timeout_s: self.task_timeout.as_secs(),
+            keep_instance: self.keep_instance,
+            other: Default::default(),
+        }
+    }
 }
 
 /// What happened, for the terminal, `--format json` and the caller's exit status.
@@ -130,6 +144,15 @@ const STATE_WRITE_LIMIT: Duration = Duration::from_secs(5);
 /// to write again ([`RunnerError::Unrecorded`]); longer than the pool's acquire timeout.
 const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(40);
 
+/// Runs one [`RunRequest`] through its phases: record the run, take an instance from the
+/// provider (spawn retries), connect, upload the task, run its actions with live output,
+/// collect artifacts and results, destroy the instance, and record how it ended.
+///
+/// Contract: `run` returns a report however the task ended (an `Err` is an invalid request,
+/// keys that cannot be made, or a store write that failed); the
+/// instance is destroyed in every outcome unless `keep_instance`; the run's state changes
+/// go to the store and, as [`Event::State`], to the sink, which is how the scheduler learns
+/// them. Cancel it through the `watch` channel; teardown still runs.
 pub struct Runner {
     pub provider: Arc<dyn Provider>,
     pub store: Store,
@@ -163,11 +186,21 @@ struct RunCtx {
 
 impl RunCtx {
     fn emit(&self, event: Event) {
-        if let Ok(mut log) = self.log.lock() {
+        if let Some(line) = event.line()
+            && let Ok(mut log) = self.log.lock()
+        {
             // A full disk must not stop the run; the terminal still shows the line.
-            let _ = writeln!(log, "{}", event.line());
+            let _ = writeln!(log, "{line}");
         }
         (self.sink)(&event);
+    }
+
+    /// Moves the run to `state`: its record and the listeners. The record is informational: a
+    /// store that is away or slow must not hold the run (and its instance), so the write is
+    /// bounded and its failure ignored; the run's end is written with retries.
+    async fn enter(&self, store: &Store, uuid: Uuid, state: RunState) {
+        let _ = tokio::time::timeout(STATE_WRITE_LIMIT, store.set_run_state(uuid, state)).await;
+        self.emit(Event::State(state));
     }
 
     async fn phase<T, E: std::fmt::Display>(
@@ -274,13 +307,7 @@ impl Runner {
                 item_type: req.item_type.clone(),
                 arch: req.arch.clone(),
                 backend: self.provider.kind().to_string(),
-                params: serde_json::json!({
-                    "formula": req.formula.path,
-                    "jobid": req.jobid,
-                    "image": req.image,
-                    "task_timeout_s": req.task_timeout.as_secs(),
-                    "keep_instance": req.keep_instance,
-                }),
+                params: req.params().to_value(),
                 log_path: log_path.display().to_string(),
                 artifacts_dir: artifacts_dir.display().to_string(),
                 owner: Some(req.owner.clone()),
@@ -307,10 +334,11 @@ impl Runner {
             self.provider.kind(),
             req.image,
         )));
-        if self.provider.kind() == "local" {
-            cx.emit(Event::Notice(
-                "local backend: the task runs on this host as you, with no isolation".into(),
-            ));
+        if !self.provider.capabilities().isolated {
+            cx.emit(Event::Notice(format!(
+                "{} backend: the task runs on this host as you, with no isolation",
+                self.provider.kind()
+            )));
         }
 
         let ending = if *cancel.borrow() {
@@ -420,20 +448,13 @@ impl Runner {
         }
     }
 
-    /// Records the phase the run is in. Informational: a store that is away or slow must not
-    /// hold the run (and its instance), so the write is bounded and its failure ignored.
-    async fn note_state(&self, uuid: Uuid, state: RunState) {
-        let _ =
-            tokio::time::timeout(STATE_WRITE_LIMIT, self.store.set_run_state(uuid, state)).await;
-    }
-
     /// Everything that may be cut short by a timeout or a signal.
     async fn body(&self, req: &RunRequest, cx: &RunCtx) -> Ending {
         let session = match Box::pin(self.provision(req, cx)).await {
             Ok(s) => s,
             Err(e) => return Ending::Infra(e),
         };
-        self.note_state(req.uuid, RunState::Running).await;
+        cx.enter(&self.store, req.uuid, RunState::Running).await;
         let layout = Layout::under(session.root());
         let upload = async {
             transfer::put_dir(session.as_ref(), &req.formula.dir, &layout.workdir).await?;
@@ -542,7 +563,8 @@ impl Runner {
 
     /// Creates an instance and connects to it, retrying spawns that do not come up.
     async fn provision(&self, req: &RunRequest, cx: &RunCtx) -> Result<Arc<dyn Session>, String> {
-        self.note_state(req.uuid, RunState::Provisioning).await;
+        cx.enter(&self.store, req.uuid, RunState::Provisioning)
+            .await;
         let attempts = req.spawn_attempts.max(1);
         let mut last_error = String::new();
         for attempt in 1..=attempts {
@@ -615,6 +637,10 @@ impl Runner {
                 (e.to_string(), retry)
             })?;
         *cx.instance.lock().expect("instance lock") = Some(instance.clone());
+        cx.emit(Event::Instance {
+            id: instance.id.clone(),
+            held: true,
+        });
         let session = cx
             .phase("boot", Box::pin(connect(&instance, &cx.keys)))
             .await
@@ -634,7 +660,7 @@ impl Runner {
         let Some(session) = cx.session() else {
             return true; // nothing ran, nothing to collect
         };
-        self.note_state(req.uuid, RunState::Collecting).await;
+        cx.enter(&self.store, req.uuid, RunState::Collecting).await;
         let remote = Layout::under(session.root()).artifactsdir;
         let got = cx
             .phase(
@@ -682,19 +708,19 @@ impl Runner {
         let Some(instance) = cx.instance.lock().expect("instance lock").take() else {
             return;
         };
-        let mut last = None;
+        let backoff = Duration::from_millis(500);
         let r = cx
-            .phase("destroy", async {
-                for attempt in 0..3 {
-                    match self.provider.delete(&instance.id).await {
-                        Ok(()) => return Ok(()),
-                        Err(e) => last = Some(e),
-                    }
-                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                }
-                Err(last.take().map(|e| e.to_string()).unwrap_or_default())
-            })
+            .phase(
+                "destroy",
+                crate::util::retry(3, backoff, backoff * 4, || {
+                    self.provider.delete(&instance.id)
+                }),
+            )
             .await;
+        cx.emit(Event::Instance {
+            id: instance.id.clone(),
+            held: false,
+        });
         if let Err(e) = r {
             // The instance carries our metadata: `ferrotron reap` will find it.
             cx.emit(Event::Notice(format!(

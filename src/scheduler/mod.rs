@@ -157,6 +157,13 @@ pub struct SchedulerParts {
     pub dedup_horizon: Duration,
 }
 
+/// The daemon's loop over the job queue: claims queued jobs per pool within each provider
+/// slot's capacity (fair share, breaker), runs each under its lease with a [`Runner`],
+/// renews leases and flushes job states on a heartbeat, ends jobs (finished, retried with
+/// backoff, crashed), recovers orphans and reaps leaked instances of its farm.
+///
+/// It knows backends only as [`ProviderSlot`]s, and a job's state only through the run's
+/// events; a job runs only while this daemon holds its claim.
 pub struct Scheduler {
     store: Store,
     cfg: SchedulerConfig,
@@ -186,6 +193,10 @@ pub struct Scheduler {
 /// connection that went silent (a network cut, not a refused connection) would otherwise
 /// hold a loop forever. Longer than the pool's own 30 s acquire timeout.
 const STORE_CALL: Duration = Duration::from_secs(40);
+
+/// Fault injection for tests/faults.rs: when this variable names a phase (`clone`, `boot`,
+/// `upload`, `action`, `collect`, `destroy`), the daemon SIGKILLs itself as a run enters it.
+pub const FAULT_KILL_AT: &str = "FERROTRON_FAULT_KILL_AT";
 
 /// The same bound for the calls a stopping daemon makes on its way out.
 const STORE_CALL_STOPPING: Duration = Duration::from_secs(5);
@@ -303,7 +314,7 @@ impl Scheduler {
     /// is younger than a lease: on this host, whether it lives is seen at once (its pid); on
     /// another host it is live if it renews the registration within two heartbeats.
     async fn register(&self) -> Result<(), String> {
-        let host = crate::serve::hostname();
+        let host = crate::util::hostname();
         let now = OffsetDateTime::now_utc();
         let me = DaemonRecord {
             id: self.daemon_id.clone(),
@@ -920,25 +931,27 @@ impl Scheduler {
             .is_some_and(|r| r.reason == Some(CancelReason::LostLease))
     }
 
-    /// The runner's event sink for one job: phase → job state, instance gauge.
+    /// The runner's event sink for one job: the run's state → the job's, instance gauge.
     fn sink(self: &Arc<Self>, job_id: i64, provider: &str) -> crate::runner::EventSink {
         let me = Arc::downgrade(self);
         let provider = provider.to_string();
+        let kill_at = std::env::var(FAULT_KILL_AT).ok().filter(|p| !p.is_empty());
         Arc::new(move |e: &Event| {
+            if let (Some(at), Event::PhaseStarted { name }) = (&kill_at, e)
+                && (name == at || name.strip_prefix("action ").is_some() && at == "action")
+            {
+                // Fault injection (tests/faults.rs): the daemon dies here like a crash would,
+                // with no chance to clean up anything.
+                tracing::error!("{FAULT_KILL_AT}={at}: killing this daemon with SIGKILL");
+                // SAFETY: kill(2) on this very process.
+                unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
+            }
             let Some(me) = me.upgrade() else { return };
             let state = match e {
-                Event::PhaseStarted { name } => match name.as_str() {
-                    "clone" => Some(RunState::Provisioning),
-                    "upload" => Some(RunState::Running),
-                    "collect" => Some(RunState::Collecting),
-                    _ => None,
-                },
-                Event::PhaseFinished { name, ok, .. } => {
-                    if name == "clone" && *ok {
-                        me.metrics.live_instances(&provider, 1);
-                    } else if name == "destroy" {
-                        me.metrics.live_instances(&provider, -1);
-                    }
+                Event::State(s) => Some(*s),
+                Event::Instance { held, .. } => {
+                    me.metrics
+                        .live_instances(&provider, if *held { 1 } else { -1 });
                     None
                 }
                 _ => None,
@@ -1201,7 +1214,7 @@ mod size {
                 std::fs::write(tmp.path().join("runtask.yml"), "name: b\ndesc: d\nmaintainer: m\nactions:\n  - name: p\n    dummy: {result: PASS}\n").unwrap();
                 let formula = crate::task::Formula::load(tmp.path()).unwrap();
                 let runner = crate::runner::Runner {
-                    provider: std::sync::Arc::new(crate::provider::local::LocalProvider::new(tmp.path(), 1)),
+                    provider: crate::provider::build(&crate::provider::Spec::Local(Default::default()), &crate::provider::Context::new(tmp.path())).await.unwrap(),
                     store,
                     data_dir: tmp.path().into(),
                     sink: std::sync::Arc::new(|_: &crate::runner::Event| {}),

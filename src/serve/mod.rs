@@ -18,12 +18,8 @@ use anyhow::{Context, Result, anyhow};
 use tokio::sync::{Notify, watch};
 
 use crate::bus::amqp;
-use crate::config::{Config, ProviderKind};
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::provider::Provider;
-use crate::provider::libvirt::{LibvirtConfig, LibvirtProvider};
-use crate::provider::local::LocalProvider;
-use crate::provider::sim::{SimConfig, SimProvider};
 use crate::scheduler::intake::{Intake, TaskDefaults};
 use crate::scheduler::{ProviderSlot, Scheduler, SchedulerParts, TaskSpec};
 use crate::store::{OutboxPolicy, Store};
@@ -54,15 +50,6 @@ pub struct Daemon {
     pub data_dir: PathBuf,
 }
 
-/// The host name, the default daemon id.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 impl Daemon {
     /// Opens the store, builds the providers and loads every task; errors name the file and
     /// the setting.
@@ -89,7 +76,11 @@ impl Daemon {
             }),
             None => store,
         };
-        let daemon_id = config.daemon.id.clone().unwrap_or_else(hostname);
+        let daemon_id = config
+            .daemon
+            .id
+            .clone()
+            .unwrap_or_else(crate::util::hostname);
         if daemon_id.is_empty() || daemon_id.contains('/') {
             return Err(anyhow!(
                 "{cfg_path}: daemon.id: `{daemon_id}` must be non-empty and without `/`"
@@ -100,50 +91,30 @@ impl Daemon {
 
         let mut slots = Vec::new();
         for (i, p) in config.providers.iter().enumerate() {
-            let (provider, image): (Arc<dyn Provider>, String) = match &p.kind {
-                ProviderKind::Libvirt { uri, image, accel } => {
-                    let (spec, recipes, images) = (
-                        image.clone(),
-                        defaults.recipes_dir.clone(),
-                        defaults.images_dir.clone(),
-                    );
-                    let base = tokio::task::spawn_blocking(move || {
-                        crate::image::recipe::resolve(&spec, &recipes, &images, true)
-                    })
-                    .await?
-                    .with_context(|| format!("{cfg_path}: providers[{i}].image `{image}`"))?;
-                    let prov = LibvirtProvider::new(LibvirtConfig {
-                        max_instances: p.max_instances,
-                        accel: *accel,
-                        ..LibvirtConfig::new(uri.clone(), data_dir.join("instances"))
-                    });
-                    (Arc::new(prov), base.path.display().to_string())
-                }
-                ProviderKind::Local => (
-                    Arc::new(LocalProvider::new(data_dir.join("local"), p.max_instances)),
-                    "local".to_string(),
-                ),
-                ProviderKind::Sim {
-                    create_ms,
-                    delete_ms,
-                    jitter_ms,
-                    failure_rate,
-                } => (
-                    Arc::new(SimProvider::new(SimConfig {
-                        root: data_dir.join("sim").join(&p.name),
-                        max_instances: p.max_instances,
-                        create_latency: Duration::from_millis(*create_ms),
-                        delete_latency: Duration::from_millis(*delete_ms),
-                        jitter: Duration::from_millis(*jitter_ms),
-                        failure_rate: *failure_rate,
-                    })),
-                    "sim".to_string(),
-                ),
+            let at = format!("{cfg_path}: providers[{i}]");
+            let cx = crate::provider::Context {
+                data_dir: data_dir.clone(),
+                name: p.name.clone(),
             };
+            let provider = crate::provider::build(&p.spec, &cx)
+                .await
+                .with_context(|| at.clone())?;
+            provider.preflight().with_context(|| at.clone())?;
+            let image = crate::image::for_provider(
+                &provider.capabilities().images,
+                p.spec.image(),
+                &defaults.recipes_dir,
+                &defaults.images_dir,
+            )
+            .await
+            .with_context(|| {
+                let named = p.spec.image().unwrap_or(crate::image::DEFAULT_IMAGE);
+                format!("{at}.image `{named}`")
+            })?;
             slots.push(ProviderSlot::new(
                 p.name.clone(),
                 p.pool().to_string(),
-                p.max_instances,
+                p.max_instances(),
                 provider,
                 image,
                 &config.scheduler,
@@ -330,7 +301,7 @@ impl Daemon {
             providers = self.config.providers.len(),
             tasks = self.config.tasks.len(),
             rules = self.config.rules.len(),
-            amqp = self.config.bus.amqp.as_ref().map_or("off".to_string(), |a| amqp::redact(&a.url)),
+            amqp = self.config.bus.amqp.as_ref().map_or("off".to_string(), |a| crate::util::redact_url(&a.url)),
             public_url = %self.public_url,
             "ferrotron serve: daemon {} listening on {}",
             self.scheduler.daemon_id(),

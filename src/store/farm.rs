@@ -16,26 +16,6 @@ use uuid::Uuid;
 use super::queue::{IN_FLIGHT, JOB_COLUMNS, jobs_from_rows};
 use super::{Job, NewJob, RunState, Store, StoreError, col, db, from_micros, micros, now_micros};
 
-pub(crate) const MIGRATION: super::schema::Migration = super::schema::Migration {
-    version: 11,
-    name: "farm control: rerun images, holds",
-    statements: &[
-        "ALTER TABLE jobs ADD COLUMN image TEXT",
-        "CREATE TABLE holds (
-            id AUTO_ID,
-            task TEXT NOT NULL,
-            hold_s BIGINT NOT NULL,
-            reason TEXT NOT NULL,
-            created_at BIGINT NOT NULL,
-            run_uuid TEXT,
-            expires_at BIGINT,
-            login TEXT,
-            released_at BIGINT
-        )",
-        "CREATE INDEX holds_task ON holds (task)",
-    ],
-};
-
 /// Which jobs the jobs list shows.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {

@@ -46,7 +46,9 @@ pub use queue::{
     DaemonRecord, Enqueued, Fence, Job, JobEnd, NewJob, Recovered, Registration, TaskLoad, run_uuid,
 };
 pub use results::{NewGroup, NewResult, StoredResult};
-pub use runs::{Attempt, NewRun, Phase, RunCompletion, RunRecord, RunState, UnknownRunState};
+pub use runs::{
+    Attempt, NewRun, Phase, RunCompletion, RunParams, RunRecord, RunState, UnknownRunState,
+};
 
 /// Which SQL engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +170,7 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Dialect::Postgres
         } else {
-            return Err(StoreError::UnsupportedUrl(redact(url)));
+            return Err(StoreError::UnsupportedUrl(crate::util::redact_url(url)));
         };
 
         let pool = match dialect {
@@ -178,7 +180,9 @@ impl Store {
                 .test_before_acquire(false)
                 .connect(url)
                 .await
-                .map_err(db(|| format!("connecting to {}", redact(url))))?,
+                .map_err(db(|| {
+                    format!("connecting to {}", crate::util::redact_url(url))
+                }))?,
             Dialect::Sqlite => open_sqlite(url).await?,
         };
         schema::migrate(&pool, dialect).await?;
@@ -316,22 +320,6 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
             .map_err(db(|| format!("enabling WAL on {url}")))?;
     }
     Ok(pool)
-}
-
-/// The URL with its password replaced by `***`, for messages.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// A column of `row`, with a message naming the column on failure.

@@ -22,29 +22,6 @@ use uuid::Uuid;
 
 use super::{Store, StoreError, col, db, duration_micros, from_micros, now_micros};
 
-/// The schema this module owns. Numbered after its issue (13), so parallel branches do not
-/// collide; migrations are applied by number.
-pub(crate) const MIGRATION: super::schema::Migration = super::schema::Migration {
-    version: 13,
-    name: "outbox of bus messages",
-    statements: &[
-        "CREATE TABLE outbox (
-            id AUTO_ID,
-            kind TEXT NOT NULL,
-            payload TEXT NOT NULL,
-            message_id TEXT NOT NULL,
-            created_at BIGINT NOT NULL,
-            attempts INTEGER NOT NULL,
-            next_at BIGINT NOT NULL,
-            claimed_by TEXT,
-            claim_until BIGINT,
-            last_error TEXT
-        )",
-        // The publisher's question: what is due, oldest first.
-        "CREATE INDEX outbox_due ON outbox (next_at, id)",
-    ],
-};
-
 /// What a row announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxKind {

@@ -30,6 +30,57 @@ pub struct NewRun {
     pub owner: Option<String>,
 }
 
+/// A run's parameters, as its record keeps them (`runs.params`, JSON). The runner writes
+/// them once, from its request; the runs API, the run page and the reproduce command read
+/// them back. A field an older record (or an image build's) lacks reads as its default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunParams {
+    /// The formula file.
+    pub formula: String,
+    /// The caller's job id (`${jobid}`).
+    pub jobid: String,
+    /// What the instance booted from (an image path or name; for `--ssh`, the machine).
+    pub image: String,
+    pub task_timeout_s: u64,
+    /// `--no-destroy`.
+    pub keep_instance: bool,
+    /// Whatever else a record carries (an image build's recipe), kept as it was.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RunParams {
+    /// `ferrotron run`'s defaults, which the reproduce command leaves out.
+    pub const DEFAULT_JOBID: &'static str = "-1";
+    pub const DEFAULT_TASK_TIMEOUT_S: u64 = 7200;
+    pub const DEFAULT_SPAWN_ATTEMPTS: u32 = 3;
+    pub const DEFAULT_ARTIFACTS_MIB: u64 = 1024;
+    pub const DEFAULT_ARCH: &'static str = "noarch";
+
+    /// The record's params; anything unreadable reads as the defaults.
+    pub fn from_value(v: &serde_json::Value) -> RunParams {
+        RunParams::deserialize(v).unwrap_or_default()
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain fields serialise")
+    }
+}
+
+impl Default for RunParams {
+    fn default() -> Self {
+        RunParams {
+            formula: String::new(),
+            jobid: Self::DEFAULT_JOBID.into(),
+            image: String::new(),
+            task_timeout_s: Self::DEFAULT_TASK_TIMEOUT_S,
+            keep_instance: false,
+            other: Default::default(),
+        }
+    }
+}
+
 /// Where a run is in its life. Stored as its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -511,4 +562,28 @@ fn attempt_from_row(row: &AnyRow) -> Result<Attempt, String> {
         finished_at: opt_time(col(row, "finished_at")?)?,
         error: col(row, "error")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunParams;
+
+    #[test]
+    fn params_fill_defaults_and_keep_what_they_do_not_know() {
+        let p = RunParams::from_value(&serde_json::json!({
+            "formula": "tasks/x/runtask.yml", "task_timeout_s": 60, "recipe": "tiny.yaml"
+        }));
+        assert_eq!(p.formula, "tasks/x/runtask.yml");
+        assert_eq!(p.task_timeout_s, 60);
+        assert_eq!(p.jobid, RunParams::DEFAULT_JOBID);
+        assert!(!p.keep_instance);
+        assert_eq!(p.to_value()["recipe"], "tiny.yaml");
+        // A record whose params are not an object at all still reads.
+        assert_eq!(
+            RunParams::from_value(&serde_json::json!("junk")),
+            RunParams::default()
+        );
+        let again = RunParams::from_value(&p.to_value());
+        assert_eq!(again, p);
+    }
 }

@@ -1040,12 +1040,6 @@ fn times_are_microseconds() {
 #[test]
 fn urls_are_redacted() {
     assert_eq!(
-        redact("postgres://u:secret@db.example:5432/x?sslmode=require"),
-        "postgres://u:***@db.example:5432/x?sslmode=require"
-    );
-    assert_eq!(redact("postgres://u@h/x"), "postgres://u@h/x");
-    assert_eq!(redact("sqlite:///a/b.db"), "sqlite:///a/b.db");
-    assert_eq!(
         with_database("postgres://u:p@h:5432/ferrotron_test?x=y", "n"),
         "postgres://u:p@h:5432/n?x=y"
     );

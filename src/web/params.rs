@@ -183,26 +183,16 @@ pub fn fmt_time(t: OffsetDateTime) -> String {
     }
 }
 
-/// Percent-encodes for a query string component.
+/// Percent-encodes for a query string component (`,`, `:` and `*` stay readable; a
+/// space is `+`).
 pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'_'
-            | b'.'
-            | b'~'
-            | b','
-            | b':'
-            | b'*' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    // A literal "%20" in `s` was encoded as "%2520", so this replaces only spaces.
+    crate::util::percent_encode(s, b",:*").replace("%20", "+")
+}
+
+/// Percent-encodes one URL path segment.
+pub fn seg(s: &str) -> String {
+    crate::util::percent_encode(s, b"")
 }
 
 /// Percent-encodes for one URL path segment (a space is `%20` there, not `+`).

@@ -53,21 +53,7 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// Percent-encodes one URL path segment.
-pub fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
-    out
-}
+pub use crate::web::params::seg;
 
 /// A whole page around `body`.
 pub fn layout(title: &str, body: &str) -> Html<String> {

@@ -111,7 +111,10 @@ pub async fn page(State(st): State<WebState>, Path(uuid): Path<String>) -> Respo
         "exit code",
         run.exit_code.map(|c| c.to_string()).unwrap_or_default(),
     );
-    if let Some(obj) = run.params.as_object() {
+    if let Some(obj) = crate::store::RunParams::from_value(&run.params)
+        .to_value()
+        .as_object()
+    {
         for (k, v) in obj {
             let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
             kv(k, esc(&text));

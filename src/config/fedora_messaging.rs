@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::{AmqpConfig, AmqpTls, QueueMode};
+use super::{AmqpConfig, AmqpTls, QueueMode};
 
 /// The queue name fedora-messaging's sample configs use for "a fresh queue per consumer":
 /// the CLI replaces it with a random uuid. Here it means a server-named queue.

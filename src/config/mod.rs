@@ -9,6 +9,8 @@
 //!
 //! `ferrotron.example.yaml` at the repository root documents every key.
 
+pub mod fedora_messaging;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_norway::Value;
 
-use crate::provider::libvirt::Accel;
+use crate::provider::Spec;
 use crate::trigger::{Rule, RuleError, RuleSet};
 
 /// Prefix of environment overrides.
@@ -351,71 +353,57 @@ impl SchedulerConfig {
     }
 }
 
-/// Unknown keys are reported by [`check_provider_keys`] (serde cannot deny them through
-/// `flatten`).
-#[derive(Debug, Clone, Deserialize)]
+/// One `providers:` entry: a name and a pool for the scheduler, and the backend's
+/// [`Spec`] (`kind:` and its settings) in the same mapping. The spec types refuse keys they
+/// do not know; [`check_providers`] names the entry in that error.
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
     /// Unique name (shows in run records and metrics).
     pub name: String,
     /// Jobs name a pool (through their task); several providers (hosts) may serve one.
     /// Default: the provider's name.
-    #[serde(default)]
     pub pool: Option<String>,
-    /// Most instances this daemon runs at once on it.
-    #[serde(default = "default_max_instances")]
-    pub max_instances: usize,
-    #[serde(flatten)]
-    pub kind: ProviderKind,
+    /// The backend; its `max_instances` (most instances this daemon runs at once on it)
+    /// defaults to [`DEFAULT_MAX_INSTANCES`].
+    pub spec: Spec,
 }
 
-fn default_max_instances() -> usize {
-    2
+/// Instances per provider when an entry does not say.
+pub const DEFAULT_MAX_INSTANCES: usize = 2;
+
+/// Keys of a provider entry that are the scheduler's, not the backend's.
+const ENTRY_KEYS: [&str; 2] = ["name", "pool"];
+
+impl<'de> Deserialize<'de> for ProviderConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut m = serde_norway::Mapping::deserialize(d)?;
+        let mut take = |k: &str| m.remove(k).filter(|v| !v.is_null());
+        let name: String = match take(ENTRY_KEYS[0]) {
+            Some(v) => {
+                serde_norway::from_value(v).map_err(|e| D::Error::custom(format!("name: {e}")))?
+            }
+            None => return Err(D::Error::missing_field("name")),
+        };
+        let pool: Option<String> = take(ENTRY_KEYS[1])
+            .map(serde_norway::from_value)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("pool: {e}")))?;
+        let mut spec: Spec =
+            serde_norway::from_value(Value::Mapping(m)).map_err(D::Error::custom)?;
+        spec.default_max_instances(DEFAULT_MAX_INSTANCES);
+        Ok(ProviderConfig { name, pool, spec })
+    }
 }
 
 impl ProviderConfig {
     pub fn pool(&self) -> &str {
         self.pool.as_deref().unwrap_or(&self.name)
     }
-}
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// Disposable libvirt domains cloned from a base image.
-    Libvirt {
-        #[serde(default = "default_libvirt_uri")]
-        uri: String,
-        /// Base image: a file, a recipe name, or DISTRO-RELEASE-FLAVOR[-ARCH].
-        #[serde(default = "default_image")]
-        image: String,
-        /// `auto` (KVM when a real probe boots under it), `kvm` or `tcg`.
-        #[serde(default = "default_accel")]
-        accel: Accel,
-    },
-    /// This host, no isolation (development only).
-    Local,
-    /// Simulated instances (a latency and failure model; runs happen in a directory).
-    Sim {
-        #[serde(default)]
-        create_ms: u64,
-        #[serde(default)]
-        delete_ms: u64,
-        #[serde(default)]
-        jitter_ms: u64,
-        /// Probability (0–1) that a create fails.
-        #[serde(default)]
-        failure_rate: f64,
-    },
-}
-
-fn default_libvirt_uri() -> String {
-    "qemu:///system".into()
-}
-fn default_image() -> String {
-    "tiny".into()
-}
-fn default_accel() -> Accel {
-    Accel::Auto
+    pub fn max_instances(&self) -> usize {
+        self.spec.max_instances().unwrap_or(DEFAULT_MAX_INSTANCES)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -483,36 +471,16 @@ fn read_value(path: &Path, env: Option<&[(String, String)]>) -> Result<Value, Co
     Ok(value)
 }
 
-/// Rejects keys a provider entry does not know, naming the entry and the key.
-fn check_provider_keys(value: &Value) -> Result<(), String> {
+/// Reads every provider entry on its own, so that an error (an unknown key, a kind that
+/// does not exist) names the entry: `providers[1]: unknown field `urii`, expected one of …`.
+fn check_providers(value: &Value) -> Result<(), String> {
     let Some(list) = value.get("providers").and_then(Value::as_sequence) else {
         return Ok(());
     };
     for (i, entry) in list.iter().enumerate() {
-        let Some(m) = entry.as_mapping() else {
-            continue;
-        };
-        let kind = m.get("kind").and_then(Value::as_str).unwrap_or("");
-        let specific: &[&str] = match kind {
-            "libvirt" => &["uri", "image", "accel"],
-            "local" => &[],
-            "sim" => &["create_ms", "delete_ms", "jitter_ms", "failure_rate"],
-            other => {
-                return Err(format!(
-                    "providers[{i}].kind: `{other}` is not one of libvirt, local, sim"
-                ));
-            }
-        };
-        for k in m.keys() {
-            let k = k.as_str().unwrap_or("");
-            if !["name", "pool", "max_instances", "kind"].contains(&k) && !specific.contains(&k) {
-                return Err(format!(
-                    "providers[{i}]: unknown key `{k}` for kind {kind} (known: name, pool, max_instances, kind{}{})",
-                    if specific.is_empty() { "" } else { ", " },
-                    specific.join(", ")
-                ));
-            }
-        }
+        let p: ProviderConfig =
+            serde_norway::from_value(entry.clone()).map_err(|e| format!("providers[{i}]: {e}"))?;
+        p.spec.check().map_err(|e| format!("providers[{i}].{e}"))?;
     }
     Ok(())
 }
@@ -535,7 +503,7 @@ fn resolve_amqp(a: &mut AmqpConfig, base: &Path) -> Result<(), String> {
     }
     if let Some(mut fm) = a.fedora_messaging_config.clone() {
         rel(&mut fm);
-        crate::bus::fm_config::apply(a, &fm)
+        fedora_messaging::apply(a, &fm)
             .map_err(|e| format!("bus.amqp.fedora_messaging_config: {e}"))?;
         a.fedora_messaging_config = Some(fm);
     }
@@ -547,7 +515,7 @@ fn resolve_amqp(a: &mut AmqpConfig, base: &Path) -> Result<(), String> {
     if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
         return Err(format!(
             "bus.amqp.url: `{}` must start with amqp:// or amqps://",
-            crate::bus::amqp::redact(&a.url)
+            crate::util::redact_url(&a.url)
         ));
     }
     if let Some(tls) = &a.tls {
@@ -656,7 +624,7 @@ impl Config {
 
     pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let value = read_value(path, Some(env))?;
-        check_provider_keys(&value).map_err(|m| invalid(path, m))?;
+        check_providers(&value).map_err(|m| invalid(path, m))?;
         let mut cfg: Config = if env.is_empty() {
             // From the text, so that errors carry line and column.
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -710,20 +678,9 @@ impl Config {
                     ),
                 ));
             }
-            if prov.max_instances == 0 {
-                return Err(invalid(
-                    p,
-                    format!("providers[{i}].max_instances: must be at least 1"),
-                ));
-            }
-            if let ProviderKind::Sim { failure_rate, .. } = prov.kind
-                && !(0.0..=1.0).contains(&failure_rate)
-            {
-                return Err(invalid(
-                    p,
-                    format!("providers[{i}].failure_rate: {failure_rate} is not between 0 and 1"),
-                ));
-            }
+            prov.spec
+                .check()
+                .map_err(|e| invalid(p, format!("providers[{i}].{e}")))?;
         }
         let pools: Vec<&str> = self.providers.iter().map(|p| p.pool()).collect();
         for (name, t) in &self.tasks {
@@ -852,7 +809,7 @@ mod tests {
         assert_eq!(c.scheduler.lease_s, 60);
         assert_eq!(c.tasks["t"].path, d.path().join("tasks/t"));
         assert_eq!(c.task_pool("t"), "sim");
-        assert_eq!(c.providers[0].max_instances, 2);
+        assert_eq!(c.providers[0].max_instances(), 2);
     }
 
     #[test]
@@ -879,7 +836,7 @@ mod tests {
         ];
         let c = Config::load_with_env(&p, &env).unwrap();
         assert_eq!(c.daemon.listen, "0.0.0.0:9");
-        assert_eq!(c.providers[0].max_instances, 7);
+        assert_eq!(c.providers[0].max_instances(), 7);
         assert_eq!(c.scheduler.lease_s, 120);
         let amqp = c.bus.amqp.unwrap();
         assert_eq!(amqp.url, "amqp://h/%2f");
@@ -920,6 +877,43 @@ mod tests {
             e.contains("FERROTRON__SCHEDULER__LEASE_S") && e.contains("soon"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn provider_entries_are_read_by_their_spec_and_errors_name_the_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let with = |providers: &str| {
+            let p = write(
+                d.path(),
+                "p.yaml",
+                &MINIMAL.replace("  - {name: sim, kind: sim}\n", providers),
+            );
+            Config::load_with_env(&p, &[]).map_err(|e| e.to_string())
+        };
+        let c = with(
+            "  - {name: a, kind: sim, max_instances: 5}\n  - {name: b, pool: sim, kind: openstack, cloud: x, flavor: m1}\n",
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].max_instances(), 5);
+        assert_eq!(c.providers[1].pool(), "sim");
+        assert_eq!(c.providers[1].spec.kind(), "openstack");
+
+        let e =
+            with("  - {name: a, kind: sim}\n  - {name: b, kind: libvirt, urii: x}\n").unwrap_err();
+        assert!(
+            e.contains("p.yaml") && e.contains("providers[1]") && e.contains("`urii`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("storage_pools"),
+            "the known keys come from the spec: {e}"
+        );
+        let e = with("  - {name: a, kind: vmware}\n").unwrap_err();
+        assert!(e.contains("providers[0]") && e.contains("vmware"), "{e}");
+        let e = with("  - {name: a, kind: sim, failure_rate: 1.5}\n").unwrap_err();
+        assert!(e.contains("providers[0].failure_rate: 1.5"), "{e}");
+        let e = with("  - {kind: local}\n").unwrap_err();
+        assert!(e.contains("providers[0]") && e.contains("name"), "{e}");
     }
 
     #[test]
