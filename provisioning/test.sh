@@ -15,6 +15,9 @@ mkdir -p /var/lib/ferrotron
 eval "$(provisioning/test-postgres.sh)"
 # The local RabbitMQ (started by host-setup.sh --test), for the daemon's bus tests.
 export FERROTRON_TEST_AMQP=${FERROTRON_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}
+# Its TLS listener with client certificates (a test CA made with openssl; RabbitMQ restarts
+# here, once, when the listener is new: never while tests run).
+eval "$(provisioning/test-tls.sh)"
 
 # Real Python clients (fedora-messaging, resultsdb_api, openstacksdk) in a venv of their own.
 venv=/var/lib/ferrotron/test-venv

@@ -1,5 +1,7 @@
 //! ferrotron: runs test tasks in disposable virtual machines. See ARCHITECTURE.md for the map.
 
+pub mod access;
+pub mod base_image;
 pub mod bench;
 pub mod bus;
 pub mod cli;
@@ -18,4 +20,5 @@ pub mod serve;
 pub mod store;
 pub mod task;
 pub mod trigger;
+pub mod util;
 pub mod web;

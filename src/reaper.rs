@@ -6,6 +6,7 @@
 
 use crate::provider::{Listed, Provider};
 use crate::store::Store;
+use crate::util::hostname;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -73,12 +74,6 @@ pub async fn survey(
 /// The owner a command-line process writes on its runs and instances: `KIND@HOST:PID`.
 pub fn process_owner(kind: &str) -> String {
     format!("{kind}@{}:{}", hostname(), std::process::id())
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Whether `owner` names a ferrotron process on this host that no longer exists. Owners of

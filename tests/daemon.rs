@@ -9,11 +9,9 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ferrotron::store::{Job, RunState, Store};
@@ -22,7 +20,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use sqlx::{Connection as _, Executor};
 
-const TOKEN: &str = "test-token-0123456789";
+use common::daemon::*;
 
 /// Tests that boot VMs take turns: several TCG guests at once on a small machine miss their
 /// boot deadline.
@@ -31,217 +29,6 @@ static VMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The broker-restart test holds this for writing; every other test that talks to RabbitMQ
 /// holds it for reading, so no one publishes into a restart.
 static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-fn env_or_skip(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            eprintln!("SKIPPED: {var} not set (provisioning/test.sh sets it)");
-            None
-        }
-    }
-}
-
-fn libvirt_or_skip() -> bool {
-    let on = std::env::var("FERROTRON_TEST_LIBVIRT").is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("SKIPPED: FERROTRON_TEST_LIBVIRT=1 not set (provisioning/test.sh sets it)");
-    }
-    on
-}
-
-fn uniq() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_task(dir: &Path, name: &str, shell: &str) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("runtask.yml"),
-        format!(
-            "name: {name}\ndesc: d\nmaintainer: m\nactions:\n  - name: work\n    shell: [{shell:?}]\n"
-        ),
-    )
-    .unwrap();
-    d
-}
-
-/// A running `ferrotron serve`, its stderr collected.
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(data: &Path, config: &Path, port: u16) -> Daemon {
-        let mut child = common::command(data, &["serve", "--config", config.to_str().unwrap()])
-            .env("FERROTRON_LOG", "ferrotron=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferrotron serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-                let mut g = l.lock().unwrap();
-                g.push_str(&line);
-                g.push('\n');
-            }
-        });
-        let d = Daemon { child, port, log };
-        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            panic!("daemon did not start:\n{}", d.log());
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until the AMQP consumer has declared and bound its queue: a message published
-    /// before that is routed nowhere.
-    fn wait_consuming(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.log().contains("consuming from") {
-            assert!(
-                Instant::now() < deadline,
-                "consumer never started:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn http(&self, method: &str, path: &str, body: &[u8], token: Option<&str>) -> (u16, String) {
-        http(self.port, method, path, body, token)
-    }
-
-    fn submit(&self, envelope: &Value) -> (u16, Value) {
-        let (status, body) = self.http(
-            "POST",
-            "/api/v1/messages",
-            envelope.to_string().as_bytes(),
-            Some(TOKEN),
-        );
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let (_, text) = self.http("GET", "/metrics", b"", None);
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
-            .unwrap_or(-1.0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn http(port: u16, method: &str, path: &str, body: &[u8], token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("daemon answers HTTP");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let _ = s.write_all(body);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
-}
-
-fn koji_body(name: &str) -> Value {
-    json!({"build_id": 42, "name": name, "version": "5.2.26", "release": "1.fc41",
-           "epoch": null, "owner": "someone", "instance": "primary", "new": 1, "old": 0,
-           "attribute": "state"})
-}
-
-async fn wait_jobs(store: &Store, limit: Duration, done: impl Fn(&[Job]) -> bool) -> Vec<Job> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let jobs = store.jobs(None).await.unwrap();
-        if done(&jobs) || Instant::now() > deadline {
-            return jobs;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Every job with the state and error of each of its runs, for failure messages.
-async fn explain(store: &Store) -> String {
-    let mut why = String::new();
-    for j in store.jobs(None).await.unwrap_or_default() {
-        why.push_str(&format!(
-            "job {} {} {}: {:?}\n",
-            j.uuid, j.task, j.state, j.error
-        ));
-        for a in 1..=j.attempts {
-            if let Ok(Some(r)) = store.run(ferrotron::store::run_uuid(j.uuid, a)).await {
-                why.push_str(&format!("  run {}: {} {:?}\n", r.uuid, r.state, r.error));
-            }
-        }
-    }
-    why
-}
-
-fn all_terminal(jobs: &[Job], n: usize) -> bool {
-    jobs.len() == n && jobs.iter().all(|j| j.state.is_terminal())
-}
 
 /// A fresh PostgreSQL database under FERROTRON_TEST_PG, dropped by `drop_pg`.
 async fn fresh_pg(admin: &str) -> (String, String) {
@@ -797,13 +584,6 @@ async fn a_duplicate_fedora_messaging_id_creates_nothing_new() {
     delete_queue(&amqp, &queue).await;
 }
 
-fn domain_exists(name: &str) -> bool {
-    std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "domstate", name])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn vm_farm(extra_scheduler: &str, tasks_rules: &str, bus: &str) -> Setup {
     setup(
         None,
@@ -1020,4 +800,302 @@ async fn sigkill_mid_run_then_restart_leaves_no_leak_and_reruns_the_job() {
     assert!(log.contains("[work] awake"), "{log}");
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+}
+
+// --- the store fails, daemons disagree ----------------------------------------------------
+
+/// A fresh PostgreSQL database reached through a proxy the test controls: (direct URL,
+/// database name, the daemon's URL through the proxy, the proxy).
+async fn pg_behind_proxy(admin: &str) -> (String, String, String, common::proxy::Proxy) {
+    let (url, name) = fresh_pg(admin).await;
+    let (target, _) = common::proxy::reroute_url(&url, "127.0.0.1:9".parse().unwrap());
+    let proxy = common::proxy::Proxy::start(target);
+    let (_, via) = common::proxy::reroute_url(&url, proxy.addr);
+    (url, name, via, proxy)
+}
+
+#[tokio::test]
+async fn a_store_outage_while_runs_finish_ends_every_job_exactly_once() {
+    let Some(admin) = env_or_skip("FERROTRON_TEST_PG") else {
+        return;
+    };
+    let (url, name, via, proxy) = pg_behind_proxy(&admin).await;
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "nap", "echo napping; sleep 6; echo awake");
+    let s = setup(
+        Some(via),
+        "",
+        &format!(
+            "scheduler: {{heartbeat_s: 1, lease_s: 60, poll_ms: 100}}\n\
+             providers: [{{name: sim, kind: sim, max_instances: 8, create_ms: 10}}]\n{}",
+            sim_rules(&task, "t.x")
+        ),
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    for i in 0..3 {
+        let (st, r) = d.submit(
+            &json!({"topic": "t.x", "id": format!("m{i}"), "body": koji_body(&format!("p{i}"))}),
+        );
+        assert_eq!(st, 202, "{r}");
+    }
+    let store = Store::open(&url).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| {
+        j.len() == 6 && j.iter().all(|j| j.state == RunState::Running)
+    })
+    .await;
+    assert!(
+        jobs.iter().all(|j| j.state == RunState::Running),
+        "{}\n{}",
+        explain(&store).await,
+        d.log()
+    );
+
+    // The database goes away for 15 s; every task finishes meanwhile.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    for j in store.jobs(None).await.unwrap() {
+        let run = store.run(j.current_run().unwrap()).await.unwrap().unwrap();
+        let log = std::fs::read_to_string(&run.log_path).unwrap();
+        assert!(log.contains("[work] awake"), "task did not finish: {log}");
+        assert!(
+            !run.state.is_terminal() && !j.state.is_terminal(),
+            "nothing can be recorded while the store is away: {j:?} {run:?}"
+        );
+    }
+    proxy.restore();
+
+    let jobs = wait_jobs(&store, Duration::from_secs(120), |j| all_terminal(j, 6)).await;
+    for j in &jobs {
+        assert_eq!(
+            (j.state, j.attempts),
+            (RunState::Finished, 1),
+            "a finished job ends once, not rerun: {j:?}\n{}\n{}",
+            explain(&store).await,
+            d.log()
+        );
+        let run = store.run(j.current_run().unwrap()).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Finished, "{run:?}");
+        assert!(run.phases.iter().any(|p| p.name == "destroy"), "{run:?}");
+    }
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(runs, 6, "one run per job");
+    assert!(d.log().contains("trying again"), "{}", d.log());
+    assert_eq!(
+        std::fs::read_dir(s.data.path().join("sim/sim"))
+            .unwrap()
+            .count(),
+        0,
+        "instances left"
+    );
+    // Healthy afterwards: a new message runs.
+    let (st, r) = d.submit(&json!({"topic": "t.x", "id": "after", "body": koji_body("q")}));
+    assert_eq!(st, 202, "{r}");
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 8)).await;
+    assert!(
+        jobs.iter().all(|j| j.state == RunState::Finished),
+        "{}",
+        explain(&store).await
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+    store.close().await;
+    drop_pg(&admin, &name).await;
+}
+
+#[tokio::test]
+async fn sigterm_while_the_store_is_down_still_stops_the_daemon() {
+    let Some(admin) = env_or_skip("FERROTRON_TEST_PG") else {
+        return;
+    };
+    let (url, name, via, proxy) = pg_behind_proxy(&admin).await;
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "slow", "echo napping; sleep 300");
+    let s = setup(
+        Some(via),
+        "",
+        &format!(
+            "scheduler: {{heartbeat_s: 1, lease_s: 30, shutdown_grace_s: 1, final_write_grace_s: 5}}\n\
+             providers: [{{name: sim, kind: sim, max_instances: 4, create_ms: 10}}]\n{}",
+            sim_rules(&task, "t.x").replace("[x86_64, aarch64]", "[x86_64]")
+        ),
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let (st, r) = d.submit(&json!({"topic": "t.x", "id": "m", "body": koji_body("zsh")}));
+    assert_eq!(st, 202, "{r}");
+    let store = Store::open(&url).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| {
+        j.len() == 1 && j[0].state == RunState::Running
+    })
+    .await;
+    assert_eq!(jobs[0].state, RunState::Running, "{}", d.log());
+
+    proxy.cut();
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    let code = d.wait(Duration::from_secs(150));
+    let took = t.elapsed();
+    eprintln!("stopped {took:?} after SIGTERM with the store down");
+    assert_eq!(code, Some(0), "did not stop:\n{}", d.log());
+    // Grace 1 s, the instance destroyed, then at most final_write_grace_s (5 s) of tries of
+    // at most 5 s each, after a first try bounded by the pool's 30 s acquire timeout.
+    assert!(took < Duration::from_secs(90), "{took:?}\n{}", d.log());
+    assert!(d.log().contains("left to its lease"), "{}", d.log());
+    assert_eq!(
+        std::fs::read_dir(s.data.path().join("sim/sim"))
+            .unwrap()
+            .count(),
+        0,
+        "instance left"
+    );
+
+    // The store comes back; the same daemon id starts again (its previous process is gone)
+    // and recovers the claim its previous life could not end.
+    proxy.restore();
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| {
+        j[0].attempts == 2 && j[0].state == RunState::Running
+    })
+    .await;
+    assert_eq!(
+        (jobs[0].attempts, jobs[0].state),
+        (2, RunState::Running),
+        "{}\n{}",
+        explain(&store).await,
+        d.log()
+    );
+    let first = store.run(run_of(&jobs[0], 1)).await.unwrap().unwrap();
+    assert_eq!(first.state, RunState::Crashed, "{first:?}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+    store.close().await;
+    drop_pg(&admin, &name).await;
+}
+
+fn run_of(job: &Job, attempt: u32) -> uuid::Uuid {
+    ferrotron::store::run_uuid(job.uuid, attempt)
+}
+
+#[tokio::test]
+async fn jobs_of_a_task_a_daemon_does_not_know_are_left_to_one_that_does() {
+    let Some(admin) = env_or_skip("FERROTRON_TEST_PG") else {
+        return;
+    };
+    let (url, name) = fresh_pg(&admin).await;
+    let s0 = tempfile::tempdir().unwrap();
+    let farm = |task: &str, topic: &str| {
+        let dir = write_task(s0.path(), task, "echo ran");
+        format!(
+            "scheduler: {{poll_ms: 50}}\nproviders: [{{name: sim, kind: sim, max_instances: 4, create_ms: 200}}]\n\
+             tasks:\n  {task}: {{path: '{}'}}\n\
+             rules:\n  - {{name: r, topics: ['{topic}'], item: '{{name}}', type: koji_build, arches: [x86_64], tasks: [{task}]}}\n",
+            dir.display()
+        )
+    };
+    let a = setup(Some(url.clone()), "", &farm("ta", "t.a"));
+    let b = setup(Some(url.clone()), "", &farm("tb", "t.b"));
+    let b_config = std::fs::read_to_string(&b.config)
+        .unwrap()
+        .replace("id: d1", "id: d2");
+    std::fs::write(&b.config, b_config).unwrap();
+    let da = Daemon::start(a.data.path(), &a.config, a.port);
+    let db = Daemon::start(b.data.path(), &b.config, b.port);
+    // Both daemons claim from the same pool; each message's jobs go in through the daemon
+    // whose rules know its topic.
+    for i in 0..10 {
+        let (st, r) = db.submit(&json!({"topic": "t.b", "body": {"name": format!("b{i}")}}));
+        assert_eq!(st, 202, "{r}");
+        let (st, r) = da.submit(&json!({"topic": "t.a", "body": {"name": format!("a{i}")}}));
+        assert_eq!(st, 202, "{r}");
+    }
+    let store = Store::open(&url).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(120), |j| all_terminal(j, 20)).await;
+    for j in &jobs {
+        let want = if j.task == "ta" { "d1" } else { "d2" };
+        assert_eq!(
+            (j.state, j.attempts, j.claimed_by.as_deref()),
+            (RunState::Finished, 1, Some(want)),
+            "{j:?}\nA:\n{}\nB:\n{}",
+            da.log(),
+            db.log()
+        );
+    }
+    store.close().await;
+    drop(da);
+    drop(db);
+    drop_pg(&admin, &name).await;
+}
+
+#[tokio::test]
+async fn a_second_live_daemon_with_the_same_id_refuses_to_start() {
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "true");
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "providers: [{{name: sim, kind: sim, max_instances: 2, create_ms: 10}}]\n{}",
+            sim_rules(&task, "t.x")
+        ),
+    );
+    let mut first = Daemon::start(s.data.path(), &s.config, s.port);
+    // The same id (and store) on another port.
+    let port2 = free_port();
+    let config2 = s.data.path().join("farm2.yaml");
+    std::fs::write(
+        &config2,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace(&format!(":{}'", s.port), &format!(":{port2}'")),
+    )
+    .unwrap();
+    let mut second = common::command(
+        s.data.path(),
+        &["serve", "--config", config2.to_str().unwrap()],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second daemon with the same id kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("daemon id `d1` is in use by another live daemon")
+            && err.contains(&format!("pid {}", first.child.id()))
+            && err.contains("farm2.yaml"),
+        "{err}"
+    );
+    // The first one is unharmed.
+    assert_eq!(first.http("GET", "/healthz", b"", None).0, 200);
+    // Once it is dead (no clean release), the id can be taken at once on this host.
+    first.signal(libc::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    let mut again = Daemon::start(s.data.path(), &config2, port2);
+    assert_eq!(again.http("GET", "/healthz", b"", None).0, 200);
+    again.signal(libc::SIGTERM);
+    assert_eq!(
+        again.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        again.log()
+    );
 }

@@ -312,6 +312,8 @@ fn sigkill_leaves_a_leak_that_reap_finds() {
     let data = reachable_tempdir();
     let task = tempfile::tempdir().unwrap();
     let (mut child, _lines) = start_napping_run(data.path(), task.path());
+    // The run's owner is `run@HOST:PID`: other runs on this libvirtd are not ours to judge.
+    let ours = format!(":{}:", child.id());
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
 
@@ -320,7 +322,7 @@ fn sigkill_leaves_a_leak_that_reap_finds() {
     let listing = String::from_utf8_lossy(&out.stdout);
     let line = listing
         .lines()
-        .find(|l| l.starts_with("libvirt"))
+        .find(|l| l.starts_with("libvirt") && l.contains(&ours))
         .unwrap_or_else(|| panic!("the killed run's VM is not listed:\n{listing}"));
     assert!(line.contains("LEAKED, destroyed"), "{listing}");
     let uuid = line

@@ -97,7 +97,7 @@ async fn two_results_agree_across_json_store_and_artifacts() {
     assert_eq!(stored.len(), 2);
     let failed = stored.iter().find(|r| r.outcome == "FAILED").unwrap();
     assert_eq!(failed.testcase, "fixture.second");
-    assert_eq!(failed.groups, vec![uuid]);
+    assert_eq!(failed.groups, vec![uuid.to_string()]);
     assert_eq!(failed.data["item"], vec!["bash-5.2-1.fc41".to_string()]);
     let url = failed.ref_url.as_deref().unwrap();
     assert!(

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferrotron::store::{NewRun, Phase, RunState, Store};
-use ferrotron::web::{WebState, router};
+use ferrotron::web::{Limits, WebState, router};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -24,8 +24,13 @@ struct Server {
 }
 
 async fn serve(store: Store, pg: Option<common::PgDb>) -> Server {
+    serve_with(store, pg, Limits::default()).await
+}
+
+async fn serve_with(store: Store, pg: Option<common::PgDb>, limits: Limits) -> Server {
     let data = tempfile::tempdir().unwrap();
-    let state = WebState::new(store.clone(), data.path().to_path_buf(), vec![TOKEN.into()]);
+    let state = WebState::new(store.clone(), data.path().to_path_buf(), vec![TOKEN.into()])
+        .with_limits(limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
@@ -326,7 +331,7 @@ async fn resultsdb_results_filters_and_pages(s: Server) {
                 .as_str()
                 .map(|u| u.ends_with("/api/v2.0/results"))
         ),
-        (200, Some(true))
+        (300, Some(true))
     );
     let (st, _) = get(&s, "/api/v2.0/healthcheck").await;
     assert_eq!(st, 200);
@@ -340,10 +345,9 @@ async fn resultsdb_errors_and_auth(s: Server) {
             "/api/v2.0/results?since=notadate",
             &["since", "notadate"][..],
         ),
-        ("/api/v2.0/results?limit=-3", &["limit", "-3"]),
+        ("/api/v2.0/results?limit=x", &["limit", "x"]),
         ("/api/v2.0/results?page=x", &["page", "x"]),
         ("/api/v2.0/results?outcome=MAYBE", &["outcome", "MAYBE"]),
-        ("/api/v2.0/results?_sort=sideways", &["_sort"]),
         ("/api/v2.0/results?item:regex=x", &["item:regex"]),
         (
             "/api/v2.0/results/latest?_distinct_on=item",
@@ -417,8 +421,8 @@ async fn resultsdb_errors_and_auth(s: Server) {
         (json!({"testcase": "t"}), "outcome"),
         (json!({"outcome": "SUPER", "testcase": "t"}), "SUPER"),
         (
-            json!({"outcome": "PASSED", "testcase": "t", "groups": ["zzz"]}),
-            "zzz",
+            json!({"outcome": "PASSED", "testcase": "t", "groups": [""]}),
+            "empty",
         ),
         (
             json!({"outcome": "PASSED", "testcase": "t", "data": {"a:b": 1}}),
@@ -464,6 +468,478 @@ async fn resultsdb_errors_and_auth(s: Server) {
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
     assert_eq!(count_results(&s).await, 2);
+}
+
+// --- ResultsDB fidelity (issue 17): what ResultsDB 2.2 accepts and answers -----------------
+
+/// What a test expects of a ResultsDB validation error: 400, a message naming `field`, and
+/// `validation_error: [{loc: [field], msg}]`.
+fn assert_validation_error(what: &str, st: u16, v: &Value, field: &str) {
+    assert_eq!(st, 400, "{what}: {v}");
+    assert!(message(v).contains(field), "{what}: {v}");
+    let e = &v["validation_error"][0];
+    assert_eq!(e["loc"], json!([field]), "{what}: {v}");
+    assert!(
+        e["msg"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {v}"
+    );
+}
+
+fn notes(v: &Value) -> Vec<&str> {
+    v["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data in {v}"))
+        .iter()
+        .map(|r| r["note"].as_str().unwrap())
+        .collect()
+}
+
+const SLASH_NAME: &str = "fedora-ci.koji-build./plans/basic.functional";
+
+on_both!(resultsdb_testcase_names_with_slashes);
+async fn resultsdb_testcase_names_with_slashes(s: Server) {
+    let (st, v) = post(
+        &s,
+        "/api/v2.0/results",
+        json!({"outcome": "PASSED", "testcase": {"name": SLASH_NAME, "ref_url": "http://tc"}, "note": "n0"}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    // The href keeps the slashes, and is served.
+    let href = v["testcase"]["href"].as_str().unwrap().to_string();
+    assert_eq!(href, format!("{}/api/v2.0/testcases/{SLASH_NAME}", s.url));
+    let (st, v) = get(&s, &format!("/api/v2.0/testcases/{SLASH_NAME}")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["name"].as_str(), v["ref_url"].as_str()),
+        (Some(SLASH_NAME), Some("http://tc"))
+    );
+    let (st, v) = get(&s, &format!("/api/v2.0/testcases/{SLASH_NAME}/results")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(notes(&v), ["n0"]);
+    // Percent-encoded slashes name the same testcase.
+    let (st, v) = get(
+        &s,
+        "/api/v2.0/testcases/fedora-ci.koji-build.%2Fplans%2Fbasic.functional",
+    )
+    .await;
+    assert_eq!((st, v["name"].as_str()), (200, Some(SLASH_NAME)));
+    for missing in [
+        "/api/v2.0/testcases/fedora-ci.koji-build./plans/other",
+        "/api/v2.0/testcases/fedora-ci.koji-build./plans/other/results",
+    ] {
+        let (st, v) = get(&s, missing).await;
+        assert_eq!((st, message(&v)), (404, "Testcase not found"), "{missing}");
+    }
+}
+
+on_both!(resultsdb_post_stores_what_resultsdb_stores);
+async fn resultsdb_post_stores_what_resultsdb_stores(s: Server) {
+    // Bodies that ResultsDB 2.2 stores and ferrotron used to refuse; the raw text keeps the
+    // order of the nested object's keys, which the stored string form must keep too.
+    let body = r#"{"outcome": "  passed ", "testcase": "tc.kinds",
+        "groups": ["not-a-uuid", {"uuid": "my group/1", "description": "d"}],
+        "submit_time": "1736680835123",
+        "data": {"item": "pkg-1", "nested": {"z": 1, "a": [true, null, "it's"]}, "none": null,
+                 "list": ["x", 2, 1.5, null, {"k": "v"}, ["a"]], "flag": false, "big": 1e16,
+                 "empty": []}}"#;
+    let r = client()
+        .post(format!("{}/api/v2.0/results", s.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let created: Value = r.json().await.unwrap();
+    let id = created["id"].as_i64().unwrap();
+    let (_, v) = get(&s, &format!("/api/v2.0/results/{id}")).await;
+    assert_eq!(v, created, "a read gives back what the POST answered");
+    assert_eq!(v["outcome"], "PASSED");
+    assert_eq!(v["submit_time"], "2025-01-12T11:20:35.123000");
+    assert_eq!(v["groups"], json!(["not-a-uuid", "my group/1"]));
+    assert_eq!(
+        v["data"],
+        json!({
+            "item": ["pkg-1"],
+            "nested": ["{'z': 1, 'a': [True, None, \"it's\"]}"],
+            "none": ["None"],
+            "list": ["x", "2", "1.5", "None", "{'k': 'v'}", "['a']"],
+            "flag": ["False"],
+            "big": ["1e+16"],
+        })
+    );
+    // Stored as strings, so they filter as ResultsDB's do.
+    for filter in ["none=None", "flag=False", "nested:like=*True*"] {
+        let (_, v) = get(&s, &format!("/api/v2.0/results?{filter}")).await;
+        assert_eq!(v["data"][0]["id"], id, "{filter}: {v}");
+    }
+
+    // Groups with ids that are not uuids are served like any other.
+    let (st, g) = get(&s, "/api/v2.0/groups/not-a-uuid").await;
+    assert_eq!((st, g["results_count"].as_i64()), (200, Some(1)), "{g}");
+    assert_eq!(g["href"], format!("{}/api/v2.0/groups/not-a-uuid", s.url));
+    // An id with a slash: ResultsDB cannot route it; ferrotron serves it percent-encoded, as
+    // its href spells it.
+    let (st, g) = get(&s, "/api/v2.0/groups/my%20group%2F1").await;
+    assert_eq!((st, g["description"].as_str()), (200, Some("d")), "{g}");
+    assert_eq!(
+        g["href"],
+        format!("{}/api/v2.0/groups/my%20group%2F1", s.url)
+    );
+    let (_, v) = get(&s, "/api/v2.0/results?groups=not-a-uuid").await;
+    assert_eq!(v["data"][0]["id"], id);
+    let (st, v) = get(&s, "/api/v2.0/groups/not-a-uuid/results").await;
+    assert_eq!((st, v["data"][0]["id"].as_i64()), (200, Some(id)));
+    let (st, v) = post(
+        &s,
+        "/api/v2.0/groups",
+        json!({"uuid": "hand-made", "description": "x"}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!((st, v["uuid"].as_str()), (201, Some("hand-made")), "{v}");
+
+    // submit_time with a `+00` offset, an offset, and milliseconds as a number.
+    for (t, want) in [
+        (
+            json!("2025-01-12T11:20:35.5+00"),
+            "2025-01-12T11:20:35.500000",
+        ),
+        (
+            json!("2025-01-12T13:20:35.000001+02:00"),
+            "2025-01-12T11:20:35.000001",
+        ),
+        (json!("2025-01-12T11:20:35Z"), "2025-01-12T11:20:35"),
+        (json!(1736680835000_i64), "2025-01-12T11:20:35"),
+        (json!(" 1736680835001 "), "2025-01-12T11:20:35.001000"),
+    ] {
+        let (st, v) = post(
+            &s,
+            "/api/v2.0/results",
+            json!({"outcome": "INFO", "testcase": "tc.times", "submit_time": t}),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(
+            (st, v["submit_time"].as_str()),
+            (201, Some(want)),
+            "{t}: {v}"
+        );
+    }
+    // What ResultsDB refuses stays refused, as a validation error.
+    for (b, field) in [
+        (
+            json!({"outcome": "INFO", "testcase": "t", "submit_time": "soon"}),
+            "submit_time",
+        ),
+        (
+            json!({"outcome": "INFO", "testcase": "t", "submit_time": 1.5}),
+            "submit_time",
+        ),
+        (json!({"outcome": "MAYBE", "testcase": "t"}), "outcome"),
+        (json!({"outcome": "   ", "testcase": "t"}), "outcome"),
+        (
+            json!({"outcome": "INFO", "testcase": {"ref_url": "u"}}),
+            "testcase",
+        ),
+        (
+            json!({"outcome": "INFO", "testcase": "t", "data": [1]}),
+            "data",
+        ),
+        (
+            json!({"outcome": "INFO", "testcase": "t", "data": {"a:b": 1}}),
+            "data",
+        ),
+        (
+            json!({"outcome": "INFO", "testcase": "t", "groups": "g"}),
+            "groups",
+        ),
+    ] {
+        let (st, v) = post(&s, "/api/v2.0/results", b.clone(), Some(TOKEN)).await;
+        assert_validation_error(&b.to_string(), st, &v, field);
+    }
+}
+
+on_both!(resultsdb_group_objects_update_the_group);
+async fn resultsdb_group_objects_update_the_group(s: Server) {
+    let g = Uuid::now_v7().to_string();
+    let (st, _) = post(
+        &s,
+        "/api/v2.0/groups",
+        json!({"uuid": g, "description": "first", "ref_url": "http://one"}),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let result = |groups: Value| {
+        let s = &s;
+        async move {
+            let (st, v) = post(
+                s,
+                "/api/v2.0/results",
+                json!({"outcome": "PASSED", "testcase": "tc.g", "groups": groups}),
+                Some(TOKEN),
+            )
+            .await;
+            assert_eq!(st, 201, "{v}");
+        }
+    };
+    let group = || async { get(&s, &format!("/api/v2.0/groups/{g}")).await.1 };
+    // The latest description wins; the ref_url not given is kept.
+    result(json!([{"uuid": g, "description": "second"}])).await;
+    let v = group().await;
+    assert_eq!(
+        (v["description"].as_str(), v["ref_url"].as_str()),
+        (Some("second"), Some("http://one"))
+    );
+    // Naming the group by id changes nothing; the later of two mentions wins.
+    result(
+        json!([g, {"uuid": g, "ref_url": "http://two"}, {"uuid": g, "ref_url": "http://three"}]),
+    )
+    .await;
+    let v = group().await;
+    assert_eq!(
+        (v["description"].as_str(), v["ref_url"].as_str()),
+        (Some("second"), Some("http://three"))
+    );
+    // A testcase object's ref_url is applied the same way: absent keeps, null clears.
+    let tc_ref = |testcase: Value| {
+        let s = &s;
+        async move {
+            let (st, v) = post(
+                s,
+                "/api/v2.0/results",
+                json!({"outcome": "PASSED", "testcase": testcase}),
+                Some(TOKEN),
+            )
+            .await;
+            assert_eq!(st, 201, "{v}");
+            v["testcase"]["ref_url"].clone()
+        }
+    };
+    assert_eq!(
+        tc_ref(json!({"name": "tc.ref", "ref_url": "http://a"})).await,
+        "http://a"
+    );
+    assert_eq!(tc_ref(json!("tc.ref")).await, "http://a");
+    assert_eq!(tc_ref(json!({"name": "tc.ref"})).await, "http://a");
+    assert_eq!(
+        tc_ref(json!({"name": "tc.ref", "ref_url": null})).await,
+        Value::Null
+    );
+    let (_, v) = get(&s, "/api/v2.0/testcases/tc.ref").await;
+    assert_eq!(v["ref_url"], Value::Null);
+
+    // An explicit null clears, as ResultsDB's `grp.get("description", …)` does.
+    result(json!([{"uuid": g, "description": null}])).await;
+    let v = group().await;
+    assert_eq!(
+        (v["description"].as_str(), v["ref_url"].as_str()),
+        (None, Some("http://three"))
+    );
+    assert_eq!(v["results_count"], 3);
+}
+
+on_both!(resultsdb_tolerated_parameters_fall_back);
+async fn resultsdb_tolerated_parameters_fall_back(s: Server) {
+    for (i, outcome) in ["PASSED", "FAILED", "PASSED"].iter().enumerate() {
+        let (st, _) = post(
+            &s,
+            "/api/v2.0/results",
+            json!({"outcome": outcome, "testcase": "tc.p", "note": format!("n{i}"),
+                   "data": {"item": "pkg"}, "submit_time": format!("2025-01-1{}T10:00:00.000000", i + 1)}),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(st, 201);
+    }
+    // limit=0 and -1: no rows, a next link (ResultsDB answers the same for both).
+    for limit in ["0", "-1"] {
+        let (st, v) = get(&s, &format!("/api/v2.0/results?limit={limit}")).await;
+        assert_eq!(st, 200, "{limit}: {v}");
+        assert_eq!(notes(&v), Vec::<&str>::new(), "{limit}");
+        assert!(
+            v["next"].as_str().unwrap().ends_with("page=1"),
+            "{limit}: {v}"
+        );
+    }
+    // Over the maximum: served (as MAX_LIMIT rows at most).
+    let (st, v) = get(&s, "/api/v2.0/results?limit=1000000").await;
+    assert_eq!((st, notes(&v)), (200, vec!["n2", "n1", "n0"]));
+    assert_eq!(v["next"], Value::Null);
+    // A negative page is page 0.
+    let (st, v) = get(&s, "/api/v2.0/results?page=-1&limit=2").await;
+    assert_eq!((st, notes(&v)), (200, vec!["n2", "n1"]));
+    assert_eq!(v["prev"], Value::Null);
+    // An unsupported sort is newest first.
+    for sort in ["sideways", "asc:id", "ASC:submit_time", "disable_sorting"] {
+        let (st, v) = get(&s, &format!("/api/v2.0/results?_sort={sort}")).await;
+        assert_eq!((st, notes(&v)), (200, vec!["n2", "n1", "n0"]), "{sort}");
+    }
+    let (_, v) = get(&s, "/api/v2.0/results?_sort=asc:submit_time").await;
+    assert_eq!(notes(&v), ["n0", "n1", "n2"]);
+    // /results/latest ignores `outcome` (but still checks its spelling), and page/limit.
+    let (st, v) = get(
+        &s,
+        "/api/v2.0/results/latest?item=pkg&outcome=FAILED&limit=0&page=3",
+    )
+    .await;
+    assert_eq!((st, notes(&v)), (200, vec!["n2"]), "{v}");
+    let (st, v) = get(&s, "/api/v2.0/results/latest?item=pkg&outcome=MAYBE").await;
+    assert_validation_error("latest outcome=MAYBE", st, &v, "outcome");
+    let (st, v) = get(
+        &s,
+        "/api/v2.0/results/latest?outcome=PASSED&_distinct_on=item",
+    )
+    .await;
+    assert_eq!(
+        st, 400,
+        "outcome is no filter beside _distinct_on there: {v}"
+    );
+}
+
+on_both!(resultsdb_shapes_match);
+async fn resultsdb_shapes_match(s: Server) {
+    // Unknown routes: ResultsDB's JSON 404, whatever the method.
+    for path in [
+        "/api/v2.0/nothing",
+        "/api/v2.0/results/1/more",
+        "/nowhere",
+        "/api/v3/x",
+    ] {
+        let (st, v) = get(&s, path).await;
+        assert_eq!((st, v), (404, json!({"message": "Not found"})), "{path}");
+    }
+    let (st, v) = post(&s, "/api/v2.0/nothing", json!({}), Some(TOKEN)).await;
+    assert_eq!((st, v), (404, json!({"message": "Not found"})));
+    let r = client()
+        .delete(format!("{}/api/v2.0/results", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        405,
+        "a known path with the wrong method"
+    );
+
+    // Validation errors carry ResultsDB's `validation_error` and ferrotron's `message`.
+    for (path, field) in [
+        ("/api/v2.0/results?limit=x", "limit"),
+        ("/api/v2.0/results?page=1.5", "page"),
+        ("/api/v2.0/results?since=notadate", "since"),
+        ("/api/v2.0/results?outcome=MAYBE", "outcome"),
+        ("/api/v2.0/groups?limit=x", "limit"),
+        ("/api/v2.0/testcases?page=x", "page"),
+    ] {
+        let (st, v) = get(&s, path).await;
+        assert_validation_error(path, st, &v, field);
+    }
+
+    // The API root: 300, ResultsDB's keys, the outcomes accepted.
+    let (st, v) = get(&s, "/api/v2.0").await;
+    assert_eq!(st, 300);
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "documentation",
+            "groups",
+            "message",
+            "outcomes",
+            "results",
+            "testcases"
+        ]
+    );
+    assert_eq!(v["groups"], format!("{}/api/v2.0/groups", s.url));
+    let outcomes: Vec<&str> = v["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    for o in ["PASSED", "INFO", "FAILED", "NEEDS_INSPECTION"] {
+        assert!(outcomes.contains(&o), "{outcomes:?}");
+    }
+
+    // `:like` is case-sensitive on both stores.
+    for (tc, item, desc) in [
+        ("Dist.Upper", "PKG-A", "Upper group"),
+        ("dist.lower", "pkg-a", "lower group"),
+    ] {
+        let (st, _) = post(
+            &s,
+            "/api/v2.0/results",
+            json!({"outcome": "PASSED", "testcase": tc, "note": tc, "data": {"item": item},
+                   "groups": [{"uuid": Uuid::now_v7().to_string(), "description": desc}]}),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(st, 201);
+    }
+    for (path, want) in [
+        (
+            "/api/v2.0/results?testcases:like=dist.*",
+            vec!["dist.lower"],
+        ),
+        (
+            "/api/v2.0/results?testcases:like=Dist.*",
+            vec!["Dist.Upper"],
+        ),
+        ("/api/v2.0/results?item:like=pkg-*", vec!["dist.lower"]),
+        ("/api/v2.0/results?item:like=PKG-*", vec!["Dist.Upper"]),
+        ("/api/v2.0/results?item:like=PkG-*", vec![]),
+    ] {
+        let (_, v) = get(&s, path).await;
+        assert_eq!(notes(&v), want, "{path}");
+    }
+    let (_, v) = get(&s, "/api/v2.0/testcases?name:like=dist.*").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+    let (_, v) = get(&s, "/api/v2.0/groups?description:like=upper*").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 0, "{v}");
+}
+
+on_both!(resultsdb_latest_is_bounded);
+async fn resultsdb_latest_is_bounded(s: Server) {
+    // A second server on the same store, with a small bound.
+    let small = serve_with(
+        s.store.clone(),
+        None,
+        Limits {
+            latest_max: 2,
+            ..Limits::default()
+        },
+    )
+    .await;
+    for i in 0..3 {
+        let (st, _) = post(
+            &small,
+            "/api/v2.0/results",
+            json!({"outcome": "PASSED", "testcase": format!("tc.{i}"), "note": format!("n{i}"),
+                   "data": {"item": "pkg"}, "submit_time": format!("2025-01-1{}T10:00:00.000000", i + 1)}),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!(st, 201);
+    }
+    let latest = |srv: &Server| {
+        let url = format!("{}/api/v2.0/results/latest?item=pkg", srv.url);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            let truncated = r.headers().get("x-ferrotron-truncated").cloned();
+            (truncated, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (truncated, v) = latest(&small).await;
+    assert_eq!(notes(&v), ["n2", "n1"], "the newest, up to the bound");
+    assert_eq!(truncated.unwrap(), "true");
+    let (truncated, v) = latest(&s).await;
+    assert_eq!(notes(&v), ["n2", "n1", "n0"]);
+    assert!(truncated.is_none());
 }
 
 // --- runs API, files, live log ---------------------------------------------------------------
@@ -684,6 +1160,112 @@ async fn runs_api_cancel_and_files(s: Server) {
     assert!(seen.contains("event: end\ndata: end\n"), "{seen}");
 }
 
+on_both!(live_log_is_bounded);
+async fn live_log_is_bounded(s: Server) {
+    // One live log at a time on this server (on the same store; the first server, shadowed,
+    // keeps a PostgreSQL database alive to the end).
+    let s = serve_with(
+        s.store.clone(),
+        None,
+        Limits {
+            live_logs: 1,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let live = make_run(&s, "rpmlint", "pkg-b", RunState::Running).await;
+    // A long log: a few read chunks of lines, and one line far over the line cap.
+    let log = s
+        .data
+        .path()
+        .join(format!("artifacts/{live}/ferrotron.log"));
+    {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        for i in 0..40_000 {
+            writeln!(f, "line {i:06} {}", "x".repeat(80)).unwrap();
+        }
+        writeln!(f, "{}", "y".repeat(ferrotron::web::files::MAX_LINE * 3)).unwrap();
+        writeln!(f, "last line").unwrap();
+    }
+    let url = format!("{}/runs/{live}/log/stream", s.url);
+    let streams = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let open = || streams.get(&url).send();
+
+    let mut first = open().await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let mut seen: Vec<u8> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    let last = b"data: last line\n";
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, first.chunk())
+            .await
+            .expect("stream stalled")
+            .unwrap()
+            .expect("stream ended before the last line");
+        seen.extend_from_slice(&chunk);
+        // Only the new bytes (and a line's worth before them) can complete the last line.
+        let from = seen.len().saturating_sub(chunk.len() + last.len());
+        if seen[from..].windows(last.len()).any(|w| w == last) {
+            break;
+        }
+    }
+    let seen = String::from_utf8(seen).unwrap();
+    assert_eq!(seen.matches("data: line ").count(), 40_000);
+    let ys: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: y"))
+        .collect();
+    assert_eq!(ys.len(), 3, "the long line comes in MAX_LINE pieces");
+    assert!(!seen.contains("event: end"), "the run is still running");
+
+    // A second stream while the first is open: a clear 503.
+    let r = open().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert!(message(&v).contains("too many live logs"), "{v}");
+
+    // The first client goes away: its slot is free again soon (the stream notices).
+    drop(first);
+    let mut third = loop {
+        let r = open().await.unwrap();
+        if r.status().as_u16() == 200 {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The run ends: the stream sends `end` and stops.
+    s.store
+        .finish_run(live, RunState::Finished, Some(0), None)
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, third.chunk())
+            .await
+            .expect("stream did not stop after the run ended")
+            .unwrap();
+        let Some(chunk) = chunk else { break };
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        seen.ends_with("event: end\ndata: end\n\n"),
+        "{}",
+        &seen[seen.len().saturating_sub(200)..]
+    );
+    // And its slot is free once more.
+    let r = open().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
 on_both!(pages_render_and_escape);
 async fn pages_render_and_escape(s: Server) {
     let uuid = make_run(&s, "<script>x</script>", "pkg-<b>", RunState::Finished).await;
@@ -723,13 +1305,12 @@ async fn pages_render_and_escape(s: Server) {
 
 // --- the real resultsdb_api client ----------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resultsdb_api_python_client() {
+on_both!(resultsdb_api_python_client);
+async fn resultsdb_api_python_client(s: Server) {
     let Ok(python) = std::env::var("FERROTRON_TEST_PYTHON") else {
         let _ = writeln!(std::io::stderr(), "SKIPPED: FERROTRON_TEST_PYTHON not set");
         return;
     };
-    let s = sqlite_server().await;
     let script = r#"
 import json, os, sys
 import resultsdb_api
@@ -753,6 +1334,13 @@ out["group"] = api.get_group(g)
 out["testcase"] = api.get_testcase("py.check1")
 out["testcases"] = api.get_testcases(name_like="py.*")
 out["group_updated"] = api.update_group(g, description="updated by python")
+# Fedora CI's testcase names contain "/": get_testcase() puts the name in the path as it is.
+slash = "fedora-ci.koji-build./plans/basic.functional"
+api.create_result(outcome="PASSED", testcase=slash, item="pkg-0", note="slash")
+out["slash"] = api.get_testcase(slash)
+# resultsdb_api 2.1 has no get_testcase_results(): the path ResultsDB documents, built the
+# same way, through the client's session (which raises on an error status).
+out["slash_results"] = api.session.get("%s/testcases/%s/results" % (url, slash)).json()
 try:
     api.get_result(987654)
 except resultsdb_api.ResultsDBapiException as e:
@@ -810,8 +1398,10 @@ json.dump(out, sys.stdout)
     assert!(v["bad_since"][0].as_str().unwrap().contains("since"));
     assert_eq!(v["anon"][1], 401);
     assert_eq!(v["basic"]["outcome"], "INFO");
-    // 5 + basic; the anonymous one was not stored.
-    assert_eq!(count_results(&s).await, 6);
+    assert_eq!(v["slash"]["name"], SLASH_NAME);
+    assert_eq!(notes(&v["slash_results"]), ["slash"]);
+    // 5 + slash + basic; the anonymous one was not stored.
+    assert_eq!(count_results(&s).await, 7);
 }
 
 // --- the real binary ------------------------------------------------------------------------

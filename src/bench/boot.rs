@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::median;
 use crate::guest::keys::RunKeys;
 use crate::image::BaseImage;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
-use crate::provider::{InstanceMeta, InstanceSpec, seed};
+use crate::provider::spec::LibvirtSpec;
+use crate::provider::{self, Accel, InstanceMeta, InstanceSpec, Spec, seed};
 use crate::runner::{Event, RunRequest, Runner};
 use crate::store::Store;
 use crate::task::Formula;
@@ -274,11 +274,15 @@ async fn through_ferrotron(opts: &Options) -> anyhow::Result<(f64, Vec<(String, 
     let first: Arc<Mutex<Option<Instant>>> = Arc::default();
     let seen = first.clone();
     let runner = Runner {
-        provider: Arc::new(LibvirtProvider::new(LibvirtConfig {
-            max_instances: 1,
-            accel: Accel::Tcg,
-            ..LibvirtConfig::new(opts.libvirt_uri.clone(), data.path().join("instances"))
-        })),
+        provider: provider::build(
+            &Spec::Libvirt(LibvirtSpec {
+                max_instances: Some(1),
+                accel: Accel::Tcg,
+                ..LibvirtSpec::new(opts.libvirt_uri.clone())
+            }),
+            &provider::Context::new(data.path()),
+        )
+        .await?,
         store,
         data_dir: data.path().to_path_buf(),
         sink: Arc::new(move |e: &Event| {

@@ -201,7 +201,11 @@ async fn one(opts: &Options, backend: &str, db: &str, dir: &std::path::Path) -> 
     };
     reset_peak_rss();
     let daemon = Arc::new(Daemon::build(config, &defaults).await?);
-    let loops = daemon.scheduler.start().await;
+    let loops = daemon
+        .scheduler
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
 
     let t0 = Instant::now();
     let producer = {

@@ -1,19 +1,32 @@
 //! AMQP 0-9-1 through `lapin`, compatible with fedora-messaging.
 //!
-//! In: a durable queue bound to the topic exchange (`amq.topic`) with the rules' topics,
-//! prefetch-limited, manual acknowledgement **only after the handler answered** (the jobs
-//! are committed), so a crash or a broker restart redelivers instead of losing; the message
-//! id de-duplicates what was committed but not yet acknowledged. Malformed and oversized
-//! messages are logged, acknowledged and dropped. The connection is re-established with
-//! exponential backoff and jitter.
+//! Connecting ([`connect`]): `amqp://` or `amqps://` with the server's certificate verified
+//! (system roots plus `tls.ca_cert`), a client certificate when configured, SASL EXTERNAL
+//! when the URL has no password, client properties naming the application.
 //!
-//! Out: result messages in fedora-messaging form: JSON body, `message_id` property, headers
-//! `fedora_messaging_schema`, `sent-at`, `priority`, `fedora_messaging_severity`; persistent,
-//! with publisher confirms.
+//! In: a durable named queue, or a server-named auto-delete one (fedora-messaging's two
+//! kinds), declared and bound to the topic exchange with the rules' topics on every
+//! connection; prefetch-limited, manual acknowledgement **only after the handler answered**
+//! (the jobs are committed), so a crash or a broker restart redelivers instead of losing; the
+//! message id de-duplicates what was committed but not yet acknowledged. Malformed and
+//! oversized messages are logged, acknowledged and dropped. The connection is re-established
+//! with exponential backoff and jitter.
+//!
+//! Body sizes: lapin assembles a delivery's body before handing it over and offers no hook
+//! on the content header's declared size, so an oversized body is refused right after it
+//! arrived, before any parsing or copy. What one connection can hold is bounded by
+//! `prefetch` times the broker's `max_message_size` (set that on the broker: RabbitMQ's
+//! default is 128 MiB).
+//!
+//! Out: [`Publisher`] sends messages in fedora-messaging form ([`fedora_properties`]),
+//! persistent, with publisher confirms. What to send comes from the store's outbox (see
+//! `serve::announce`), never from memory.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use crate::util::redact_url;
 
 use lapin::message::{Delivery, DeliveryResult};
 use lapin::options::{
@@ -27,7 +40,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 
 use super::{HandleError, Message, MessageHandler, Rejected};
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, QueueMode};
 use crate::metrics::Metrics;
 
 /// The schema header of result messages: fedora-messaging's base message class, which every
@@ -36,28 +49,105 @@ pub const RESULT_SCHEMA: &str = "base.message";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
-    #[error("AMQP broker {url}: {source}")]
+    #[error("AMQP broker {url}: {source}{hint}")]
     Broker {
         url: String,
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
+        /// What the operator may have to change, when the cause is recognisable.
+        hint: String,
     },
     #[error("AMQP broker {url}: {message}")]
     Closed { url: String, message: String },
+    #[error("bus.amqp: {0}")]
+    Config(String),
 }
 
-/// The URL with its password hidden, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
+/// Whether the URL carries a password (`user:pass@`); `user@`, `user:@` and no user at all
+/// do not, and then a client certificate authenticates (SASL EXTERNAL).
+fn has_password(url: &str) -> bool {
+    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()),
+        None => false,
+    }
+}
+
+fn err(cfg: &AmqpConfig) -> impl Fn(lapin::Error) -> AmqpError + '_ {
+    move |source| {
+        let text = format!("{source:?}").to_ascii_lowercase();
+        let tls = cfg.url.starts_with("amqps://");
+        let has_cert = cfg.tls.as_ref().is_some_and(|t| t.certfile.is_some());
+        let hint = if tls
+            && !has_cert
+            && (text.contains("certificaterequired")
+                || text.contains("handshake")
+                || text.contains("alert"))
+        {
+            " (the broker wants a client certificate: set bus.amqp.tls.certfile and keyfile)"
+                .to_string()
+        } else if tls
+            && (text.contains("unknownissuer") || text.contains("invalid peer certificate"))
+        {
+            " (the broker's certificate is not signed by a trusted CA: set bus.amqp.tls.ca_cert)"
+                .to_string()
+        } else {
+            String::new()
+        };
+        AmqpError::Broker {
+            url: redact_url(&cfg.url),
+            source: Box::new(source),
+            hint,
+        }
+    }
+}
+
+fn read_file(key: &str, path: &std::path::Path) -> Result<Vec<u8>, AmqpError> {
+    std::fs::read(path)
+        .map_err(|e| AmqpError::Config(format!("tls.{key}: {}: {e}", path.display())))
+}
+
+/// Connects as fedora-messaging does: TLS with the server verified (the system's roots plus
+/// `tls.ca_cert`), the client certificate when given, SASL EXTERNAL when the URL has no
+/// password and a certificate is given, and client properties naming the application.
+pub async fn connect(cfg: &AmqpConfig, role: &str) -> Result<Connection, AmqpError> {
+    use std::str::FromStr;
+    let mut uri = lapin::uri::AMQPUri::from_str(&cfg.url)
+        .map_err(|e| AmqpError::Config(format!("url `{}`: {e}", redact_url(&cfg.url))))?;
+    let mut tls = lapin::tcp::OwnedTLSConfig::default();
+    if let Some(t) = &cfg.tls {
+        if let Some(ca) = &t.ca_cert {
+            let pem = read_file("ca_cert", ca)?;
+            tls.cert_chain = Some(String::from_utf8_lossy(&pem).into_owned());
+        }
+        if let (Some(cert), Some(key)) = (&t.certfile, &t.keyfile) {
+            tls.identity = Some(lapin::tcp::OwnedIdentity::PKCS8 {
+                pem: read_file("certfile", cert)?,
+                key: read_file("keyfile", key)?,
+            });
+            if !has_password(&cfg.url) {
+                uri.query.auth_mechanism = Some(lapin::uri::SASLMechanism::External);
             }
         }
-        _ => url.to_string(),
     }
+    let mut props = ConnectionProperties::default()
+        .with_connection_name(format!("ferrotron {role}").into())
+        .with_client_property("app".into(), "ferrotron".into())
+        .with_client_property("version".into(), env!("CARGO_PKG_VERSION").into());
+    for (k, v) in &cfg.client_properties {
+        props = props.with_client_property(k.as_str().into(), v.as_str().into());
+    }
+    let builder = lapin::DefaultConnectionBuilder::new().map_err(err(cfg))?;
+    builder
+        .with_uri(uri)
+        .with_properties(props)
+        .with_tls_config(tls)
+        .connect()
+        .await
+        .map_err(err(cfg))
 }
 
 fn jittered(d: Duration) -> Duration {
@@ -106,10 +196,7 @@ impl Consumer {
     }
 
     fn err(&self) -> impl Fn(lapin::Error) -> AmqpError + '_ {
-        |source| AmqpError::Broker {
-            url: redact(&self.cfg.url),
-            source,
-        }
+        err(&self.cfg)
     }
 
     async fn session(
@@ -117,29 +204,38 @@ impl Consumer {
         stop: &mut watch::Receiver<bool>,
         connected: &mut bool,
     ) -> Result<(), AmqpError> {
-        let conn = Connection::connect(
-            &self.cfg.url,
-            ConnectionProperties::default().with_connection_name("ferrotron consumer".into()),
-        )
-        .await
-        .map_err(self.err())?;
+        let conn = connect(&self.cfg, "consumer").await?;
         let ch = conn.create_channel().await.map_err(self.err())?;
         ch.basic_qos(self.cfg.prefetch.max(1), BasicQosOptions::default())
             .await
             .map_err(self.err())?;
-        ch.queue_declare(
-            self.cfg.queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map_err(self.err())?;
+        // Declared on every (re)connection: a server-named queue died with the previous
+        // connection and comes back under a new name, with its bindings.
+        let (name, options) = match self.cfg.queue_mode() {
+            QueueMode::Durable => (
+                self.cfg.queue().to_string(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+            ),
+            QueueMode::ServerNamed => (
+                String::new(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+            ),
+        };
+        let declared = ch
+            .queue_declare(name.as_str().into(), options, FieldTable::default())
+            .await
+            .map_err(self.err())?;
+        let queue = declared.name().to_string();
         for key in &self.bindings {
             ch.queue_bind(
-                self.cfg.queue.as_str().into(),
+                queue.as_str().into(),
                 self.cfg.exchange.as_str().into(),
                 key.as_str().into(),
                 QueueBindOptions::default(),
@@ -150,7 +246,7 @@ impl Consumer {
         }
         let consumer = ch
             .basic_consume(
-                self.cfg.queue.as_str().into(),
+                queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -159,10 +255,10 @@ impl Consumer {
             .map_err(self.err())?;
         *connected = true;
         tracing::info!(
-            queue = %self.cfg.queue,
+            queue = %queue,
             bindings = self.bindings.len(),
             "consuming from {}",
-            redact(&self.cfg.url)
+            redact_url(&self.cfg.url)
         );
         let (tx, mut rx) =
             mpsc::channel::<DeliveryResult>(usize::from(self.cfg.prefetch.max(1)) + 1);
@@ -179,10 +275,10 @@ impl Consumer {
         loop {
             tokio::select! {
                 d = rx.recv() => match d {
-                    Some(Ok(Some(delivery))) => self.process(delivery, stop).await?,
+                    Some(Ok(Some(delivery))) => self.process(delivery, &queue, stop).await?,
                     Some(Ok(None)) | None => {
                         return Err(AmqpError::Closed {
-                            url: redact(&self.cfg.url),
+                            url: redact_url(&self.cfg.url),
                             message: "the broker cancelled the consumer".into(),
                         });
                     }
@@ -193,12 +289,12 @@ impl Consumer {
                     // consumer is not always told, so look.
                     if !conn.status().connected() || !ch.status().connected() {
                         return Err(AmqpError::Closed {
-                            url: redact(&self.cfg.url),
+                            url: redact_url(&self.cfg.url),
                             message: "connection lost".into(),
                         });
                     }
                     let q = probe.queue_declare(
-                        self.cfg.queue.as_str().into(),
+                        queue.as_str().into(),
                         QueueDeclareOptions { passive: true, ..Default::default() },
                         FieldTable::default(),
                     ).await;
@@ -220,9 +316,10 @@ impl Consumer {
     async fn process(
         &self,
         delivery: Delivery,
+        queue: &str,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), AmqpError> {
-        let source = format!("AMQP queue {}", self.cfg.queue);
+        let source = format!("AMQP queue {queue}");
         match self.parse(&delivery) {
             Err(why) => self.handler.rejected(&source, &why),
             Ok(msg) => {
@@ -235,7 +332,8 @@ impl Consumer {
                 let mut wait = Duration::from_millis(200);
                 loop {
                     match self.handler.handle(&msg).await {
-                        Ok(_) => break,
+                        // Refused: logged by the handler; acknowledged, it cannot get better.
+                        Ok(_) | Err(HandleError::Refused(_)) => break,
                         Err(HandleError::Retry(e)) => {
                             tracing::warn!(
                                 "message {:?} on {}: {e}; retrying in {:.1}s (not acknowledged)",
@@ -314,154 +412,135 @@ fn amqp_to_json(v: &AMQPValue) -> Value {
     }
 }
 
-/// A message to publish: routing key and JSON body.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub topic: String,
-    pub body: Value,
-}
-
-/// The fedora-messaging properties of an outgoing message.
-pub fn fedora_properties(id: &str, sent_at: OffsetDateTime) -> BasicProperties {
+/// The fedora-messaging properties of an outgoing message: JSON in UTF-8, persistent, the
+/// message id, priority 0 (property and header, as fedora-messaging mirrors it), headers
+/// `fedora_messaging_schema` (the base message class, which every consumer can load without
+/// a schema package), `sent-at` in UTC with an offset and whole seconds,
+/// `fedora_messaging_severity` (INFO) and one `fedora_messaging_rpm_NAME` filter header per
+/// package the message is about.
+pub fn fedora_properties(
+    id: &str,
+    sent_at: OffsetDateTime,
+    packages: &[String],
+) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(
         "fedora_messaging_schema".into(),
         AMQPValue::LongString(RESULT_SCHEMA.into()),
     );
-    let sent = sent_at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    headers.insert("sent-at".into(), AMQPValue::LongString(sent.into()));
+    headers.insert(
+        "sent-at".into(),
+        AMQPValue::LongString(sent_at_header(sent_at).into()),
+    );
     headers.insert("priority".into(), AMQPValue::LongInt(0));
     headers.insert("fedora_messaging_severity".into(), AMQPValue::LongInt(20));
+    for p in packages {
+        headers.insert(
+            format!("fedora_messaging_rpm_{p}").into(),
+            AMQPValue::Boolean(true),
+        );
+    }
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_content_encoding("utf-8".into())
         .with_delivery_mode(2)
+        .with_priority(0)
         .with_message_id(id.into())
         .with_headers(headers)
 }
 
-/// Publishes what arrives on `rx` to the exchange, with confirms, reconnecting as needed.
-/// A message is retried until the broker confirms it or `stop` turns true; on stop, what is
-/// queued gets a few seconds to go out.
-pub async fn publisher(
-    cfg: AmqpConfig,
-    mut rx: mpsc::Receiver<Outgoing>,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let url = redact(&cfg.url);
-    let mut channel: Option<(Connection, lapin::Channel)> = None;
-    let mut delay = Duration::from_millis(500);
-    let max = Duration::from_secs(cfg.reconnect_max_s.max(1));
-    let mut stopping = false;
-    loop {
-        let next = if stopping {
-            tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .unwrap_or_default()
-        } else {
-            tokio::select! {
-                m = rx.recv() => m,
-                _ = stop.changed() => { stopping = true; continue; }
-            }
-        };
-        let Some(out) = next else { break };
-        let payload = serde_json::to_vec(&out.body).unwrap_or_default();
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            if channel.is_none() {
-                match open_publisher(&cfg.url).await {
-                    Ok(c) => {
-                        channel = Some(c);
-                        delay = Duration::from_millis(500);
-                    }
-                    Err(e) => tracing::warn!("AMQP broker {url}: publisher cannot connect: {e}"),
-                }
-            }
-            let sent = match &channel {
-                Some((_, ch)) => {
-                    match ch
-                        .basic_publish(
-                            cfg.exchange.as_str().into(),
-                            out.topic.as_str().into(),
-                            BasicPublishOptions::default(),
-                            &payload,
-                            fedora_properties(&id, OffsetDateTime::now_utc()),
-                        )
-                        .await
-                    {
-                        Ok(confirm) => match confirm.await {
-                            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => Ok(()),
-                            Ok(Confirmation::Nack(_)) => Err("the broker refused it".to_string()),
-                            Err(e) => Err(e.to_string()),
-                        },
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                None => Err("not connected".to_string()),
-            };
-            match sent {
-                Ok(()) => {
-                    metrics.results_published.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => {
-                    channel = None;
-                    if stopping || tries >= 20 {
-                        metrics
-                            .results_publish_failed
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            "AMQP broker {url}: result message on {} dropped: {e}",
-                            out.topic
-                        );
-                        break;
-                    }
-                    tracing::warn!(
-                        "AMQP broker {url}: publishing on {}: {e}; retrying",
-                        out.topic
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(jittered(delay)) => {}
-                        _ = stop.changed() => { stopping = true; }
-                    }
-                    delay = (delay * 2).min(max);
-                }
-            }
-        }
-    }
-    if let Some((conn, _)) = channel {
-        let _ = conn.close(200, "ferrotron is shutting down".into()).await;
-    }
+/// `2026-12-03T12:00:00+00:00`: what fedora-messaging writes (Python's `isoformat()` of an
+/// aware UTC time without microseconds).
+pub fn sent_at_header(t: OffsetDateTime) -> String {
+    let f =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]+00:00");
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&f)
+        .unwrap_or_default()
 }
 
-async fn open_publisher(url: &str) -> Result<(Connection, lapin::Channel), lapin::Error> {
-    let conn = Connection::connect(
-        url,
-        ConnectionProperties::default().with_connection_name("ferrotron publisher".into()),
-    )
-    .await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok((conn, ch))
+/// The package of a Koji build NVR (`bash-5.2.26-1.fc41` → `bash`), for the filter header;
+/// `None` when the item is not an NVR or the name would not make a sane header key.
+pub fn nvr_package(nvr: &str) -> Option<String> {
+    let mut parts = nvr.rsplitn(3, '-');
+    let (_release, _version, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._".contains(&b));
+    ok.then(|| name.to_string())
+}
+
+/// Publishes to the exchange with publisher confirms, connecting (and reconnecting) lazily.
+pub struct Publisher {
+    cfg: AmqpConfig,
+    channel: Option<(Connection, lapin::Channel)>,
+}
+
+impl Publisher {
+    pub fn new(cfg: AmqpConfig) -> Publisher {
+        Publisher { cfg, channel: None }
+    }
+
+    /// Sends one message and waits for the broker's confirmation. On any failure the
+    /// connection is dropped (the next send reconnects) and the error says why.
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        if self.channel.is_none() {
+            let conn = connect(&self.cfg, "publisher").await?;
+            let ch = conn.create_channel().await.map_err(err(&self.cfg))?;
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(err(&self.cfg))?;
+            self.channel = Some((conn, ch));
+        }
+        let (_, ch) = self.channel.as_ref().expect("just connected");
+        let sent = async {
+            let confirm = ch
+                .basic_publish(
+                    self.cfg.publish_exchange().into(),
+                    topic.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await?;
+            confirm.await
+        }
+        .await;
+        let refused = |message: String| AmqpError::Closed {
+            url: redact_url(&self.cfg.url),
+            message,
+        };
+        let outcome = match sent {
+            Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => Ok(()),
+            Ok(Confirmation::Nack(_)) => Err(refused("the broker refused the message".into())),
+            Err(e) => Err(refused(format!(
+                "publishing to exchange `{}`: {e}",
+                self.cfg.publish_exchange()
+            ))),
+        };
+        if outcome.is_err() {
+            self.close().await;
+        }
+        outcome
+    }
+
+    pub async fn close(&mut self) {
+        if let Some((conn, _)) = self.channel.take() {
+            let _ = conn.close(200, "ferrotron is shutting down".into()).await;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("amqp://guest:secret@h:5672/%2f"),
-            "amqp://guest:***@h:5672/%2f"
-        );
-        assert_eq!(redact("amqp://h/%2f"), "amqp://h/%2f");
-    }
 
     #[test]
     fn headers_become_json() {

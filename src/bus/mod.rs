@@ -51,12 +51,15 @@ pub enum Rejected {
     Invalid(String),
 }
 
+/// Longest topic accepted (AMQP's short string limit); rules' topic patterns share it.
+pub const MAX_TOPIC: usize = 255;
+
 /// Checks a topic: 1–255 bytes of printable text without spaces, words separated by dots.
 pub fn check_topic(topic: &str) -> Result<(), Rejected> {
-    if topic.is_empty() || topic.len() > crate::trigger::MAX_TOPIC {
+    if topic.is_empty() || topic.len() > MAX_TOPIC {
         return Err(Rejected::Invalid(format!(
             "topic must have 1 to {} bytes (got {})",
-            crate::trigger::MAX_TOPIC,
+            MAX_TOPIC,
             topic.len()
         )));
     }
@@ -136,6 +139,10 @@ pub enum HandleError {
     /// Nothing was committed; the same message may be retried (the store is unreachable).
     #[error("{0}")]
     Retry(String),
+    /// The message can never be accepted (it asks for too much): nothing was committed, and
+    /// the source acknowledges it all the same.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Where sources deliver messages. An `Ok` answer means the outcome is committed: the

@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use crate::provider::openstack::{OpenStackProvider, Overrides};
+use crate::provider::Spec;
+use crate::provider::spec::OpenStackSpec;
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct CloudArgs {
@@ -24,14 +25,14 @@ impl CloudArgs {
         self.cloud.is_some() || std::env::var_os("OS_CLOUD").is_some_and(|v| !v.is_empty())
     }
 
-    pub fn provider(&self) -> Result<OpenStackProvider, String> {
-        OpenStackProvider::connect(
-            self.cloud.as_deref(),
-            Overrides {
-                flavor: self.flavor.clone(),
-                network: self.network.clone(),
-            },
-        )
-        .map_err(|e| e.to_string())
+    /// The provider these flags describe, booting `image` by default.
+    pub fn spec(&self, image: Option<String>) -> Spec {
+        Spec::Openstack(OpenStackSpec {
+            cloud: self.cloud.clone(),
+            flavor: self.flavor.clone(),
+            network: self.network.clone(),
+            image,
+            ..Default::default()
+        })
     }
 }

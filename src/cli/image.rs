@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::GlobalArgs;
 use crate::image::build::{self, BuildOptions};
 use crate::image::{self, ImageError, ImageName, prune, recipe};
-use crate::provider::Provider;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
+use crate::provider::spec::LibvirtSpec;
+use crate::provider::{self, Accel, Spec};
 use crate::runner::{Event, exit};
 use crate::store::{NewRun, RunState, Store};
 
@@ -136,17 +136,24 @@ async fn build_all(global: &GlobalArgs, args: BuildArgs) -> i32 {
             return exit::INFRA;
         }
     };
-    let provider: Arc<dyn Provider> = Arc::new(
-        LibvirtProvider::new(LibvirtConfig::new(
-            args.libvirt_uri.clone(),
-            data_dir.join("instances"),
-        ))
-        .with_pools(args.pools.clone()),
-    );
+    // Image builds capture a disk, which only libvirt can do.
+    let spec = Spec::Libvirt(LibvirtSpec {
+        storage_pools: args.pools.clone(),
+        ..LibvirtSpec::new(args.libvirt_uri.clone())
+    });
+    let provider = match provider::build(&spec, &provider::Context::new(&data_dir)).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(super::run::forward_signals(cancel_tx));
     let sink = Arc::new(|e: &Event| {
-        let _ = writeln!(std::io::stdout().lock(), "{}", e.line());
+        if let Some(line) = e.line() {
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        }
     });
     let mut code = exit::OK;
     for r in recipes {
@@ -350,15 +357,17 @@ async fn prune_images(global: &GlobalArgs, args: PruneArgs) -> i32 {
     let images_dir = global.images_dir();
     let mut in_use = HashSet::new();
     if args.libvirt_uri != "none" {
-        let p = LibvirtProvider::new(LibvirtConfig {
-            max_instances: 1,
+        let spec = Spec::Libvirt(LibvirtSpec {
+            max_instances: Some(1),
             accel: Accel::Tcg,
-            ..LibvirtConfig::new(
-                args.libvirt_uri.clone(),
-                global.data_dir().join("instances"),
-            )
+            ..LibvirtSpec::new(args.libvirt_uri.clone())
         });
-        match p.list().await {
+        let listed = match provider::build(&spec, &provider::Context::new(&global.data_dir())).await
+        {
+            Ok(p) => p.list().await,
+            Err(e) => Err(e),
+        };
+        match listed {
             Ok(l) => in_use.extend(
                 l.into_iter()
                     .filter_map(|i| i.meta)

@@ -50,6 +50,22 @@ pub struct GlobalArgs {
     /// Where base images are built and found [default: DATA_DIR/images].
     #[arg(long, global = true, env = "FERROTRON_IMAGES", value_name = "DIR")]
     pub images_dir: Option<PathBuf>,
+    /// Diagnostics on stderr: text (colour only on a terminal) or json (one object a line,
+    /// for log shippers). Levels: FERROTRON_LOG (e.g. `ferrotron=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "FERROTRON_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl GlobalArgs {
@@ -107,7 +123,13 @@ pub enum Commands {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The daemon tells its operator what it does (lifecycle, HTTP access) unless told not
+    // to; interactive commands stay quiet but for warnings.
+    let default_filter = match cli.command {
+        Commands::Serve(_) => "warn,ferrotron=info",
+        _ => "warn",
+    };
+    init_tracing(cli.global.log_format, default_filter);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,13 +155,22 @@ pub fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERROTRON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // Escape sequences only for a person at a terminal: a file, a pipe or the journal gets
+    // plain text. Under systemd (JOURNAL_STREAM set) journald stamps each line itself.
+    let ansi = std::io::stderr().is_terminal();
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let _ = match (format, journal) {
+        (LogFormat::Json, _) => builder.json().with_ansi(false).try_init(),
+        (LogFormat::Text, true) => builder.with_ansi(false).without_time().try_init(),
+        (LogFormat::Text, false) => builder.with_ansi(ansi).try_init(),
+    };
 }
 
 /// Every run in flight holds its log file open, and a daemon runs many: allow as many file

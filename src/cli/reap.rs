@@ -1,13 +1,10 @@
 //! `ferrotron reap`: find and destroy instances whose run is over.
 
-use std::sync::Arc;
-
 use clap::Args;
 
 use super::GlobalArgs;
-use crate::provider::Provider;
-use crate::provider::libvirt::{Accel, LibvirtConfig, LibvirtProvider};
-use crate::provider::local::LocalProvider;
+use crate::provider::spec::{LibvirtSpec, LocalSpec};
+use crate::provider::{self, Accel, Spec};
 use crate::reaper::{self, Verdict};
 use crate::runner::exit;
 use crate::store::Store;
@@ -42,25 +39,32 @@ pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
             return exit::INFRA;
         }
     };
-    let mut providers: Vec<Arc<dyn Provider>> =
-        vec![Arc::new(LocalProvider::new(data_dir.join("local"), 1))];
+    // Reaping only lists and deletes: one instance and no accelerator probe will do.
+    let mut specs = vec![Spec::Local(LocalSpec {
+        max_instances: Some(1),
+    })];
     if args.libvirt_uri != "none" {
-        providers.push(Arc::new(LibvirtProvider::new(LibvirtConfig {
-            max_instances: 1,
+        specs.push(Spec::Libvirt(LibvirtSpec {
+            max_instances: Some(1),
             accel: Accel::Tcg,
-            ..LibvirtConfig::new(args.libvirt_uri.clone(), data_dir.join("instances"))
-        })));
+            ..LibvirtSpec::new(args.libvirt_uri.clone())
+        }));
     }
-    let mut code = exit::OK;
     let cloud = super::cloud::CloudArgs {
         cloud: args.cloud.clone(),
         ..Default::default()
     };
     if cloud.configured() {
-        match cloud.provider() {
-            Ok(p) => providers.push(Arc::new(p)),
+        specs.push(cloud.spec(None));
+    }
+    let mut code = exit::OK;
+    let cx = provider::Context::new(&data_dir);
+    let mut providers = Vec::new();
+    for spec in &specs {
+        match provider::build(spec, &cx).await {
+            Ok(p) => providers.push(p),
             Err(e) => {
-                eprintln!("error: openstack backend: {e}");
+                eprintln!("error: {} backend: {e}", spec.kind());
                 code = exit::INFRA;
             }
         }

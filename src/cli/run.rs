@@ -10,11 +10,10 @@ use uuid::Uuid;
 
 use super::GlobalArgs;
 use crate::image;
-use crate::provider::libvirt::{LibvirtConfig, LibvirtProvider, Network};
-use crate::provider::ssh::SshProvider;
-use crate::provider::{Provider, local::LocalProvider};
+use crate::provider::spec::{LibvirtSpec, LocalSpec, SshSpec};
+use crate::provider::{self, Spec};
 use crate::runner::{Event, RunReport, RunRequest, Runner, RunnerError, exit};
-use crate::store::Store;
+use crate::store::{RunParams, Store};
 use crate::task::Formula;
 
 #[derive(Args, Debug)]
@@ -34,10 +33,10 @@ pub struct RunArgs {
     #[arg(short = 't', long = "type", value_name = "TYPE", default_value = "")]
     pub item_type: String,
     /// Architecture the check is about.
-    #[arg(short, long, default_value = "noarch")]
+    #[arg(short, long, default_value = RunParams::DEFAULT_ARCH)]
     pub arch: String,
     /// Job id from the caller's scheduler, available as ${jobid}.
-    #[arg(short, long, default_value = "-1")]
+    #[arg(short, long, default_value = RunParams::DEFAULT_JOBID)]
     pub jobid: String,
     /// Run uuid [default: a new time-ordered UUID].
     #[arg(long)]
@@ -72,19 +71,19 @@ pub struct RunArgs {
     #[arg(long, env = "FERROTRON_RECIPES", default_value = "images")]
     pub recipes: PathBuf,
     /// Spawn attempts before a run gives up on getting a machine.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = RunParams::DEFAULT_SPAWN_ATTEMPTS)]
     pub attempts: u32,
     /// How to report: live text, or one JSON object on stdout (live output goes to stderr).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Stop the task after this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 7200)]
+    #[arg(long, value_name = "SECONDS", default_value_t = RunParams::DEFAULT_TASK_TIMEOUT_S)]
     pub timeout: u64,
     /// Keep the machine after the run and print how to reach it.
     #[arg(long)]
     pub no_destroy: bool,
     /// Largest total size of artifacts to collect, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    #[arg(long, value_name = "MIB", default_value_t = RunParams::DEFAULT_ARTIFACTS_MIB)]
     pub artifacts_cap: u64,
     /// Give up collecting artifacts after this many seconds (the run fails as the task's).
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
@@ -97,8 +96,6 @@ pub struct RunArgs {
     pub console_cap: u64,
 }
 
-const DEFAULT_IMAGE: &str = "tiny";
-
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Backend {
     Local,
@@ -110,6 +107,29 @@ pub enum Backend {
 pub enum Format {
     Text,
     Json,
+}
+
+/// The provider the flags describe.
+fn provider_spec(args: &RunArgs) -> Spec {
+    if let Some(target) = &args.ssh {
+        let identity = args
+            .ssh_privkey
+            .clone()
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519")));
+        return Spec::Ssh(SshSpec {
+            target: target.clone(),
+            identity,
+        });
+    }
+    match args.backend {
+        Backend::Local => Spec::Local(LocalSpec::default()),
+        Backend::Libvirt => Spec::Libvirt(LibvirtSpec {
+            image: args.image.clone(),
+            network: args.libvirt_network.clone(),
+            ..LibvirtSpec::new(args.libvirt_uri.clone())
+        }),
+        Backend::Openstack => args.cloud.spec(args.image.clone()),
+    }
 }
 
 pub async fn run(global: &GlobalArgs, args: RunArgs) -> i32 {
@@ -128,63 +148,34 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
     let store = Store::open(&global.db_url())
         .await
         .map_err(|e| (exit::INFRA, format!("opening the store: {e}")))?;
-    let (provider, image): (Arc<dyn Provider>, String) = match (&args.ssh, args.backend) {
-        (Some(target), _) => {
-            let key = args.ssh_privkey.clone().or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/id_ed25519"))
-            });
-            let p = SshProvider::parse(target, key).map_err(|e| (exit::USAGE, e.to_string()))?;
-            (Arc::new(p), target.clone())
-        }
-        (None, Backend::Local) => (
-            Arc::new(LocalProvider::new(data_dir.join("local"), 64)),
-            "local".to_string(),
-        ),
-        (None, Backend::Libvirt) => {
-            let images_dir = global.images_dir();
-            let recipes = args.recipes.clone();
-            let spec = args.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into());
-            let named = spec.clone();
-            let image = tokio::task::spawn_blocking(move || {
-                image::recipe::resolve(&spec, &recipes, &images_dir, true)
-            })
-            .await
-            .map_err(|e| (exit::INFRA, e.to_string()))?
-            .map_err(|e| (exit::USAGE, format!("--image {named}: {e}")))?;
-            let network = match args.libvirt_network.as_str() {
-                "passt" => Network::Passt,
-                name => Network::Libvirt(name.to_string()),
-            };
-            let p = LibvirtProvider::new(LibvirtConfig {
-                network: network.clone(),
-                ..LibvirtConfig::new(args.libvirt_uri.clone(), data_dir.join("instances"))
-            })
-            .with_console_cap(args.console_cap.max(1).saturating_mul(1024 * 1024));
-            (Arc::new(p), image.path.display().to_string())
-        }
-        (None, Backend::Openstack) => {
-            let p = args.cloud.provider().map_err(|e| (exit::USAGE, e))?;
-            if p.cloud().settings.flavor.is_none() {
-                return Err((
-                    exit::USAGE,
-                    format!(
-                        "cloud `{}`: no flavor: pass --flavor or set `ferrotron: {{flavor: …}}` \
-                         in its clouds.yaml entry",
-                        p.cloud().name
-                    ),
-                ));
-            }
-            let image = args
-                .image
-                .clone()
-                .or_else(|| p.default_image().map(String::from))
-                .unwrap_or_else(|| DEFAULT_IMAGE.into());
-            (Arc::new(p), image)
-        }
+    let spec = provider_spec(&args);
+    let cx = provider::Context {
+        console_cap: Some(args.console_cap.max(1).saturating_mul(1024 * 1024)),
+        ..provider::Context::new(&data_dir)
     };
+    let provider = provider::build(&spec, &cx)
+        .await
+        .map_err(|e| (exit::USAGE, e.to_string()))?;
+    provider
+        .preflight()
+        .map_err(|e| (exit::USAGE, e.to_string()))?;
+    let image = image::for_provider(
+        &provider.capabilities().images,
+        spec.image(),
+        &args.recipes,
+        &global.images_dir(),
+    )
+    .await
+    .map_err(|e| {
+        let named = spec.image().unwrap_or(image::DEFAULT_IMAGE);
+        match e {
+            image::ImageError::Infra(m) => (exit::INFRA, m),
+            e => (exit::USAGE, format!("--image {named}: {e}")),
+        }
+    })?;
     let json = args.format == Format::Json;
     let sink = Arc::new(move |e: &Event| {
-        let line = e.line();
+        let Some(line) = e.line() else { return };
         // With --format json, stdout carries exactly one JSON object.
         if json {
             let _ = writeln!(std::io::stderr().lock(), "{line}");

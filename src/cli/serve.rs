@@ -54,7 +54,8 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    match daemon.run(Vec::new(), None).await {
+    let web = daemon.web_router();
+    match daemon.run(vec![web], None).await {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -66,7 +66,7 @@ pub async fn run(global: &GlobalArgs, args: WebArgs) -> i32 {
     let addr = listener
         .local_addr()
         .map_or_else(|_| args.listen.clone(), |a| a.to_string());
-    let app = router(WebState::new(store, global.data_dir(), tokens));
+    let app = crate::web::with_access_log(router(WebState::new(store, global.data_dir(), tokens)));
     println!("ferrotron web: listening on http://{addr}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -85,6 +85,12 @@ impl GuestError {
     }
 }
 
+/// A connection to one instance, made by `runner::connect` from its `Access`.
+///
+/// The one verb is `exec`: upload, download and file reads are built on it once
+/// (`transfer`), so every kind of session behaves alike, download safety rules included.
+/// Everything that comes back is the guest's and is treated as hostile: output is capped
+/// and split into lines by the caller, never interpreted by a shell on this host.
 #[async_trait]
 pub trait Session: Send + Sync {
     /// Directory on the instance that holds this run's files (task, artifacts, internals).
@@ -98,20 +104,7 @@ pub trait Session: Send + Sync {
     async fn exec(&self, cmd: &Command, out: &mut OutputSink<'_>) -> Result<i32, GuestError>;
 }
 
-/// Quotes `s` for `/bin/sh` so that it is one word whatever it contains.
-pub fn shell_quote(s: &str) -> String {
-    let mut q = String::with_capacity(s.len() + 2);
-    q.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            q.push_str("'\\''");
-        } else {
-            q.push(c);
-        }
-    }
-    q.push('\'');
-    q
-}
+pub use crate::util::shell_quote;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCerti
 use russh::{ChannelMsg, client};
 
 use super::{Command, GuestError, OutputSink, Session, Stream};
-use crate::provider::SshTarget;
+use crate::access::SshTarget;
 
 /// How long a connected socket may stay silent after we spoke before we call the server not
 /// ready. Port forwarders (passt, slirp) accept the TCP connection before the guest listens

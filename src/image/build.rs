@@ -13,7 +13,6 @@
 //! beside the image as `STEM.log`, or in `.failed/` when the build fails.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -50,102 +49,14 @@ const GUEST_HELPERS: [(&str, &str); 3] = [
 ];
 /// Where the build's scripts go in the guest (removed again by cleanup.sh).
 const GUEST_DIR: &str = "/var/tmp/ferrotron-build";
+/// First wait between attempts at deleting the build instance (then doubled).
+const DESTROY_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a guest may take to power itself off.
 const POWEROFF_GRACE: Duration = Duration::from_secs(180);
 
-pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
+pub use crate::runner::EventSink;
 
-/// Stops a build: a cancel signal (SIGINT/SIGTERM) or its deadline.
-#[derive(Clone)]
-pub struct Stop {
-    cancel: watch::Receiver<bool>,
-    deadline: tokio::time::Instant,
-    limit: Duration,
-}
-
-impl Stop {
-    pub fn new(cancel: watch::Receiver<bool>, limit: Duration) -> Stop {
-        Stop {
-            cancel,
-            deadline: tokio::time::Instant::now() + limit,
-            limit,
-        }
-    }
-
-    /// Resolves once the build must stop, with the reason.
-    pub async fn stopped(&self) -> ImageError {
-        let mut c = self.cancel.clone();
-        tokio::select! {
-            r = c.wait_for(|v| *v) => match r {
-                Ok(_) => ImageError::Cancelled,
-                // Nobody can cancel any more: only the deadline is left.
-                Err(_) => {
-                    tokio::time::sleep_until(self.deadline).await;
-                    ImageError::TimedOut(self.limit)
-                }
-            },
-            _ = tokio::time::sleep_until(self.deadline) => ImageError::TimedOut(self.limit),
-        }
-    }
-
-    /// Runs `fut` unless the build is stopped first (then `fut` is dropped).
-    pub async fn guard<T>(
-        &self,
-        fut: impl std::future::Future<Output = Result<T, ImageError>>,
-    ) -> Result<T, ImageError> {
-        tokio::select! {
-            r = fut => r,
-            e = self.stopped() => Err(e),
-        }
-    }
-}
-
-/// What a build step needs to report: the terminal (sink) and the build log see the same
-/// lines.
-pub struct Ctl {
-    sink: EventSink,
-    log: Mutex<Option<std::fs::File>>,
-    pub stop: Stop,
-}
-
-impl Ctl {
-    pub fn emit(&self, e: Event) {
-        if let Ok(mut log) = self.log.lock()
-            && let Some(f) = log.as_mut()
-        {
-            let _ = writeln!(f, "{}", e.line());
-        }
-        (self.sink)(&e);
-    }
-
-    pub fn note(&self, msg: impl Into<String>) {
-        self.emit(Event::Notice(msg.into()));
-    }
-
-    pub fn output(&self, what: &str, stream: Stream, line: String) {
-        self.emit(Event::Output {
-            action: what.to_string(),
-            stream,
-            line,
-        });
-    }
-
-    #[cfg(test)]
-    pub fn for_test() -> (Ctl, Arc<Mutex<Vec<String>>>) {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = lines.clone();
-        let (tx, rx) = watch::channel(false);
-        std::mem::forget(tx);
-        (
-            Ctl {
-                sink: Arc::new(move |e: &Event| l.lock().unwrap().push(e.line())),
-                log: Mutex::new(None),
-                stop: Stop::new(rx, Duration::from_secs(600)),
-            },
-            lines,
-        )
-    }
-}
+pub use super::ctl::{Ctl, Stop};
 
 pub struct BuildOptions {
     pub images_dir: PathBuf,
@@ -209,11 +120,11 @@ pub async fn build(
     let _ = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755));
     let log_path = staging.join("build.log");
     let log = std::fs::File::create(&log_path).map_err(io_err("creating the build log"))?;
-    let ctl = Ctl {
-        sink: opts.sink.clone(),
-        log: Mutex::new(Some(log)),
-        stop: Stop::new(cancel, opts.timeout),
-    };
+    let ctl = Ctl::new(
+        opts.sink.clone(),
+        Some(log),
+        Stop::new(cancel, opts.timeout),
+    );
     let state = State::default();
     let t0 = Instant::now();
     ctl.note(format!(
@@ -511,7 +422,7 @@ async fn body(
         "built {stem}.qcow2: {:.1} MiB, {} packages, in {}",
         disk_bytes as f64 / 1048576.0,
         packages.len(),
-        crate::runner::event::human_duration(t0.elapsed())
+        crate::util::human_duration(t0.elapsed())
     ));
     for name in &files {
         std::fs::rename(staging.join(name), images.join(name))
@@ -642,19 +553,15 @@ async fn boot_instance(
 }
 
 async fn delete_instance(provider: &dyn Provider, id: &str, ctl: &Ctl) {
-    for attempt in 0..3u32 {
-        match provider.delete(id).await {
-            Ok(()) => {
-                ctl.note(format!("deleted build instance {id}"));
-                return;
-            }
-            Err(e) if attempt == 2 => {
-                ctl.note(format!(
-                    "could not delete build instance {id}: {e}; `ferrotron reap` will remove it"
-                ));
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500 << attempt)).await,
-        }
+    let deleted = crate::util::retry(3, DESTROY_BACKOFF, DESTROY_BACKOFF * 4, || {
+        provider.delete(id)
+    })
+    .await;
+    match deleted {
+        Ok(()) => ctl.note(format!("deleted build instance {id}")),
+        Err(e) => ctl.note(format!(
+            "could not delete build instance {id}: {e}; `ferrotron reap` will remove it"
+        )),
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use super::build::Ctl;
+use super::ctl::Ctl;
 use super::recipe::{Recipe, Source};
 use super::{BaseImage, ImageError, newest};
 use crate::guest::Stream;
@@ -511,7 +511,7 @@ async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::build::Ctl;
+    use crate::image::ctl::Ctl;
 
     async fn serve(dir: &Path) -> String {
         let app = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(dir));

@@ -21,21 +21,13 @@ use super::{
     Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider, ProviderError,
     SshTarget,
 };
-use crate::image::BaseImage;
+use crate::base_image::BaseImage;
 
 const NAMESPACE: &str = "https://ferrotron.dev/xmlns/libvirt/instance/1";
 const PREFIX: &str = "ferrotron-";
 const META_FILE: &str = "instance.json";
 
-/// Which accelerator domains use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// KVM when a real probe boots a kernel under it, else TCG.
-    Auto,
-    Kvm,
-    Tcg,
-}
+pub use super::spec::Accel;
 
 /// How guests are networked.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -83,9 +75,6 @@ pub struct LibvirtProvider {
     console_cap: u64,
 }
 
-/// Default cap on an instance's console log.
-pub const DEFAULT_CONSOLE_CAP: u64 = 100 * 1024 * 1024;
-
 fn virt_err(what: &str) -> impl FnOnce(virt::error::Error) -> ProviderError + '_ {
     move |e| ProviderError::Transient(format!("libvirt: {what}: {}", e.message()))
 }
@@ -99,7 +88,7 @@ impl LibvirtProvider {
             cfg,
             accel: tokio::sync::OnceCell::new(),
             pools: Vec::new(),
-            console_cap: DEFAULT_CONSOLE_CAP,
+            console_cap: super::DEFAULT_CONSOLE_CAP,
         }
     }
 
@@ -274,6 +263,13 @@ impl LibvirtProvider {
 impl Provider for LibvirtProvider {
     fn kind(&self) -> &'static str {
         "libvirt"
+    }
+
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            isolated: true,
+            images: super::Images::Files,
+        }
     }
 
     async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {
@@ -906,7 +902,7 @@ mod tests {
         let image = BaseImage {
             path: "/img/base.qcow2".into(),
             name: None,
-            boot: crate::image::BootInfo {
+            boot: crate::base_image::BootInfo {
                 kernel: Some("/img/k".into()),
                 cmdline: Some("console=ttyS0 root=/dev/vda".into()),
                 user: "root".into(),

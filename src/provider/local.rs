@@ -44,6 +44,13 @@ impl Provider for LocalProvider {
         "local"
     }
 
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            isolated: false,
+            images: super::Images::Fixed("local".into()),
+        }
+    }
+
     async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {
         let id = format!("ferrotron-{}", spec.meta.run_uuid);
         let dir = self.dir(&id)?;

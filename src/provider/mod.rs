@@ -15,9 +15,15 @@ pub mod local;
 pub mod openstack;
 pub mod seed;
 pub mod sim;
+pub mod spec;
 pub mod ssh;
 
-use std::path::{Path, PathBuf};
+pub use spec::{Accel, Context, Spec, build};
+
+/// Default cap on the serial console log a backend keeps per instance (the guest writes it).
+pub const DEFAULT_CONSOLE_CAP: u64 = 100 * 1024 * 1024;
+
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -48,27 +54,7 @@ pub struct InstanceSpec {
     pub host_public_key: String,
 }
 
-/// How the runner reaches an instance once it exists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Access {
-    /// Runs on this host, in `root`. No isolation.
-    Local { root: PathBuf },
-    /// An SSH endpoint whose host key is already known.
-    Ssh(SshTarget),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SshTarget {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    /// The pinned host public key (OpenSSH line); `None` means trust-on-first-use, which
-    /// only `--ssh` to a machine the user names may use.
-    pub host_key: Option<String>,
-    /// A private key file to log in with instead of the run's own key (`--ssh` machines
-    /// do not know the run's key).
-    pub identity: Option<PathBuf>,
-}
+pub use crate::access::{Access, SshTarget};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
@@ -140,10 +126,53 @@ impl ProviderError {
     }
 }
 
+/// What callers need to know about a backend, so that none of them asks for its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Whether the task is kept off this host. `false`: it runs here, as the invoking user,
+    /// and the runner says so.
+    pub isolated: bool,
+    /// What instances boot from, which decides what `--image` means.
+    pub images: Images,
+}
+
+/// Where a provider's instances come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Images {
+    /// Base image files on this host: a run's image is a file, a recipe name or
+    /// DISTRO-RELEASE-FLAVOR[-ARCH], resolved by `image::recipe`.
+    Files,
+    /// The provider's own image service resolves names; `default` is the configured one.
+    Service { default: Option<String> },
+    /// None: every run records `label` as its image.
+    Fixed(String),
+}
+
+/// A backend. Implementations live in this module's submodules and are built only by
+/// [`build`] from a [`Spec`]; everything else holds an `Arc<dyn Provider>`.
+///
+/// Contract: `create` either returns an instance that carries `spec.meta` (so `list` finds
+/// it after any crash) or leaves nothing behind; `delete` is idempotent; errors are
+/// [`ProviderError::Transient`] when a later attempt may succeed (the runner retries the
+/// spawn, the scheduler backs off) and [`ProviderError::Permanent`] when it cannot.
 #[async_trait]
 pub trait Provider: Send + Sync {
-    /// Short name used in run records and logs (`local`, `libvirt`, …).
+    /// Short name used in run records and logs (`local`, `libvirt`, …). For people only:
+    /// decisions go through [`Provider::capabilities`].
     fn kind(&self) -> &'static str;
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolated: true,
+            images: Images::Fixed(self.kind().to_string()),
+        }
+    }
+
+    /// Checks, before a run is recorded, what `create` will need and the configuration
+    /// alone can tell (an OpenStack flavor, say), so a bad setting is a usage error.
+    fn preflight(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
 
     async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError>;
 
@@ -181,7 +210,7 @@ pub trait Provider: Send + Sync {
     /// storage pools, a Glance image service). Returns where it went, one entry per place.
     async fn upload_image(
         &self,
-        _image: &crate::image::BaseImage,
+        _image: &crate::base_image::BaseImage,
     ) -> Result<Vec<String>, ProviderError> {
         Err(ProviderError::Permanent(format!(
             "the {} backend does not take uploaded images",

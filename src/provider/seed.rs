@@ -35,8 +35,8 @@ pub fn user_data(spec: &InstanceSpec) -> String {
 /// Writes the seed for `spec` to `out`, staging its files in `root` (removed afterwards,
 /// since it holds the guest's private host key).
 pub async fn write(root: &Path, out: &Path, spec: &InstanceSpec) -> Result<(), ProviderError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let root = root.to_path_buf();
     let fdir = root.join("ferrotron");
     // Owner-only from the start: the tree and the seed hold the guest's private host key,
@@ -110,7 +110,6 @@ mod tests {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let keys = crate::guest::keys::RunKeys::generate().unwrap();
         let spec = InstanceSpec {
             meta: crate::provider::InstanceMeta {
                 run_uuid: uuid::Uuid::now_v7(),
@@ -118,9 +117,12 @@ mod tests {
                 image: "i".into(),
                 created_at: time::OffsetDateTime::now_utc(),
             },
-            client_public_key: keys.client_public(),
-            host_private_key_openssh: keys.host_private_openssh(),
-            host_public_key: keys.host_public(),
+            // The seed only carries the keys: their text is enough here.
+            client_public_key: "ssh-ed25519 AAAAC3client test".into(),
+            host_private_key_openssh:
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nhost\n-----END OPENSSH PRIVATE KEY-----\n"
+                    .into(),
+            host_public_key: "ssh-ed25519 AAAAC3host test".into(),
         };
         let out = tmp.path().join("seed.iso");
         write(&tmp.path().join("seed"), &out, &spec).await.unwrap();

@@ -11,6 +11,8 @@ use super::{Access, Capacity, Instance, InstanceSpec, Listed, Provider, Provider
 
 pub struct SshProvider {
     target: SshTarget,
+    /// The target as the user wrote it.
+    named: String,
 }
 
 impl SshProvider {
@@ -32,6 +34,7 @@ impl SshProvider {
             )));
         }
         Ok(SshProvider {
+            named: spec.to_string(),
             target: SshTarget {
                 host: host.to_string(),
                 port,
@@ -47,6 +50,14 @@ impl SshProvider {
 impl Provider for SshProvider {
     fn kind(&self) -> &'static str {
         "ssh"
+    }
+
+    fn capabilities(&self) -> super::Capabilities {
+        // The machine is the image: runs record which one they used.
+        super::Capabilities {
+            isolated: true,
+            images: super::Images::Fixed(self.named.clone()),
+        }
     }
 
     async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::guest::Stream;
+use crate::store::RunState;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -25,11 +26,21 @@ pub enum Event {
         stream: Stream,
         line: String,
     },
+    /// The run entered `state` (as its record now says). For listeners such as the
+    /// scheduler's job state; not a line of the log.
+    State(RunState),
+    /// The run now holds (`held`) or no longer holds instance `id`; not a line of the log.
+    Instance {
+        id: String,
+        held: bool,
+    },
 }
 
 impl Event {
-    pub fn line(&self) -> String {
-        match self {
+    /// The event's one text form, for the terminal, the run log and live views; `None` for
+    /// events that are for programs only.
+    pub fn line(&self) -> Option<String> {
+        Some(match self {
             Event::Notice(msg) => format!("ferrotron: {msg}"),
             Event::PhaseStarted { name } => format!("ferrotron: {name} ..."),
             Event::PhaseFinished { name, duration, ok } => format!(
@@ -38,21 +49,12 @@ impl Event {
                 human_duration(*duration)
             ),
             Event::Output { action, line, .. } => format!("[{action}] {line}"),
-        }
+            Event::State(_) | Event::Instance { .. } => return None,
+        })
     }
 }
 
-/// `850ms`, `4.21s`, `3m07s`: short and unambiguous for logs.
-pub fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.2}s", d.as_secs_f64())
-    } else {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    }
-}
+pub use crate::util::human_duration;
 
 /// Turns output chunks into whole lines. Bytes that are not UTF-8 are shown lossily rather
 /// than dropped: a log with a replacement character beats a log with a hole.
@@ -185,7 +187,7 @@ mod tests {
             stream: Stream::Stderr,
             line: "x".into(),
         };
-        assert_eq!(e.line(), "[lint] x");
+        assert_eq!(e.line().as_deref(), Some("[lint] x"));
         assert_eq!(human_duration(Duration::from_millis(4210)), "4.21s");
         assert_eq!(human_duration(Duration::from_secs(187)), "3m07s");
     }

@@ -22,7 +22,7 @@ use crate::guest::keys::RunKeys;
 use crate::guest::{self, Command, Session, transfer};
 use crate::provider::{Access, Instance, InstanceMeta, InstanceSpec, Provider};
 use crate::results::CheckResult;
-use crate::store::{Attempt, NewRun, Phase, RunState, Store};
+use crate::store::{Attempt, NewRun, Phase, RunCompletion, RunParams, RunState, Store};
 use crate::task::{Formula, Vars};
 
 use actions::{ActionContext, ActionError, Layout, TaskState};
@@ -89,6 +89,20 @@ impl Default for GuestLimits {
     }
 }
 
+impl RunRequest {
+    /// What the run record keeps of this request.
+    pub fn params(&self) -> RunParams {
+        RunParams {
+            formula: self.formula.path.display().to_string(),
+            jobid: self.jobid.clone(),
+            image: self.image.clone(),
+            task_timeout_s: self.task_timeout.as_secs(),
+            keep_instance: self.keep_instance,
+            other: Default::default(),
+        }
+    }
+}
+
 /// What happened, for the terminal, `--format json` and the caller's exit status.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
@@ -130,6 +144,15 @@ pub enum RunnerError {
     Panicked(String),
     #[error("{0}")]
     Store(#[from] crate::store::StoreError),
+    /// The run ended (its instance is gone) but the store refused or missed its final
+    /// record; `completion` is what to write again once the store is back.
+    #[error("the run ended ({}) but its end was not recorded: {source}", report.state)]
+    Unrecorded {
+        report: Box<RunReport>,
+        completion: Box<crate::store::RunCompletion>,
+        #[source]
+        source: crate::store::StoreError,
+    },
     #[error("generating the run's SSH keys: {0}")]
     Keys(String),
     #[error("{context}: {source}")]
@@ -142,6 +165,22 @@ pub enum RunnerError {
 
 pub type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
 
+/// How long the informational state writes of a run may wait for the store.
+const STATE_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
+/// How long the run's final record may wait for the store before the caller gets it back
+/// to write again ([`RunnerError::Unrecorded`]); longer than the pool's acquire timeout.
+const FINAL_WRITE_LIMIT: Duration = Duration::from_secs(40);
+
+/// Runs one [`RunRequest`] through its phases: record the run, take an instance from the
+/// provider (spawn retries), connect, upload the task, run its actions with live output,
+/// collect artifacts and results, destroy the instance, and record how it ended.
+///
+/// Contract: `run` returns a report however the task ended (an `Err` is an invalid request,
+/// keys that cannot be made, or a store write that failed); the
+/// instance is destroyed in every outcome unless `keep_instance`; the run's state changes
+/// go to the store and, as [`Event::State`], to the sink, which is how the scheduler learns
+/// them. Cancel it through the `watch` channel; teardown still runs.
 pub struct Runner {
     pub provider: Arc<dyn Provider>,
     pub store: Store,
@@ -194,7 +233,7 @@ impl RunLog {
     const RESERVE: u64 = 256 * 1024;
 
     fn write(&mut self, event: &Event) {
-        let line = event.line();
+        let Some(line) = event.line() else { return };
         let len = line.len() as u64 + 1;
         let from_task = matches!(event, Event::Output { .. });
         let limit = if from_task {
@@ -206,7 +245,8 @@ impl RunLog {
             if from_task && !self.truncated {
                 self.truncated = true;
                 let mark = format!(
-                    "ferrotron: run log truncated: task output past {} bytes is not kept                      (guest.log_mib)",
+                    "ferrotron: run log truncated: task output past {} bytes is not kept \
+                     (guest.log_mib)",
                     limit
                 );
                 self.put(&mark);
@@ -243,6 +283,14 @@ impl RunCtx {
             log.write(&event);
         }
         (self.sink)(&event);
+    }
+
+    /// Moves the run to `state`: its record and the listeners. The record is informational: a
+    /// store that is away or slow must not hold the run (and its instance), so the write is
+    /// bounded and its failure ignored; the run's end is written with retries.
+    async fn enter(&self, store: &Store, uuid: Uuid, state: RunState) {
+        let _ = tokio::time::timeout(STATE_WRITE_LIMIT, store.set_run_state(uuid, state)).await;
+        self.emit(Event::State(state));
     }
 
     async fn phase<T, E: std::fmt::Display>(
@@ -349,13 +397,7 @@ impl Runner {
                 item_type: req.item_type.clone(),
                 arch: req.arch.clone(),
                 backend: self.provider.kind().to_string(),
-                params: serde_json::json!({
-                    "formula": req.formula.path,
-                    "jobid": req.jobid,
-                    "image": req.image,
-                    "task_timeout_s": req.task_timeout.as_secs(),
-                    "keep_instance": req.keep_instance,
-                }),
+                params: req.params().to_value(),
                 log_path: log_path.display().to_string(),
                 artifacts_dir: artifacts_dir.display().to_string(),
                 owner: Some(req.owner.clone()),
@@ -387,10 +429,11 @@ impl Runner {
             self.provider.kind(),
             req.image,
         )));
-        if self.provider.kind() == "local" {
-            cx.emit(Event::Notice(
-                "local backend: the task runs on this host as you, with no isolation".into(),
-            ));
+        if !self.provider.capabilities().isolated {
+            cx.emit(Event::Notice(format!(
+                "{} backend: the task runs on this host as you, with no isolation",
+                self.provider.kind()
+            )));
         }
 
         let ending = if *cancel.borrow() {
@@ -459,15 +502,16 @@ impl Runner {
 
         let phases = cx.phases.lock().expect("phases lock").clone();
         let base = format!("file://{}", artifacts_dir.display());
-        self.store
-            .store_results(req.uuid, &task.results, Some(&base))
-            .await?;
-        self.store.record_phases(req.uuid, &phases).await?;
-        self.store
-            .finish_run(req.uuid, state, Some(exit_code), error.as_deref())
-            .await?;
-
-        Ok(RunReport {
+        let completion = RunCompletion {
+            uuid: req.uuid,
+            results: task.results.clone(),
+            ref_url_base: Some(base),
+            phases: phases.clone(),
+            state,
+            exit_code: Some(exit_code),
+            error: error.clone(),
+        };
+        let report = RunReport {
             uuid: req.uuid,
             task: req.formula.checkname(),
             item: req.item.clone(),
@@ -491,7 +535,25 @@ impl Runner {
             log: log_path,
             refused_artifacts: refused,
             kept_instance: kept,
-        })
+        };
+        // Results, phases and the final state go in one transaction: a store that fails
+        // here leaves nothing half written, and the caller may write `completion` again.
+        let written = tokio::time::timeout(FINAL_WRITE_LIMIT, self.store.complete_run(&completion))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::store::StoreError::Unanswered {
+                    op: format!("recording the end of run {}", req.uuid),
+                    after: FINAL_WRITE_LIMIT,
+                })
+            });
+        match written {
+            Ok(()) => Ok(report),
+            Err(source) => Err(RunnerError::Unrecorded {
+                report: Box::new(report),
+                completion: Box::new(completion),
+                source,
+            }),
+        }
     }
 
     /// Everything that may be cut short by a timeout or a signal.
@@ -500,7 +562,7 @@ impl Runner {
             Ok(s) => s,
             Err(e) => return Ending::Infra(e),
         };
-        let _ = self.store.set_run_state(req.uuid, RunState::Running).await;
+        cx.enter(&self.store, req.uuid, RunState::Running).await;
         let layout = Layout::under(session.root());
         let upload = async {
             transfer::put_dir(session.as_ref(), &req.formula.dir, &layout.workdir).await?;
@@ -626,9 +688,7 @@ impl Runner {
 
     /// Creates an instance and connects to it, retrying spawns that do not come up.
     async fn provision(&self, req: &RunRequest, cx: &RunCtx) -> Result<Arc<dyn Session>, String> {
-        let _ = self
-            .store
-            .set_run_state(req.uuid, RunState::Provisioning)
+        cx.enter(&self.store, req.uuid, RunState::Provisioning)
             .await;
         let attempts = req.spawn_attempts.max(1);
         let mut last_error = String::new();
@@ -702,6 +762,10 @@ impl Runner {
                 (e.to_string(), retry)
             })?;
         *cx.instance.lock().expect("instance lock") = Some(instance.clone());
+        cx.emit(Event::Instance {
+            id: instance.id.clone(),
+            held: true,
+        });
         let session = cx
             .phase("boot", Box::pin(connect(&instance, &cx.keys)))
             .await
@@ -721,10 +785,7 @@ impl Runner {
         let Some(session) = cx.session() else {
             return Collect::Done; // nothing ran, nothing to collect
         };
-        let _ = self
-            .store
-            .set_run_state(req.uuid, RunState::Collecting)
-            .await;
+        cx.enter(&self.store, req.uuid, RunState::Collecting).await;
         let remote = Layout::under(session.root()).artifactsdir;
         let caps = transfer::Caps {
             bytes: req.artifacts_cap,
@@ -798,19 +859,19 @@ impl Runner {
         let Some(instance) = cx.instance.lock().expect("instance lock").take() else {
             return;
         };
-        let mut last = None;
+        let backoff = Duration::from_millis(500);
         let r = cx
-            .phase("destroy", async {
-                for attempt in 0..3 {
-                    match self.provider.delete(&instance.id).await {
-                        Ok(()) => return Ok(()),
-                        Err(e) => last = Some(e),
-                    }
-                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                }
-                Err(last.take().map(|e| e.to_string()).unwrap_or_default())
-            })
+            .phase(
+                "destroy",
+                crate::util::retry(3, backoff, backoff * 4, || {
+                    self.provider.delete(&instance.id)
+                }),
+            )
             .await;
+        cx.emit(Event::Instance {
+            id: instance.id.clone(),
+            held: false,
+        });
         if let Err(e) = r {
             // The instance carries our metadata: `ferrotron reap` will find it.
             cx.emit(Event::Notice(format!(

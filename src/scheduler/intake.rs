@@ -29,6 +29,8 @@ pub struct Intake {
     pub metrics: Arc<Metrics>,
     /// Woken after jobs were committed, so the dispatcher claims without waiting for its poll.
     pub wake: Arc<Notify>,
+    /// Most jobs one message may create (`bus.max_jobs_per_message`).
+    pub max_jobs: usize,
 }
 
 impl Intake {
@@ -68,6 +70,22 @@ impl MessageHandler for Intake {
             tracing::warn!(topic = %msg.topic, id = ?msg.id, "{why}");
         }
         let jobs = self.new_jobs(&eval.jobs);
+        if jobs.len() > self.max_jobs {
+            // Rules × tasks × arches can multiply: one message must not flood the queue.
+            self.metrics
+                .messages_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            let why = format!(
+                "message {:?} on {} would create {} jobs, more than bus.max_jobs_per_message \
+                 ({}): none created",
+                msg.id,
+                msg.topic,
+                jobs.len(),
+                self.max_jobs
+            );
+            tracing::warn!("{why}");
+            return Err(HandleError::Refused(why));
+        }
         let outcome = self
             .store
             .enqueue(msg.id.as_deref(), &msg.topic, msg.received_at, &jobs)

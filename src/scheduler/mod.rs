@@ -8,13 +8,19 @@
 //! claims of its own previous life and reaps; on shutdown it stops claiming, waits a grace
 //! period, then cancels what still runs (the runner destroys the instances) and requeues it.
 //!
-//! Invariants: a job is run by the daemon whose claim it holds, and only while it holds it;
+//! Invariants: a job is run by the daemon whose claim it holds, and only while it holds it
+//! (every write about it carries the claim's lease token, [`Fence`]; the heartbeat renews
+//! exactly the claims this daemon still works on); a job ends exactly once, its final writes
+//! retried until the store answers; one daemon id is one live process;
 //! every attempt is its own run ([`crate::store::run_uuid`]); a failing task is final, a
 //! failing infrastructure is retried with exponential backoff and jitter, a provider that
 //! keeps failing is given a rest by its circuit breaker (no relaunch storm).
 
+mod control;
 pub mod intake;
 pub mod policy;
+
+pub use control::SlotStatus;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::config::SchedulerConfig;
@@ -32,7 +38,9 @@ use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::reaper::{self, Verdict};
 use crate::runner::{Event, RunReport, RunRequest, Runner, RunnerError, exit};
-use crate::store::{Job, JobEnd, RunState, Store, TaskLoad, run_uuid};
+use crate::store::{
+    DaemonRecord, Fence, Job, JobEnd, Registration, RunState, Store, StoreError, TaskLoad, run_uuid,
+};
 use crate::task::Formula;
 
 use policy::Breaker;
@@ -113,11 +121,18 @@ pub struct RunSummary {
 enum CancelReason {
     Shutdown,
     LostLease,
+    /// Someone asked over the API (or on the page) to cancel the job or its run.
+    Requested,
 }
 
+/// A claimed job, from its launch until its end is in the store (or given up on).
 struct Running {
     /// When it was launched: a heartbeat that began earlier may not have seen its claim.
     launched: Instant,
+    /// The job's uuid and the run of this attempt (cancel requests name either).
+    job: Uuid,
+    run: Uuid,
+    fence: Fence,
     cancel: watch::Sender<bool>,
     reason: Option<CancelReason>,
     state: RunState,
@@ -137,14 +152,19 @@ pub struct SchedulerParts {
     pub data_dir: PathBuf,
     pub metrics: Arc<Metrics>,
     pub wake: Arc<Notify>,
-    /// Where run summaries go to be published; `None`: not published.
-    pub results: Option<mpsc::Sender<RunSummary>>,
     /// Base of run URLs.
     pub public_url: String,
     /// How long message ids are remembered for de-duplication.
     pub dedup_horizon: Duration,
 }
 
+/// The daemon's loop over the job queue: claims queued jobs per pool within each provider
+/// slot's capacity (fair share, breaker), runs each under its lease with a [`Runner`],
+/// renews leases and flushes job states on a heartbeat, ends jobs (finished, retried with
+/// backoff, crashed), recovers orphans and reaps leaked instances of its farm.
+///
+/// It knows backends only as [`ProviderSlot`]s, and a job's state only through the run's
+/// events; a job runs only while this daemon holds its claim.
 pub struct Scheduler {
     store: Store,
     cfg: SchedulerConfig,
@@ -156,15 +176,65 @@ pub struct Scheduler {
     data_dir: PathBuf,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
-    results: Option<mpsc::Sender<RunSummary>>,
     public_url: String,
     dedup_horizon: Duration,
     running: Mutex<HashMap<i64, Running>>,
-    /// Jobs launched and not yet ended in the store (outlives their `running` entry).
+    /// Jobs launched and not yet ended in the store.
     active: AtomicUsize,
     stopping: AtomicBool,
     stop: watch::Sender<bool>,
     ended: Notify,
+    /// This process's registration of `daemon_id` (see [`Store::register_daemon`]).
+    instance: String,
+    /// Set when this daemon must stop on its own (its id was taken over).
+    fatal: watch::Sender<Option<String>>,
+}
+
+/// How long one store call of the scheduler may take before it counts as failed: a
+/// connection that went silent (a network cut, not a refused connection) would otherwise
+/// hold a loop forever. Longer than the pool's own 30 s acquire timeout.
+const STORE_CALL: Duration = Duration::from_secs(40);
+
+/// Fault injection for tests/faults.rs: when this variable names a phase (`clone`, `boot`,
+/// `upload`, `action`, `collect`, `destroy`), the daemon SIGKILLs itself as a run enters it.
+pub const FAULT_KILL_AT: &str = "FERROTRON_FAULT_KILL_AT";
+
+/// The same bound for the calls a stopping daemon makes on its way out.
+const STORE_CALL_STOPPING: Duration = Duration::from_secs(5);
+
+/// Why a durable write stopped trying.
+#[derive(Debug)]
+enum GaveUp {
+    /// The claim on the job is someone else's now.
+    Lost,
+    /// The store refused the write (not an outage): trying again cannot help.
+    Refused(String),
+    /// The daemon is stopping and the store stayed away for `final_write_grace_s`.
+    Stopping(String),
+}
+
+/// Whether the end of a run is in the store.
+enum Recorded {
+    /// Yes (or there was nothing to record): what the runner said.
+    Yes(Box<Result<RunReport, RunnerError>>),
+    /// The claim was taken over: this daemon may write nothing more about the job.
+    Lost,
+    /// Not, and this daemon stopped trying: the job is left to its lease.
+    Abandoned(String),
+}
+
+/// `d` ± 25 %, so that many writers do not come back at the same instant.
+fn jittered(d: Duration) -> Duration {
+    use rand::RngExt;
+    d.mul_f64(rand::rng().random_range(0.75..1.25))
+}
+
+/// Whether process `pid` on this host is a live ferrotron (not this process: after a crash
+/// in a container the new life may well get the old pid).
+fn ferrotron_alive(pid: u32) -> bool {
+    pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim().starts_with("ferrotron"))
 }
 
 /// Handles of the scheduler's loops.
@@ -198,7 +268,6 @@ impl Scheduler {
             data_dir: parts.data_dir,
             metrics: parts.metrics,
             wake: parts.wake,
-            results: parts.results,
             public_url: parts.public_url.trim_end_matches('/').to_string(),
             dedup_horizon: parts.dedup_horizon,
             running: Mutex::default(),
@@ -206,7 +275,15 @@ impl Scheduler {
             stopping: AtomicBool::new(false),
             stop,
             ended: Notify::new(),
+            instance: Uuid::new_v4().to_string(),
+            fatal: watch::channel(None).0,
         })
+    }
+
+    /// Turns `Some(reason)` when the daemon must stop on its own: another process took its
+    /// daemon id over (it thought this one dead and recovered its jobs).
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
     }
 
     pub fn daemon_id(&self) -> &str {
@@ -218,8 +295,10 @@ impl Scheduler {
         self.active.load(Ordering::SeqCst)
     }
 
-    /// Recovers this daemon's previous life's claims and reaps, then starts the loops.
-    pub async fn start(self: &Arc<Self>) -> Loops {
+    /// Registers the daemon id (refusing an id another live process holds), recovers this
+    /// daemon's previous life's claims and reaps, then starts the loops.
+    pub async fn start(self: &Arc<Self>) -> Result<Loops, String> {
+        self.register().await?;
         self.recover(Some(&self.daemon_id)).await;
         self.reap().await;
         let mut handles = Vec::new();
@@ -229,7 +308,91 @@ impl Scheduler {
         handles.push(tokio::spawn(async move { me.heartbeat_loop().await }));
         let me = self.clone();
         handles.push(tokio::spawn(async move { me.maintenance_loop().await }));
-        Loops { handles }
+        Ok(Loops { handles })
+    }
+
+    /// Makes the daemon id this process's. Another process holds it when its registration
+    /// is younger than a lease: on this host, whether it lives is seen at once (its pid); on
+    /// another host it is live if it renews the registration within two heartbeats.
+    async fn register(&self) -> Result<(), String> {
+        let host = crate::util::hostname();
+        let now = OffsetDateTime::now_utc();
+        let me = DaemonRecord {
+            id: self.daemon_id.clone(),
+            instance: self.instance.clone(),
+            host: host.clone(),
+            pid: std::process::id(),
+            started_at: now,
+            seen_at: now,
+        };
+        let mut dead: Option<String> = None;
+        let mut watched: Option<(DaemonRecord, Instant)> = None;
+        let patience = self.cfg.heartbeat() * 2 + Duration::from_secs(1);
+        loop {
+            let held = match self
+                .store
+                .register_daemon(&me, self.cfg.lease(), dead.as_deref())
+                .await
+            {
+                Ok(Registration::Registered) => return Ok(()),
+                Ok(Registration::Held(other)) => other,
+                Err(e) => return Err(format!("registering daemon id `{}`: {e}", self.daemon_id)),
+            };
+            let duplicate = |why: &str| {
+                let ago = (OffsetDateTime::now_utc() - held.seen_at)
+                    .whole_seconds()
+                    .max(0);
+                format!(
+                    "daemon id `{}` is in use by another live daemon (pid {} on host {}, \
+                     started {}, last seen {ago} s ago; {why}): give every daemon its own \
+                     daemon.id, or stop the other one first",
+                    self.daemon_id,
+                    held.pid,
+                    held.host,
+                    held.started_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                )
+            };
+            if held.host == host {
+                if ferrotron_alive(held.pid) {
+                    return Err(duplicate("its process is running on this host"));
+                }
+                tracing::info!(
+                    pid = held.pid,
+                    "the previous holder of this daemon id is gone: taking the id over"
+                );
+                dead = Some(held.instance);
+                continue;
+            }
+            match &watched {
+                Some((first, _))
+                    if first.instance != held.instance || held.seen_at > first.seen_at =>
+                {
+                    return Err(duplicate(
+                        "it renewed its registration while this daemon waited",
+                    ));
+                }
+                Some((_, since)) if since.elapsed() >= patience => {
+                    tracing::info!(
+                        host = %held.host,
+                        "the previous holder of this daemon id stopped renewing it: taking it over"
+                    );
+                    dead = Some(held.instance);
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    tracing::info!(
+                        host = %held.host,
+                        "daemon id registered recently by another host: waiting up to {}s to see whether it is alive",
+                        patience.as_secs()
+                    );
+                    watched = Some((held, Instant::now()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Stops claiming, lets running jobs finish for `grace`, then cancels the rest (their
@@ -258,11 +421,29 @@ impl Scheduler {
                 let _ = r.cancel.send(true);
             }
         }
-        let teardown = Instant::now() + Duration::from_secs(120);
+        // Teardown (instances destroyed) and then the final writes, which give up after
+        // `final_write_grace_s` of a store that does not answer.
+        let teardown = Instant::now() + Duration::from_secs(120) + self.cfg.final_write_grace();
         while self.in_flight() > 0 && Instant::now() < teardown {
             let _ = tokio::time::timeout(Duration::from_millis(200), self.ended.notified()).await;
         }
-        self.flush_states().await;
+        if self.in_flight() > 0 {
+            tracing::warn!(
+                running = self.in_flight(),
+                "stopping with jobs not ended in the store; their leases run out and the next daemon recovers them"
+            );
+        }
+        self.flush_states(STORE_CALL_STOPPING).await;
+        match tokio::time::timeout(
+            STORE_CALL_STOPPING,
+            self.store.release_daemon(&self.daemon_id, &self.instance),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("releasing the daemon id: {e}"),
+            Err(_) => tracing::warn!("releasing the daemon id: the store did not answer"),
+        }
     }
 
     // --- dispatch -------------------------------------------------------------------------
@@ -317,11 +498,12 @@ impl Scheduler {
                 continue;
             }
             if !loads.contains_key(&slot.pool) {
-                let l = self
-                    .store
-                    .task_loads(&slot.pool)
+                let mut l = tokio::time::timeout(STORE_CALL, self.store.task_loads(&slot.pool))
                     .await
+                    .map_err(|_| "the store did not answer".to_string())?
                     .map_err(|e| e.to_string())?;
+                // Jobs of tasks this daemon does not know are left for a daemon that does.
+                l.retain(|t| self.tasks.contains_key(&t.task));
                 loads.insert(slot.pool.clone(), l);
             }
             let pool_loads = loads.get_mut(&slot.pool).expect("just inserted");
@@ -366,6 +548,10 @@ impl Scheduler {
     }
 
     fn launch(self: &Arc<Self>, slot: Arc<ProviderSlot>, job: Job) {
+        let Some(fence) = job.fence() else {
+            tracing::error!(job = %job.uuid, "claimed job without a lease token: left to run out");
+            return;
+        };
         slot.in_flight.fetch_add(1, Ordering::SeqCst);
         self.active.fetch_add(1, Ordering::SeqCst);
         if job.attempts == 1
@@ -380,6 +566,9 @@ impl Scheduler {
             job.id,
             Running {
                 launched: Instant::now(),
+                job: job.uuid,
+                run: run_uuid(job.uuid, job.attempts),
+                fence: fence.clone(),
                 cancel: tx,
                 reason: None,
                 state: RunState::Provisioning,
@@ -388,7 +577,7 @@ impl Scheduler {
         );
         let me = self.clone();
         tokio::spawn(async move {
-            me.run_job(slot, job, rx).await;
+            me.run_job(slot, job, fence, rx).await;
         });
     }
 
@@ -398,9 +587,12 @@ impl Scheduler {
         self: Arc<Self>,
         slot: Arc<ProviderSlot>,
         job: Job,
+        fence: Fence,
         cancel: watch::Receiver<bool>,
     ) {
         let run = run_uuid(job.uuid, job.attempts);
+        // Every write the runner makes about this run carries the claim.
+        let store = self.store.fenced(fence.clone());
         let result = match self.tasks.get(&job.task) {
             Some(task) => {
                 let req = RunRequest {
@@ -411,7 +603,8 @@ impl Scheduler {
                     arch: job.arch.clone(),
                     jobid: job.uuid.to_string(),
                     owner: self.instance_owner.clone(),
-                    image: slot.image.clone(),
+                    // A rerun repeats its run's image; other jobs take the provider's.
+                    image: job.image.clone().unwrap_or_else(|| slot.image.clone()),
                     task_timeout: task.timeout,
                     spawn_attempts: task.spawn_attempts.max(1),
                     artifacts_cap: task.artifacts_cap,
@@ -420,11 +613,11 @@ impl Scheduler {
                 };
                 let runner = Runner {
                     provider: slot.provider.clone(),
-                    store: self.store.clone(),
+                    store: store.clone(),
                     data_dir: self.data_dir.clone(),
                     sink: self.sink(job.id, &slot.name),
                 };
-                match guarded(runner.run(req, cancel)).await {
+                match guarded(async move { runner.run(req, cancel).await }).await {
                     Ok(r) => r,
                     Err(why) => {
                         // Close the run so that the reaper may destroy its instance.
@@ -436,37 +629,74 @@ impl Scheduler {
                     }
                 }
             }
+            // Not claimed by dispatch (it claims only tasks it knows); kept for safety.
             None => Err(RunnerError::Invalid(format!(
                 "task `{}` is not configured in this daemon",
                 job.task
             ))),
         };
+        slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+
+        // A run whose end the store missed is recorded before the job may end.
+        let recorded = match result {
+            Err(RunnerError::Unrecorded {
+                report,
+                completion,
+                source,
+            }) => {
+                if source.is_fenced() {
+                    Recorded::Lost
+                } else {
+                    tracing::warn!(job = %job.uuid, run = %run, "recording the end of the run: {source}; retrying until the store answers");
+                    match self
+                        .durably(&job, "recording the end of the run", || {
+                            store.complete_run(&completion)
+                        })
+                        .await
+                    {
+                        Ok(()) => Recorded::Yes(Box::new(Ok(*report))),
+                        Err(GaveUp::Lost) => Recorded::Lost,
+                        Err(GaveUp::Refused(e) | GaveUp::Stopping(e)) => Recorded::Abandoned(e),
+                    }
+                }
+            }
+            Err(RunnerError::Store(e)) if e.is_fenced() => Recorded::Lost,
+            other => Recorded::Yes(Box::new(other)),
+        };
         let reason = self
             .running
             .lock()
             .expect("running lock")
-            .remove(&job.id)
+            .get(&job.id)
             .and_then(|r| r.reason);
-        slot.in_flight.fetch_sub(1, Ordering::SeqCst);
-
-        let (end, mut summary) = self.decide(&slot, &job, run, &result, reason);
-        if reason == Some(CancelReason::LostLease) {
-            // The daemon that took the job over closes this run and tells the bus.
-            tracing::warn!(job = %job.uuid, "job was taken over by another daemon; run {run} stopped");
-            summary = None;
-        } else {
-            self.end_with_retries(&job, &end).await;
-        }
-        if let Some(summary) = summary {
-            self.metrics.run_ended(&summary.state);
-            if let Some(tx) = &self.results
-                && tx.try_send(summary).is_err()
-            {
-                self.metrics
-                    .results_publish_failed
-                    .fetch_add(1, Ordering::Relaxed);
+        match recorded {
+            Recorded::Yes(_) | Recorded::Lost if reason == Some(CancelReason::LostLease) => {
+                // The daemon that took the job over closes this run and tells the bus.
+                tracing::warn!(job = %job.uuid, "job was taken over by another daemon; run {run} stopped");
+                slot.breaker.lock().expect("breaker").inconclusive();
+            }
+            Recorded::Lost => {
+                tracing::warn!(job = %job.uuid, "job was taken over by another daemon; nothing recorded for run {run}");
+                slot.breaker.lock().expect("breaker").inconclusive();
+            }
+            Recorded::Abandoned(e) => {
+                tracing::error!(job = %job.uuid, run = %run, "the end of the run could not be recorded ({e}); the job is left to its lease, and the daemon that recovers it marks the run crashed");
+                slot.breaker.lock().expect("breaker").inconclusive();
+            }
+            Recorded::Yes(result) => {
+                let (end, summary) = self.decide(&slot, &job, run, &result, reason);
+                // The run message is committed with the job's end (the store's outbox), so
+                // it goes out exactly when the end is recorded, even across a restart.
+                let body = summary.as_ref().and_then(|s| serde_json::to_string(s).ok());
+                if self.end_durably(&job, &fence, &end, body.as_deref()).await
+                    && let Some(summary) = summary
+                {
+                    self.metrics.run_ended(&summary.state);
+                }
             }
         }
+        // Only now: until here the heartbeat kept the claim alive and recovery left it alone.
+        self.running.lock().expect("running lock").remove(&job.id);
         self.active.fetch_sub(1, Ordering::SeqCst);
         self.ended.notify_waiters();
         self.wake.notify_one();
@@ -507,6 +737,7 @@ impl Scheduler {
         let report = match result {
             Ok(r) => r,
             Err(RunnerError::Invalid(m)) => {
+                slot.breaker.lock().expect("breaker").inconclusive();
                 return (
                     JobEnd::Done {
                         state: RunState::Failed,
@@ -516,7 +747,12 @@ impl Scheduler {
                     None,
                 );
             }
-            Err(e) => return (retry(format!("ferrotron could not run the job: {e}")), None),
+            Err(e) => {
+                // This host's trouble (store, keys, disk), not the provider's: a probe that
+                // ends here says nothing about the provider.
+                slot.breaker.lock().expect("breaker").inconclusive();
+                return (retry(format!("ferrotron could not run the job: {e}")), None);
+            }
         };
         for p in &report.phases {
             self.metrics
@@ -559,16 +795,26 @@ impl Scheduler {
                     error: report.error.clone(),
                 }
             }
-            RunState::Cancelled if reason == Some(CancelReason::Shutdown) => JobEnd::Requeue {
-                not_before: OffsetDateTime::now_utc(),
-                error: Some("requeued: the daemon shut down during the run".into()),
-                free_attempt: true,
-            },
-            RunState::Cancelled => JobEnd::Done {
-                state: RunState::Cancelled,
-                outcome: None,
-                error: report.error.clone(),
-            },
+            RunState::Cancelled if reason == Some(CancelReason::Shutdown) => {
+                slot.breaker.lock().expect("breaker").inconclusive();
+                JobEnd::Requeue {
+                    not_before: OffsetDateTime::now_utc(),
+                    error: Some("requeued: the daemon shut down during the run".into()),
+                    free_attempt: true,
+                }
+            }
+            RunState::Cancelled => {
+                slot.breaker.lock().expect("breaker").inconclusive();
+                JobEnd::Done {
+                    state: RunState::Cancelled,
+                    outcome: None,
+                    error: if reason == Some(CancelReason::Requested) {
+                        Some("cancelled on request".into())
+                    } else {
+                        report.error.clone()
+                    },
+                }
+            }
             _ => {
                 let opened = slot
                     .breaker
@@ -605,47 +851,119 @@ impl Scheduler {
         (end, Some(summary))
     }
 
-    /// Ends the job in the store, retrying a store that is briefly away. When it stays away,
-    /// the lease runs out and recovery reads the run's final state instead.
-    async fn end_with_retries(&self, job: &Job, end: &JobEnd) {
-        for attempt in 0..5u32 {
-            match self
-                .store
-                .end_job(job.id, &self.daemon_id, job.attempts, end)
-                .await
-            {
-                Ok(true) => return,
-                Ok(false) => {
-                    tracing::warn!(job = %job.uuid, "job was taken over by another daemon before it ended here");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(job = %job.uuid, "recording the end of the job: {e}");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
+    /// Ends the job in the store, retrying while the store is away. True: it ended here
+    /// (and only then may the run be announced).
+    async fn end_durably(
+        &self,
+        job: &Job,
+        fence: &Fence,
+        end: &JobEnd,
+        announce: Option<&str>,
+    ) -> bool {
+        match self
+            .durably(job, "recording the end of the job", || {
+                self.store.end_job_announcing(fence, end, announce)
+            })
+            .await
+        {
+            Ok(true) => true,
+            Ok(false) | Err(GaveUp::Lost) => {
+                tracing::warn!(job = %job.uuid, "job was taken over by another daemon before it ended here");
+                false
+            }
+            Err(GaveUp::Refused(e)) => {
+                tracing::error!(job = %job.uuid, "the store refused the end of the job ({e}); it is left to its lease");
+                false
+            }
+            Err(GaveUp::Stopping(e)) => {
+                tracing::warn!(job = %job.uuid, "stopping while the store is away ({e}): the end of the job is left to its lease and the next daemon's recovery");
+                false
             }
         }
     }
 
-    /// The runner's event sink for one job: phase → job state, instance gauge.
+    /// Runs `op` until it succeeds, trying again while the store is unreachable: 0.2 s,
+    /// doubling up to 30 s, jittered, each try bounded by [`STORE_CALL`]. Gives up when the
+    /// write is refused (not an outage), when the claim on the job is lost, or once the
+    /// daemon is stopping and the store stayed away for `final_write_grace_s` more.
+    async fn durably<T, F, Fut>(&self, job: &Job, what: &str, mut op: F) -> Result<T, GaveUp>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut wait = Duration::from_millis(200);
+        let mut stopping_since: Option<Instant> = None;
+        let mut stop = self.stop.subscribe();
+        let mut failures = 0u32;
+        loop {
+            // A stopping daemon gives each try less time: its shutdown is bounded.
+            let limit = if self.stopping.load(Ordering::SeqCst) {
+                STORE_CALL_STOPPING
+            } else {
+                STORE_CALL
+            };
+            let err = match tokio::time::timeout(limit, op()).await {
+                Ok(Ok(v)) => {
+                    if failures > 0 {
+                        tracing::info!(job = %job.uuid, "{what}: done after {failures} failed tries");
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(e)) if e.is_fenced() => return Err(GaveUp::Lost),
+                Ok(Err(e)) if !e.is_transient() => return Err(GaveUp::Refused(e.to_string())),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("the store did not answer within {} s", limit.as_secs()),
+            };
+            failures += 1;
+            if self.claim_lost(job.id) {
+                return Err(GaveUp::Lost);
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                let since = *stopping_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.cfg.final_write_grace() {
+                    return Err(GaveUp::Stopping(err));
+                }
+            }
+            tracing::warn!(job = %job.uuid, "{what}: {err}; trying again in {:.1} s", wait.as_secs_f64());
+            tokio::select! {
+                _ = tokio::time::sleep(jittered(wait)) => {}
+                // A shutdown starts the bounded part at once.
+                _ = stop.changed() => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Whether the heartbeat found the claim on `job_id` taken over.
+    fn claim_lost(&self, job_id: i64) -> bool {
+        self.running
+            .lock()
+            .expect("running lock")
+            .get(&job_id)
+            .is_some_and(|r| r.reason == Some(CancelReason::LostLease))
+    }
+
+    /// The runner's event sink for one job: the run's state → the job's, instance gauge.
     fn sink(self: &Arc<Self>, job_id: i64, provider: &str) -> crate::runner::EventSink {
         let me = Arc::downgrade(self);
         let provider = provider.to_string();
+        let kill_at = std::env::var(FAULT_KILL_AT).ok().filter(|p| !p.is_empty());
         Arc::new(move |e: &Event| {
+            if let (Some(at), Event::PhaseStarted { name }) = (&kill_at, e)
+                && (name == at || name.strip_prefix("action ").is_some() && at == "action")
+            {
+                // Fault injection (tests/faults.rs): the daemon dies here like a crash would,
+                // with no chance to clean up anything.
+                tracing::error!("{FAULT_KILL_AT}={at}: killing this daemon with SIGKILL");
+                // SAFETY: kill(2) on this very process.
+                unsafe { libc::kill(std::process::id() as i32, libc::SIGKILL) };
+            }
             let Some(me) = me.upgrade() else { return };
             let state = match e {
-                Event::PhaseStarted { name } => match name.as_str() {
-                    "clone" => Some(RunState::Provisioning),
-                    "upload" => Some(RunState::Running),
-                    "collect" => Some(RunState::Collecting),
-                    _ => None,
-                },
-                Event::PhaseFinished { name, ok, .. } => {
-                    if name == "clone" && *ok {
-                        me.metrics.live_instances(&provider, 1);
-                    } else if name == "destroy" {
-                        me.metrics.live_instances(&provider, -1);
-                    }
+                Event::State(s) => Some(*s),
+                Event::Instance { held, .. } => {
+                    me.metrics
+                        .live_instances(&provider, if *held { 1 } else { -1 });
                     None
                 }
                 _ => None,
@@ -667,16 +985,54 @@ impl Scheduler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            self.flush_states().await;
-            let asked = Instant::now();
-            let held: HashSet<i64> = match self
-                .store
-                .heartbeat(&self.daemon_id, self.cfg.lease())
-                .await
+            self.flush_states(STORE_CALL).await;
+            let _ = tokio::time::timeout(STORE_CALL, self.act_on_cancel_requests()).await;
+            match tokio::time::timeout(
+                STORE_CALL,
+                self.store.renew_daemon(&self.daemon_id, &self.instance),
+            )
+            .await
             {
-                Ok(ids) => ids.into_iter().collect(),
-                Err(e) => {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    let why = format!(
+                        "daemon id `{}` was taken over by another process (it found this one silent for longer than a lease and recovered its jobs): stopping",
+                        self.daemon_id
+                    );
+                    tracing::error!("{why}");
+                    self.stopping.store(true, Ordering::SeqCst);
+                    let _ = self.stop.send(true);
+                    self.fatal.send_replace(Some(why));
+                }
+                Ok(Err(e)) => tracing::warn!("renewing the daemon id: {e}"),
+                Err(_) => tracing::warn!("renewing the daemon id: the store did not answer"),
+            }
+            // Exactly the claims this daemon still works on, ending ones included.
+            let asked = Instant::now();
+            let fences: Vec<Fence> = self
+                .running
+                .lock()
+                .expect("running lock")
+                .values()
+                .map(|r| r.fence.clone())
+                .collect();
+            if fences.is_empty() {
+                continue;
+            }
+            let held: HashSet<Fence> = match tokio::time::timeout(
+                STORE_CALL,
+                self.store
+                    .heartbeat(&self.daemon_id, &fences, self.cfg.lease()),
+            )
+            .await
+            {
+                Ok(Ok(held)) => held.into_iter().collect(),
+                Ok(Err(e)) => {
                     tracing::warn!("renewing leases: {e}");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!("renewing leases: the store did not answer");
                     continue;
                 }
             };
@@ -684,7 +1040,10 @@ impl Scheduler {
             for (id, r) in running.iter_mut() {
                 // A job launched after the renewal began was claimed after it, or while
                 // it ran: its absence from the answer proves nothing.
-                if !held.contains(id) && r.reason.is_none() && r.launched < asked {
+                if !held.contains(&r.fence)
+                    && r.reason != Some(CancelReason::LostLease)
+                    && r.launched < asked
+                {
                     tracing::warn!(job_id = id, "lost the claim on a running job: stopping it");
                     r.reason = Some(CancelReason::LostLease);
                     let _ = r.cancel.send(true);
@@ -693,20 +1052,22 @@ impl Scheduler {
         }
     }
 
-    async fn flush_states(&self) {
-        let batch: Vec<(i64, RunState)> = {
+    async fn flush_states(&self, limit: Duration) {
+        let batch: Vec<(Fence, RunState)> = {
             let mut running = self.running.lock().expect("running lock");
             running
-                .iter_mut()
-                .filter(|(_, r)| r.dirty)
-                .map(|(id, r)| {
+                .values_mut()
+                .filter(|r| r.dirty)
+                .map(|r| {
                     r.dirty = false;
-                    (*id, r.state)
+                    (r.fence.clone(), r.state)
                 })
                 .collect()
         };
-        if let Err(e) = self.store.set_job_states(&self.daemon_id, &batch).await {
-            tracing::warn!("recording job states: {e}");
+        match tokio::time::timeout(limit, self.store.set_job_states(&batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("recording job states: {e}"),
+            Err(_) => tracing::warn!("recording job states: the store did not answer"),
         }
     }
 
@@ -731,15 +1092,21 @@ impl Scheduler {
 
     /// Takes over claimed jobs whose lease ran out (and, with `previous_self`, every claim of
     /// this daemon's previous life): the job ends as its run ended, or, if the run was cut
-    /// short, it is requeued (bounded attempts) and the run marked crashed.
+    /// short, it is requeued (bounded attempts) and the run marked crashed. Each takeover is
+    /// one transaction that also revokes the old claim's token.
     pub async fn recover(&self, previous_self: Option<&str>) -> usize {
-        let jobs = match self.store.orphaned_jobs(previous_self).await {
-            Ok(j) => j,
-            Err(e) => {
-                tracing::warn!("looking for orphaned jobs: {e}");
-                return 0;
-            }
-        };
+        let jobs =
+            match tokio::time::timeout(STORE_CALL, self.store.orphaned_jobs(previous_self)).await {
+                Ok(Ok(j)) => j,
+                Ok(Err(e)) => {
+                    tracing::warn!("looking for orphaned jobs: {e}");
+                    return 0;
+                }
+                Err(_) => {
+                    tracing::warn!("looking for orphaned jobs: the store did not answer");
+                    return 0;
+                }
+            };
         let mut recovered = 0;
         for job in jobs {
             if previous_self.is_none()
@@ -752,25 +1119,16 @@ impl Scheduler {
             {
                 continue; // ours and running: the heartbeat is late, not dead
             }
-            let Some(run) = job.current_run() else {
-                continue;
-            };
             let owner = job.claimed_by.clone().unwrap_or_default();
-            let run_state = match self.store.run(run).await {
-                Ok(r) => r.map(|r| (r.state, r.error)),
-                Err(e) => {
-                    tracing::warn!(job = %job.uuid, "reading run {run}: {e}");
-                    continue;
-                }
-            };
             let why = format!("daemon {owner} stopped renewing its lease during the run");
-            let end = match run_state {
-                Some((s @ (RunState::Finished | RunState::Failed), ref error)) => JobEnd::Done {
+            let decide = |cur: &Job, run_state: Option<(RunState, Option<String>)>| match run_state
+            {
+                Some((s @ (RunState::Finished | RunState::Failed), error)) => JobEnd::Done {
                     state: s,
                     outcome: None,
-                    error: error.clone(),
+                    error,
                 },
-                _ if job.attempts < job.max_attempts => JobEnd::Requeue {
+                _ if cur.attempts < cur.max_attempts => JobEnd::Requeue {
                     not_before: OffsetDateTime::now_utc(),
                     error: Some(format!("{why}; requeued")),
                     free_attempt: false,
@@ -780,28 +1138,28 @@ impl Scheduler {
                     outcome: None,
                     error: Some(format!(
                         "{why} (attempt {} of {})",
-                        job.attempts, job.max_attempts
+                        cur.attempts, cur.max_attempts
                     )),
                 },
             };
-            match self.store.recover_job(&job, previous_self, &end).await {
-                Ok(true) => {
+            let took = tokio::time::timeout(
+                STORE_CALL,
+                self.store
+                    .recover_job(&job, previous_self, decide, exit::INFRA, &why),
+            )
+            .await;
+            match took {
+                Ok(Ok(Some(done))) => {
                     recovered += 1;
                     self.metrics.recovered_jobs.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(job = %job.uuid, run = %run, "recovered an orphaned job: {end:?}");
-                    if matches!(run_state, Some((s, _)) if !s.is_terminal()) {
-                        if let Err(e) = self
-                            .store
-                            .finish_run(run, RunState::Crashed, Some(exit::INFRA), Some(&why))
-                            .await
-                        {
-                            tracing::warn!(run = %run, "marking the run crashed: {e}");
-                        }
+                    tracing::warn!(job = %job.uuid, run = ?job.current_run(), "recovered an orphaned job: {:?}", done.end);
+                    if done.run_closed {
                         self.metrics.run_ended("crashed");
                     }
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(job = %job.uuid, "recovering: {e}"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(job = %job.uuid, "recovering: {e}"),
+                Err(_) => tracing::warn!(job = %job.uuid, "recovering: the store did not answer"),
             }
         }
         if recovered > 0 {
@@ -905,7 +1263,7 @@ mod size {
                 std::fs::write(tmp.path().join("runtask.yml"), "name: b\ndesc: d\nmaintainer: m\nactions:\n  - name: p\n    dummy: {result: PASS}\n").unwrap();
                 let formula = crate::task::Formula::load(tmp.path()).unwrap();
                 let runner = crate::runner::Runner {
-                    provider: std::sync::Arc::new(crate::provider::local::LocalProvider::new(tmp.path(), 1)),
+                    provider: crate::provider::build(&crate::provider::Spec::Local(Default::default()), &crate::provider::Context::new(tmp.path())).await.unwrap(),
                     store,
                     data_dir: tmp.path().into(),
                     sink: std::sync::Arc::new(|_: &crate::runner::Event| {}),

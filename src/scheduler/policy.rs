@@ -127,6 +127,18 @@ impl Breaker {
         self.state = State::Closed { failures: 0 };
     }
 
+    /// A job on the provider ended without a verdict on it (cancelled, lost to another
+    /// daemon, or failed on this host's side, e.g. its store): a half-open breaker whose
+    /// probe this was lets the next job probe, instead of waiting for a verdict forever.
+    pub fn inconclusive(&mut self) {
+        if let State::HalfOpen { trips, .. } = self.state {
+            self.state = State::HalfOpen {
+                probing: false,
+                trips,
+            };
+        }
+    }
+
     /// Returns true when this failure opened the breaker.
     pub fn failure(&mut self, now: Instant) -> bool {
         match self.state {
@@ -151,6 +163,16 @@ impl Breaker {
                 };
                 true
             }
+        }
+    }
+
+    /// `closed`, `open` or `half-open`, for people (an open breaker whose cool-down is over
+    /// says half-open: the next claim is its probe).
+    pub fn state_name(&self, now: Instant) -> &'static str {
+        match self.state {
+            State::Closed { .. } => "closed",
+            State::Open { until, .. } if now < until => "open",
+            State::Open { .. } | State::HalfOpen { .. } => "half-open",
         }
     }
 
@@ -208,6 +230,29 @@ mod tests {
             let b9 = backoff(9, base, max).as_secs_f64();
             assert!((30.0..90.0).contains(&b9), "{b9}");
         }
+    }
+
+    #[test]
+    fn a_probe_without_verdict_lets_the_next_job_probe() {
+        let t0 = Instant::now();
+        let cd = Duration::from_secs(10);
+        let mut b = Breaker::new(1, cd);
+        assert!(b.failure(t0));
+        assert_eq!(b.allowance(t0 + cd), 1);
+        b.claimed(1);
+        assert_eq!(b.allowance(t0 + cd), 0, "the probe runs");
+        // The probe was cancelled (or failed on the store): no verdict, not stuck.
+        b.inconclusive();
+        assert_eq!(b.allowance(t0 + cd), 1);
+        b.claimed(1);
+        b.success();
+        assert_eq!(b.allowance(t0 + cd), usize::MAX);
+        // Inconclusive ends leave a closed or open breaker as it was.
+        b.inconclusive();
+        assert_eq!(b.allowance(t0 + cd), usize::MAX);
+        assert!(b.failure(t0 + cd));
+        b.inconclusive();
+        assert_eq!(b.allowance(t0 + cd), 0);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The daemon's own HTTP endpoints: `/healthz`, `/metrics` (Prometheus text) and
-//! `POST /api/v1/messages` (the webhook: `{topic, body, headers?, id?}`, bearer token).
+//! `POST /api/v1/messages` (the webhook: `{topic, body, headers?, id?}`, with the token in
+//! any form `web::auth` accepts).
 //!
-//! [`router`] returns an `axum::Router` that `serve` merges with the other parts (web UI,
-//! ResultsDB API), so each part keeps its handlers in its own module.
+//! [`router`] returns an `axum::Router` that `serve` merges with the web layer's (review UI,
+//! ResultsDB API, runs and jobs APIs), so each part keeps its handlers in its own module.
+//! Errors have the one shape of every API here: `{"message": …}`.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use serde_json::json;
 
 use super::Daemon;
 use crate::bus::{HandleError, Message, Rejected};
+use crate::web::error::ApiError;
 
 pub fn router(daemon: Arc<Daemon>) -> Router {
     // Bodies up to twice the limit are read so that an oversized one is logged and counted
@@ -32,7 +35,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({"error": message.into()}))).into_response()
+    ApiError::status(status, message).into_response()
 }
 
 async fn healthz(State(d): State<Arc<Daemon>>) -> Response {
@@ -68,31 +71,18 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         .into_response()
 }
 
-/// Compares in time independent of where the strings differ.
-fn same_token(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn submit(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(token) = &d.api_token else {
+    if d.api_token.is_none() {
         return error(
             StatusCode::FORBIDDEN,
             "message submission is disabled: set daemon.api_token in the configuration",
         );
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same_token(given.as_bytes(), token.as_bytes()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-        );
+    }
+    // The same token scheme as every other write of this server (bearer, HTTP Basic; the
+    // envelope is not a ResultsDB body, so no `_auth_token`).
+    let tokens: Vec<String> = d.api_token.iter().cloned().collect();
+    if let Err(e) = crate::web::auth::check_token(&tokens, &headers, None) {
+        return e.into_response();
     }
     let msg = match Message::from_envelope_bytes(&body, d.max_body) {
         Ok(m) => m,
@@ -124,5 +114,6 @@ async fn submit(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: Bytes) -
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not stored, try again: {e}"),
         ),
+        Err(HandleError::Refused(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
 }

@@ -5,6 +5,8 @@
 //! broker), stop claiming and give running jobs the grace period, cancel and requeue the
 //! rest, publish what is left to publish, stop HTTP.
 
+pub mod announce;
+pub mod control;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -13,18 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
-use crate::bus::amqp::{self, Outgoing};
-use crate::config::{Config, ProviderKind};
+use crate::bus::amqp;
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::provider::Provider;
-use crate::provider::libvirt::{LibvirtConfig, LibvirtProvider};
-use crate::provider::local::LocalProvider;
-use crate::provider::sim::{SimConfig, SimProvider};
 use crate::scheduler::intake::{Intake, TaskDefaults};
-use crate::scheduler::{ProviderSlot, RunSummary, Scheduler, SchedulerParts, TaskSpec};
-use crate::store::Store;
+use crate::scheduler::{ProviderSlot, Scheduler, SchedulerParts, TaskSpec};
+use crate::store::{OutboxPolicy, Store};
 use crate::task::Formula;
 
 /// Settings that come from the command line when the file leaves them out.
@@ -46,16 +44,19 @@ pub struct Daemon {
     pub api_token: Option<String>,
     pub max_body: usize,
     pub listen: String,
-    results_rx: std::sync::Mutex<Option<mpsc::Receiver<RunSummary>>>,
+    /// Base of the URLs the daemon gives out (run pages, artifacts, API hrefs in messages).
+    pub public_url: String,
+    /// Runs' logs and artifacts live in `<data_dir>/artifacts/<uuid>/`.
+    pub data_dir: PathBuf,
 }
 
-/// The host name, the default daemon id.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+/// The runner's caps from the daemon's `guest:` settings.
+fn guest_limits(g: &crate::config::GuestConfig) -> crate::runner::GuestLimits {
+    crate::runner::GuestLimits {
+        collect_timeout: g.collect_timeout(),
+        log_bytes: g.log_bytes(),
+        archive_entries: g.max_artifact_entries.max(1),
+    }
 }
 
 impl Daemon {
@@ -76,7 +77,19 @@ impl Daemon {
         let store = Store::open(&db_url)
             .await
             .with_context(|| format!("{cfg_path}: daemon.db: opening the store"))?;
-        let daemon_id = config.daemon.id.clone().unwrap_or_else(hostname);
+        // What the bus announces is written to the outbox with what it announces.
+        let store = match &config.bus.amqp {
+            Some(a) => store.with_outbox(OutboxPolicy {
+                results: a.publish_resultsdb,
+                runs: a.publish_results,
+            }),
+            None => store,
+        };
+        let daemon_id = config
+            .daemon
+            .id
+            .clone()
+            .unwrap_or_else(crate::util::hostname);
         if daemon_id.is_empty() || daemon_id.contains('/') {
             return Err(anyhow!(
                 "{cfg_path}: daemon.id: `{daemon_id}` must be non-empty and without `/`"
@@ -87,51 +100,31 @@ impl Daemon {
 
         let mut slots = Vec::new();
         for (i, p) in config.providers.iter().enumerate() {
-            let (provider, image): (Arc<dyn Provider>, String) = match &p.kind {
-                ProviderKind::Libvirt { uri, image, accel } => {
-                    let (spec, recipes, images) = (
-                        image.clone(),
-                        defaults.recipes_dir.clone(),
-                        defaults.images_dir.clone(),
-                    );
-                    let base = tokio::task::spawn_blocking(move || {
-                        crate::image::recipe::resolve(&spec, &recipes, &images, true)
-                    })
-                    .await?
-                    .with_context(|| format!("{cfg_path}: providers[{i}].image `{image}`"))?;
-                    let prov = LibvirtProvider::new(LibvirtConfig {
-                        max_instances: p.max_instances,
-                        accel: *accel,
-                        ..LibvirtConfig::new(uri.clone(), data_dir.join("instances"))
-                    })
-                    .with_console_cap(config.guest.console_bytes());
-                    (Arc::new(prov), base.path.display().to_string())
-                }
-                ProviderKind::Local => (
-                    Arc::new(LocalProvider::new(data_dir.join("local"), p.max_instances)),
-                    "local".to_string(),
-                ),
-                ProviderKind::Sim {
-                    create_ms,
-                    delete_ms,
-                    jitter_ms,
-                    failure_rate,
-                } => (
-                    Arc::new(SimProvider::new(SimConfig {
-                        root: data_dir.join("sim").join(&p.name),
-                        max_instances: p.max_instances,
-                        create_latency: Duration::from_millis(*create_ms),
-                        delete_latency: Duration::from_millis(*delete_ms),
-                        jitter: Duration::from_millis(*jitter_ms),
-                        failure_rate: *failure_rate,
-                    })),
-                    "sim".to_string(),
-                ),
+            let at = format!("{cfg_path}: providers[{i}]");
+            let cx = crate::provider::Context {
+                data_dir: data_dir.clone(),
+                name: p.name.clone(),
+                console_cap: Some(config.guest.console_bytes()),
             };
+            let provider = crate::provider::build(&p.spec, &cx)
+                .await
+                .with_context(|| at.clone())?;
+            provider.preflight().with_context(|| at.clone())?;
+            let image = crate::image::for_provider(
+                &provider.capabilities().images,
+                p.spec.image(),
+                &defaults.recipes_dir,
+                &defaults.images_dir,
+            )
+            .await
+            .with_context(|| {
+                let named = p.spec.image().unwrap_or(crate::image::DEFAULT_IMAGE);
+                format!("{at}.image `{named}`")
+            })?;
             slots.push(ProviderSlot::new(
                 p.name.clone(),
                 p.pool().to_string(),
-                p.max_instances,
+                p.max_instances(),
                 provider,
                 image,
                 &config.scheduler,
@@ -151,7 +144,7 @@ impl Daemon {
                     weight: t.weight,
                     spawn_attempts: t.spawn_attempts,
                     artifacts_cap: t.artifacts_mib.saturating_mul(1024 * 1024),
-                    limits: config.guest.limits(),
+                    limits: guest_limits(&config.guest),
                 },
             );
             defaults_by_task.insert(
@@ -171,20 +164,16 @@ impl Daemon {
             store: store.clone(),
             metrics: metrics.clone(),
             wake: wake.clone(),
+            max_jobs: config.bus.max_jobs(),
         });
-        let publish = config.bus.amqp.as_ref().is_some_and(|a| a.publish_results);
-        let (results_tx, results_rx) = if publish {
-            let (tx, rx) = mpsc::channel(10_000);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
         let listen = config.daemon.listen.clone();
         let public_url = config
             .daemon
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{listen}"));
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_string();
         let scheduler = Scheduler::new(SchedulerParts {
             store: store.clone(),
             cfg: config.scheduler.clone(),
@@ -192,11 +181,10 @@ impl Daemon {
             farm: config.daemon.farm.clone(),
             providers: slots,
             tasks,
-            data_dir,
+            data_dir: data_dir.clone(),
             metrics: metrics.clone(),
             wake,
-            results: results_tx,
-            public_url,
+            public_url: public_url.clone(),
             dedup_horizon: Duration::from_secs(
                 config.bus.dedup_hours.unwrap_or(168).saturating_mul(3600),
             ),
@@ -210,9 +198,19 @@ impl Daemon {
             scheduler,
             api_token,
             listen,
-            results_rx: std::sync::Mutex::new(results_rx),
+            public_url,
+            data_dir,
             config,
         })
+    }
+
+    /// The AMQP settings with the client property `url` (where this farm is) filled in.
+    fn amqp_client(&self, a: &crate::config::AmqpConfig) -> crate::config::AmqpConfig {
+        let mut a = a.clone();
+        a.client_properties
+            .entry("url".into())
+            .or_insert_with(|| self.public_url.clone());
+        a
     }
 
     /// The AMQP bindings: the rules' topics and the configured extras.
@@ -228,8 +226,24 @@ impl Daemon {
         b
     }
 
+    /// The review UI and every API of `ferrotron web` over the daemon's store (so results
+    /// POSTed here are announced like the daemon's own), with its API token for writes and
+    /// its farm controls (jobs, farm, cancel that acts, rerun).
+    pub fn web_router(&self) -> axum::Router {
+        let tokens = self.api_token.iter().cloned().collect();
+        let farm = control::DaemonControl {
+            scheduler: self.scheduler.clone(),
+            intake: self.intake.clone(),
+        };
+        crate::web::router(
+            crate::web::WebState::new(self.store.clone(), self.data_dir.clone(), tokens)
+                .with_farm(Arc::new(farm)),
+        )
+    }
+
     /// Runs until SIGTERM or SIGINT (or until `stop` turns true), then shuts down in order.
-    /// `extra` routers (the web UI, the ResultsDB API) are merged into the HTTP server.
+    /// The HTTP server serves the daemon's own routes and the `extra` routers (`ferrotron
+    /// serve` passes [`Daemon::web_router`]).
     pub async fn run(
         self: Arc<Self>,
         extra: Vec<axum::Router>,
@@ -247,12 +261,17 @@ impl Daemon {
         let local = listener.local_addr().ok();
         let (stop_tx, stop_rx) = watch::channel(false);
 
-        let loops = self.scheduler.start().await;
+        let loops = self
+            .scheduler
+            .start()
+            .await
+            .map_err(|e| anyhow!("{}: {e}", self.config.path.display()))?;
+        let mut fatal = self.scheduler.fatal();
 
         let mut bus_tasks = Vec::new();
         if let Some(a) = &self.config.bus.amqp {
             let consumer = amqp::Consumer {
-                cfg: a.clone(),
+                cfg: self.amqp_client(a),
                 bindings: self.bindings(),
                 max_body: self.max_body,
                 handler: self.intake.clone(),
@@ -262,37 +281,22 @@ impl Daemon {
         }
         let (pub_stop_tx, pub_stop_rx) = watch::channel(false);
         let mut publisher = None;
-        let results_rx = self.results_rx.lock().expect("results lock").take();
-        if let (Some(a), Some(mut rx)) = (self.config.bus.amqp.clone(), results_rx) {
-            let (out_tx, out_rx) = mpsc::channel::<Outgoing>(10_000);
-            let topic = a.result_topic.clone();
-            tokio::spawn(async move {
-                while let Some(s) = rx.recv().await {
-                    let body = serde_json::to_value(&s).unwrap_or_default();
-                    if out_tx
-                        .send(Outgoing {
-                            topic: topic.clone(),
-                            body,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-            publisher = Some(tokio::spawn(amqp::publisher(
-                a,
-                out_rx,
-                self.metrics.clone(),
-                pub_stop_rx,
-            )));
+        if let Some(a) = self.config.bus.amqp.clone().filter(|a| a.publishes()) {
+            let announcer = announce::Announcer {
+                store: self.store.clone(),
+                cfg: self.amqp_client(&a),
+                public_url: self.public_url.clone(),
+                daemon_id: self.scheduler.daemon_id().to_string(),
+                metrics: self.metrics.clone(),
+            };
+            publisher = Some(tokio::spawn(announcer.run(pub_stop_rx)));
         }
 
         let mut app = http::router(self.clone());
         for r in extra {
             app = app.merge(r);
         }
+        let app = crate::web::with_access_log(app);
         let mut http_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -301,24 +305,37 @@ impl Daemon {
                 })
                 .await
         });
+        // Lifecycle lines go through tracing (info by default in serve), so that they
+        // follow --log-format like everything else.
         tracing::info!(
             daemon = %self.scheduler.daemon_id(),
-            "serving on {}",
-            local.map_or(self.listen.clone(), |a| a.to_string())
-        );
-        eprintln!(
+            providers = self.config.providers.len(),
+            tasks = self.config.tasks.len(),
+            rules = self.config.rules.len(),
+            amqp = self.config.bus.amqp.as_ref().map_or("off".to_string(), |a| crate::util::redact_url(&a.url)),
+            public_url = %self.public_url,
             "ferrotron serve: daemon {} listening on {}",
             self.scheduler.daemon_id(),
             local.map_or(self.listen.clone(), |a| a.to_string())
         );
+        sd_notify("READY=1\nSTATUS=serving");
 
-        wait_for_signal(external_stop).await;
-        eprintln!("ferrotron serve: shutting down: no new messages or claims");
+        let fatal_reason = tokio::select! {
+            _ = wait_for_signal(external_stop) => None,
+            r = fatal.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
+        };
+        tracing::info!("ferrotron serve: shutting down: no new messages or claims");
+        sd_notify("STOPPING=1\nSTATUS=shutting down");
         let _ = stop_tx.send(true);
+        // A consumer stuck on a store that does not answer must not hold the shutdown.
         for t in bus_tasks {
-            let _ = t.await;
+            let _ = tokio::time::timeout(Duration::from_secs(45), t).await;
         }
         let grace = Duration::from_secs(self.config.scheduler.shutdown_grace_s);
+        tracing::info!(
+            "ferrotron serve: letting running jobs finish (up to {}s)",
+            grace.as_secs()
+        );
         self.scheduler.shutdown(grace).await;
         loops.abort();
         let _ = pub_stop_tx.send(true);
@@ -326,8 +343,35 @@ impl Daemon {
             let _ = tokio::time::timeout(Duration::from_secs(15), p).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        eprintln!("ferrotron serve: stopped");
-        Ok(())
+        tracing::info!("ferrotron serve: stopped");
+        match fatal_reason {
+            Some(why) => Err(anyhow!(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit) how the daemon is doing: one datagram to
+/// `$NOTIFY_SOCKET` (a path, or `@name` in the abstract namespace). Nothing without it.
+pub fn sd_notify(state: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let target = target.to_string_lossy().into_owned();
+    let addr = match target.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name.as_bytes())
+        }
+        None => SocketAddr::from_pathname(&target),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!("NOTIFY_SOCKET {target}: cannot tell systemd `{state}`: {e}");
     }
 }
 
@@ -358,4 +402,19 @@ async fn wait_for_signal(external: Option<watch::Receiver<bool>>) {
 /// Loads the config for `serve`, with a message naming the file.
 pub fn load_config(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_guest_defaults_of_serve_and_run_agree() {
+        assert_eq!(
+            super::guest_limits(&crate::config::GuestConfig::default()),
+            crate::runner::GuestLimits::default()
+        );
+        assert_eq!(
+            crate::config::GuestConfig::default().console_bytes(),
+            crate::provider::DEFAULT_CONSOLE_CAP
+        );
+    }
 }

@@ -18,6 +18,8 @@ macro_rules! data_lookup_sql {
     };
 }
 
+mod farm;
+mod outbox;
 mod query;
 mod queue;
 mod results;
@@ -34,13 +36,19 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
+pub use farm::{Hold, JobFilter, NewHold};
+pub use outbox::{OutboxEntry, OutboxKind, OutboxPolicy};
 pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
     like_pattern,
 };
-pub use queue::{Enqueued, Job, JobEnd, NewJob, TaskLoad, run_uuid};
+pub use queue::{
+    DaemonRecord, Enqueued, Fence, Job, JobEnd, NewJob, Recovered, Registration, TaskLoad, run_uuid,
+};
 pub use results::{NewGroup, NewResult, StoredResult};
-pub use runs::{Attempt, NewRun, Phase, RunRecord, RunState, UnknownRunState};
+pub use runs::{
+    Attempt, NewRun, Phase, RunCompletion, RunParams, RunRecord, RunState, UnknownRunState,
+};
 
 /// Which SQL engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +93,12 @@ pub enum StoreError {
     Invalid { op: String, message: String },
     #[error("{op}: unreadable row: {message}")]
     Corrupt { op: String, message: String },
+    #[error(
+        "{op}: this daemon no longer holds job {job} (its claim was taken over by another daemon, or the job ended); nothing was written"
+    )]
+    Fenced { op: String, job: i64 },
+    #[error("{op}: the database did not answer within {} s", after.as_secs())]
+    Unanswered { op: String, after: Duration },
 }
 
 impl StoreError {
@@ -96,6 +110,31 @@ impl StoreError {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })
+    }
+
+    /// True when a fenced write was refused: the claim is someone else's now.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
+
+    /// True when trying again later may succeed: the database could not be reached or the
+    /// connection broke (as opposed to a refused or invalid write).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db { source, .. } => match source {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::BeginFailed => true,
+                // A server shutting down, a full disk, a lock timeout: not a refused write.
+                sqlx::Error::Database(e) => e.kind() == sqlx::error::ErrorKind::Other,
+                _ => false,
+            },
+            StoreError::Io { .. } | StoreError::Unanswered { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -109,6 +148,12 @@ pub(crate) fn db<F: FnOnce() -> String>(op: F) -> impl FnOnce(sqlx::Error) -> St
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// Which bus messages writes add to the outbox (none unless the process publishes).
+    outbox: OutboxPolicy,
+    /// Signalled after a commit that wrote outbox rows (shared by clones).
+    outbox_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Set on a handle made by [`Store::fenced`]: run writes check the claim first.
+    fence: Option<std::sync::Arc<Fence>>,
 }
 
 impl Store {
@@ -125,7 +170,7 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Dialect::Postgres
         } else {
-            return Err(StoreError::UnsupportedUrl(redact(url)));
+            return Err(StoreError::UnsupportedUrl(crate::util::redact_url(url)));
         };
 
         let pool = match dialect {
@@ -135,11 +180,29 @@ impl Store {
                 .test_before_acquire(false)
                 .connect(url)
                 .await
-                .map_err(db(|| format!("connecting to {}", redact(url))))?,
+                .map_err(db(|| {
+                    format!("connecting to {}", crate::util::redact_url(url))
+                }))?,
             Dialect::Sqlite => open_sqlite(url).await?,
         };
         schema::migrate(&pool, dialect).await?;
-        Ok(Store { pool, dialect })
+        Ok(Store {
+            pool,
+            dialect,
+            outbox: OutboxPolicy::default(),
+            outbox_wake: Default::default(),
+            fence: None,
+        })
+    }
+
+    /// The same store, with every write about a run (create, state, completion) made only
+    /// while `fence`'s claim is still held: the handle a daemon gives the runner of a job,
+    /// so that a daemon whose job was taken over cannot record a result for it.
+    pub fn fenced(&self, fence: Fence) -> Store {
+        Store {
+            fence: Some(std::sync::Arc::new(fence)),
+            ..self.clone()
+        }
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -228,6 +291,9 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
                     "PRAGMA foreign_keys = ON",
                     "PRAGMA busy_timeout = 5000",
                     "PRAGMA synchronous = NORMAL",
+                    // LIKE as PostgreSQL's: case-sensitive (`:like` filters answer the same
+                    // rows whatever the store).
+                    "PRAGMA case_sensitive_like = ON",
                 ] {
                     sqlx::query(pragma).execute(&mut *conn).await?;
                 }
@@ -254,22 +320,6 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
             .map_err(db(|| format!("enabling WAL on {url}")))?;
     }
     Ok(pool)
-}
-
-/// The URL with its password replaced by `***`, for messages.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 /// A column of `row`, with a message naming the column on failure.

@@ -324,25 +324,16 @@ impl Store {
     }
 
     /// The newest result matching `f` per testcase, and per the first value of each of
-    /// the `distinct_on` data keys (ResultsDB's `/results/latest`), newest first. Two
+    /// the `distinct_on` data keys (ResultsDB's `/results/latest`), newest first: at most
+    /// `limit` of them, plus one more when there are more (so the caller can tell). Two
     /// statements.
     pub async fn latest_results(
         &self,
         f: &ResultFilter,
         distinct_on: &[String],
+        limit: u32,
     ) -> Result<Vec<StoredResult>, StoreError> {
-        let mut sql = Sql::new(RESULT_ROWS);
-        sql.push(" AND r.id IN (SELECT id FROM (SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.testcase_id");
-        for key in distinct_on {
-            let k = sql.arg_str(key);
-            sql.push(&format!(
-                ", (SELECT dd.value FROM result_data dd WHERE dd.result_id = r.id \
-                 AND dd.key = {k} ORDER BY dd.ord LIMIT 1)"
-            ));
-        }
-        sql.push(" ORDER BY r.submit_time DESC, r.id DESC) AS rn FROM results r");
-        f.where_sql(&mut sql);
-        sql.push(") x WHERE rn = 1) ORDER BY r.submit_time DESC, r.id DESC");
+        let sql = latest_sql(f, distinct_on, limit);
         self.load_rows(&sql, || "listing the latest results".to_string())
             .await
     }
@@ -383,9 +374,7 @@ impl Store {
             let kind: i64 = col(&row, "kind").map_err(corrupt)?;
             let k: String = col(&row, "k").map_err(corrupt)?;
             if kind == 0 {
-                let uuid =
-                    Uuid::parse_str(&k).map_err(|e| corrupt(format!("group uuid `{k}`: {e}")))?;
-                results[i].groups.push(uuid);
+                results[i].groups.push(k);
             } else {
                 let v: String = col(&row, "v").map_err(corrupt)?;
                 results[i].data.entry(k).or_default().push(v);
@@ -445,7 +434,7 @@ impl Store {
     /// Creates the group, or updates the description/ref_url given (POST /groups).
     pub async fn upsert_group(
         &self,
-        uuid: Uuid,
+        uuid: &str,
         description: Option<&str>,
         ref_url: Option<&str>,
     ) -> Result<GroupRow, StoreError> {
@@ -456,7 +445,7 @@ impl Store {
              description = COALESCE(excluded.description, result_groups.description), \
              ref_url = COALESCE(excluded.ref_url, result_groups.ref_url)",
         )
-        .bind(uuid.to_string())
+        .bind(uuid)
         .bind(description)
         .bind(ref_url)
         .execute(&self.pool)
@@ -763,6 +752,29 @@ impl Store {
     }
 }
 
+/// The statement of [`Store::latest_results`].
+fn latest_sql(f: &ResultFilter, distinct_on: &[String], limit: u32) -> Sql {
+    let mut sql = Sql::new(RESULT_ROWS);
+    sql.push(
+        " AND r.id IN (SELECT id FROM (SELECT r.id, ROW_NUMBER() OVER (PARTITION BY r.testcase_id",
+    );
+    for key in distinct_on {
+        let k = sql.arg_str(key);
+        sql.push(&format!(
+            ", (SELECT dd.value FROM result_data dd WHERE dd.result_id = r.id \
+             AND dd.key = {k} ORDER BY dd.ord LIMIT 1)"
+        ));
+    }
+    sql.push(" ORDER BY r.submit_time DESC, r.id DESC) AS rn FROM results r");
+    f.where_sql(&mut sql);
+    // `+`: with the LIMIT, a planner could otherwise walk the whole submit_time index in
+    // order, testing each result against the (small) set of latest ids.
+    sql.push(") x WHERE rn = 1) ORDER BY +r.submit_time DESC, r.id DESC");
+    let l = sql.arg_i64(i64::from(limit) + 1);
+    sql.push(&format!(" LIMIT {l}"));
+    sql
+}
+
 fn group_from_row(row: &AnyRow) -> Result<GroupRow, String> {
     Ok(GroupRow {
         uuid: col(row, "uuid")?,
@@ -825,6 +837,19 @@ mod tests {
             outcomes: vec!["PASSED".into()],
             ..ResultFilter::default()
         };
+        // The whole /results/latest statement (Greenwave's query shape): driven by the item
+        // index, no scan of results in submit_time order despite its LIMIT.
+        let mut latest = latest_sql(&broad, &["arch".to_string()], 10_000);
+        latest.text = format!("EXPLAIN QUERY PLAN {}", latest.text);
+        let rows = latest.query().fetch_all(store.pool()).await.unwrap();
+        let p = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(3).unwrap())
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(p.contains("result_data_lookup (key=? AND <expr>=?)"), "{p}");
+        assert!(!p.contains("SCAN r"), "{p}");
+        assert!(!p.contains("results_submit_time"), "{p}");
         for (f, latest) in [(&item_only, false), (&broad, false), (&broad, true)] {
             let p = plan(&store, f, latest).await;
             assert!(p.contains("result_data_lookup (key=? AND <expr>=?)"), "{p}");

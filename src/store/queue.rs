@@ -22,60 +22,12 @@ use uuid::Uuid;
 use super::runs::RunState;
 use super::{Dialect, Store, StoreError, col, db, from_micros, now_micros};
 
-/// The schema this module owns.
-pub(crate) const MIGRATION: super::schema::Migration = super::schema::Migration {
-    version: 2,
-    name: "job queue and seen message ids",
-    statements: &[
-        "CREATE TABLE jobs (
-            id AUTO_ID,
-            uuid TEXT NOT NULL UNIQUE,
-            message_id TEXT,
-            topic TEXT NOT NULL,
-            rule TEXT NOT NULL,
-            task TEXT NOT NULL,
-            item TEXT NOT NULL,
-            item_type TEXT NOT NULL,
-            arch TEXT NOT NULL,
-            pool TEXT NOT NULL,
-            provider TEXT,
-            priority INTEGER NOT NULL,
-            state TEXT NOT NULL,
-            attempts INTEGER NOT NULL,
-            max_attempts INTEGER NOT NULL,
-            claimed_by TEXT,
-            lease_until BIGINT,
-            not_before BIGINT NOT NULL,
-            received_at BIGINT NOT NULL,
-            created_at BIGINT NOT NULL,
-            claimed_at BIGINT,
-            finished_at BIGINT,
-            error TEXT,
-            outcome TEXT
-        )",
-        // The claim: queued jobs of one pool and task, best priority first, then oldest.
-        // The predicate must match `QUEUED` textually for SQLite to use the index.
-        "CREATE INDEX jobs_ready ON jobs (pool, task, priority, id) WHERE state = 'queued'",
-        // Heartbeats and recovery: claimed jobs by owner and by lease.
-        "CREATE INDEX jobs_claimed ON jobs (claimed_by, lease_until)
-            WHERE state IN ('provisioning', 'running', 'collecting')",
-        "CREATE INDEX jobs_message ON jobs (message_id)",
-        "CREATE INDEX jobs_state ON jobs (state)",
-        "CREATE TABLE seen_messages (
-            message_id TEXT PRIMARY KEY,
-            topic TEXT NOT NULL,
-            received_at BIGINT NOT NULL,
-            jobs INTEGER NOT NULL
-        )",
-        "CREATE INDEX seen_messages_received ON seen_messages (received_at)",
-    ],
-};
+pub(super) const IN_FLIGHT: &str = "state IN ('provisioning', 'running', 'collecting')";
 
-const IN_FLIGHT: &str = "state IN ('provisioning', 'running', 'collecting')";
-
-const JOB_COLUMNS: &str = "id, uuid, message_id, topic, rule, task, item, item_type, arch, pool, \
-    provider, priority, state, attempts, max_attempts, claimed_by, lease_until, not_before, \
-    received_at, created_at, claimed_at, finished_at, error, outcome";
+pub(super) const JOB_COLUMNS: &str = "id, uuid, message_id, topic, rule, task, item, item_type, \
+    arch, pool, provider, priority, state, attempts, max_attempts, claimed_by, lease_until, \
+    not_before, received_at, created_at, claimed_at, finished_at, error, outcome, lease_token, \
+    image";
 
 /// The run of attempt `attempt` (1-based) of job `job`: the job's uuid with the attempt
 /// number folded into its random low bits (still a valid v7 uuid, still time-ordered).
@@ -136,6 +88,12 @@ pub struct Job {
     pub error: Option<String>,
     /// A one-line summary of the last run's outcome.
     pub outcome: Option<String>,
+    /// The image its runs are created from instead of the provider's (a rerun keeps the
+    /// image of the run it repeats); `None`: the provider's configured image.
+    pub image: Option<String>,
+    /// The token of the current (or last) claim; `None` before the first claim and after
+    /// a takeover.
+    pub lease_token: Option<String>,
 }
 
 impl Job {
@@ -143,6 +101,43 @@ impl Job {
     pub fn current_run(&self) -> Option<Uuid> {
         (self.attempts > 0).then(|| run_uuid(self.uuid, self.attempts))
     }
+
+    /// What a holder of this claim presents with every write about the job.
+    pub fn fence(&self) -> Option<Fence> {
+        self.lease_token.as_ref().map(|t| Fence {
+            job: self.id,
+            token: t.clone(),
+        })
+    }
+}
+
+/// Proof of a claim: the job and the token its claim was given. A write that carries it
+/// succeeds only while the job is in flight under exactly this claim, so a daemon whose
+/// lease was taken over can no longer end, extend or record anything for the job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub job: i64,
+    pub token: String,
+}
+
+/// A daemon id as registered in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonRecord {
+    pub id: String,
+    pub instance: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: OffsetDateTime,
+    pub seen_at: OffsetDateTime,
+}
+
+/// What [`Store::register_daemon`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// The id is now this process's.
+    Registered,
+    /// Another process holds the id and renewed it within the staleness limit.
+    Held(DaemonRecord),
 }
 
 /// Queued and in-flight jobs of one task in one pool (the scheduler's fair-share input).
@@ -212,10 +207,12 @@ fn job_from_row(row: &AnyRow) -> Result<Job, String> {
         finished_at: ot("finished_at")?,
         error: col(row, "error")?,
         outcome: col(row, "outcome")?,
+        image: col(row, "image")?,
+        lease_token: col(row, "lease_token")?,
     })
 }
 
-fn jobs_from_rows(rows: &[AnyRow], op: &str) -> Result<Vec<Job>, StoreError> {
+pub(super) fn jobs_from_rows(rows: &[AnyRow], op: &str) -> Result<Vec<Job>, StoreError> {
     rows.iter()
         .map(job_from_row)
         .collect::<Result<_, _>>()
@@ -231,6 +228,106 @@ fn micros_of(t: OffsetDateTime) -> i64 {
 
 fn lease_end(lease: Duration) -> i64 {
     now_micros().saturating_add(super::duration_micros(lease))
+}
+
+/// Lease tokens per heartbeat statement (well below either engine's parameter limit).
+const TOKENS_PER_STATEMENT: usize = 500;
+
+/// What [`Store::recover_job`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub end: JobEnd,
+    /// The run was cut short and is now marked crashed.
+    pub run_closed: bool,
+}
+
+/// The UPDATE that ends a job as `end` says, its own values bound as `$1`–`$4`; `guard`
+/// (a WHERE clause) continues at `$5`. A takeover also clears the lease token, so the old
+/// holder's fence no longer matches.
+fn end_query<'q>(
+    end: &'q JobEnd,
+    take_over: bool,
+    guard: &str,
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>, String> {
+    let token = if take_over {
+        ", lease_token = NULL"
+    } else {
+        ""
+    };
+    Ok(match end {
+        JobEnd::Done {
+            state,
+            outcome,
+            error,
+        } => {
+            if !state.is_terminal() {
+                return Err(format!("{state} is not a terminal state"));
+            }
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE jobs SET state = $1, outcome = $2, error = $3, finished_at = $4, \
+                 lease_until = NULL{token} {guard}"
+            )))
+            .bind(state.as_str())
+            .bind(outcome.as_deref())
+            .bind(error.as_deref())
+            .bind(now_micros())
+        }
+        JobEnd::Requeue {
+            not_before,
+            error,
+            free_attempt,
+        } => sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = 'queued', claimed_by = NULL, lease_until = NULL, \
+             not_before = $1, error = $2, max_attempts = max_attempts + $3, \
+             outcome = $4{token} {guard}"
+        )))
+        .bind(micros_of(*not_before))
+        .bind(error.as_deref())
+        .bind(i64::from(*free_attempt))
+        .bind(None::<String>),
+    })
+}
+
+fn daemon_from_row(row: &AnyRow) -> Result<DaemonRecord, String> {
+    let pid: i64 = col(row, "pid")?;
+    Ok(DaemonRecord {
+        id: col(row, "id")?,
+        instance: col(row, "instance")?,
+        host: col(row, "host")?,
+        pid: u32::try_from(pid).map_err(|_| format!("column pid: {pid} out of range"))?,
+        started_at: from_micros(col(row, "started_at")?)?,
+        seen_at: from_micros(col(row, "seen_at")?)?,
+    })
+}
+
+/// Inside a write transaction: fails with [`StoreError::Fenced`] unless `fence`'s claim is
+/// still in flight. On PostgreSQL the job row stays share-locked until the transaction
+/// ends, so a takeover ([`Store::recover_job`]) waits for it and then sees what it wrote.
+pub(crate) async fn check_fence(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    fence: &Fence,
+    op: &str,
+) -> Result<(), StoreError> {
+    let lock = match dialect {
+        Dialect::Postgres => " FOR SHARE",
+        Dialect::Sqlite => "",
+    };
+    let held = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id FROM jobs WHERE id = $1 AND lease_token = $2 AND {IN_FLIGHT}{lock}"
+    )))
+    .bind(fence.job)
+    .bind(fence.token.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db(|| op.to_string()))?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Fenced {
+            op: op.to_string(),
+            job: fence.job,
+        }),
+    }
 }
 
 impl Store {
@@ -334,8 +431,9 @@ impl Store {
     }
 
     /// Claims up to `n` runnable queued jobs of `task` in `pool` for `owner`, best priority
-    /// first, then oldest: state `provisioning`, attempts + 1, a lease of `lease`. One
-    /// statement; on PostgreSQL rows another daemon is claiming are skipped, not waited for.
+    /// first, then oldest: state `provisioning`, attempts + 1, a lease of `lease` and a fresh
+    /// lease token per job ([`Job::fence`]). One statement; on PostgreSQL rows another daemon
+    /// is claiming are skipped, not waited for.
     pub async fn claim(
         &self,
         pool: &str,
@@ -350,11 +448,14 @@ impl Store {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
         };
+        // One random part per statement and the job id make each token unique per claim.
+        let batch = Uuid::new_v4().simple().to_string();
         let sql = format!(
             "UPDATE jobs SET state = 'provisioning', claimed_by = $1, provider = $2, \
-             lease_until = $3, claimed_at = $4, attempts = attempts + 1, error = NULL \
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND pool = $5 AND task = $6 \
-             AND not_before <= $4 ORDER BY priority DESC, id LIMIT $7{lock}) \
+             lease_until = $3, claimed_at = $4, attempts = attempts + 1, error = NULL, \
+             lease_token = CAST($5 AS TEXT) || ':' || CAST(id AS TEXT) \
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND pool = $6 AND task = $7 \
+             AND not_before <= $4 ORDER BY priority DESC, id LIMIT $8{lock}) \
              RETURNING {JOB_COLUMNS}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -362,6 +463,7 @@ impl Store {
             .bind(provider)
             .bind(lease_end(lease))
             .bind(now_micros())
+            .bind(batch)
             .bind(pool)
             .bind(task)
             .bind(n as i64)
@@ -373,39 +475,62 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Renews the lease of every job `owner` holds; returns the ids it still holds (a job
-    /// missing from the answer was recovered by another daemon: stop running it).
-    pub async fn heartbeat(&self, owner: &str, lease: Duration) -> Result<Vec<i64>, StoreError> {
-        let sql = format!(
-            "UPDATE jobs SET lease_until = $1 WHERE claimed_by = $2 AND {IN_FLIGHT} RETURNING id"
-        );
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(lease_end(lease))
-            .bind(owner)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db(|| format!("renewing the leases of {owner}")))
-    }
-
-    /// Records the in-flight state of jobs `owner` holds (runs report their phases; the
-    /// scheduler writes them in batches). Jobs no longer held are left alone.
-    pub async fn set_job_states(
+    /// Renews the leases of the claims in `fences` that `owner` still holds and returns
+    /// those (a claim missing from the answer was taken over: stop its run). Only the claims
+    /// named are renewed, so a job this daemon no longer works on runs out of lease.
+    pub async fn heartbeat(
         &self,
         owner: &str,
-        states: &[(i64, RunState)],
-    ) -> Result<(), StoreError> {
+        fences: &[Fence],
+        lease: Duration,
+    ) -> Result<Vec<Fence>, StoreError> {
+        let op = || format!("renewing the leases of {owner}");
+        let until = lease_end(lease);
+        let mut held = Vec::with_capacity(fences.len());
+        for chunk in fences.chunks(TOKENS_PER_STATEMENT) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE jobs SET lease_until = $1 WHERE claimed_by = $2 AND {IN_FLIGHT} \
+                 AND lease_token IN ({list}) RETURNING id, lease_token"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(until).bind(owner);
+            for f in chunk {
+                q = q.bind(f.token.as_str());
+            }
+            let rows = q.fetch_all(&self.pool).await.map_err(db(op))?;
+            for row in &rows {
+                let fence = (|| -> Result<Fence, String> {
+                    Ok(Fence {
+                        job: col(row, "id")?,
+                        token: col(row, "lease_token")?,
+                    })
+                })()
+                .map_err(|message| StoreError::Corrupt { op: op(), message })?;
+                held.push(fence);
+            }
+        }
+        Ok(held)
+    }
+
+    /// Records the in-flight state of claimed jobs (runs report their phases; the scheduler
+    /// writes them in batches). Claims no longer held are left alone.
+    pub async fn set_job_states(&self, states: &[(Fence, RunState)]) -> Result<(), StoreError> {
         if states.is_empty() {
             return Ok(());
         }
-        let op = || format!("recording job states for {owner}");
+        let op = || format!("recording the states of {} jobs", states.len());
         let mut tx = self.begin().await.map_err(db(op))?;
-        let sql =
-            format!("UPDATE jobs SET state = $1 WHERE id = $2 AND claimed_by = $3 AND {IN_FLIGHT}");
-        for (id, state) in states {
+        let sql = format!(
+            "UPDATE jobs SET state = $1 WHERE id = $2 AND lease_token = $3 AND {IN_FLIGHT}"
+        );
+        for (fence, state) in states {
             sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(state.as_str())
-                .bind(id)
-                .bind(owner)
+                .bind(fence.job)
+                .bind(fence.token.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(db(op))?;
@@ -413,76 +538,63 @@ impl Store {
         tx.commit().await.map_err(db(op))
     }
 
-    /// Ends attempt `attempt` of job `id`, which `owner` holds. Returns false (and changes
-    /// nothing) when the claim is no longer `owner`'s: the job was recovered elsewhere.
-    pub async fn end_job(
-        &self,
-        id: i64,
-        owner: &str,
-        attempt: u32,
-        end: &JobEnd,
-    ) -> Result<bool, StoreError> {
-        self.end_job_if(id, owner, attempt, end, None).await
+    /// Ends the job under the claim `fence` proves. Returns false (and changes nothing) when
+    /// the claim is no longer held: the job was taken over. Safe to repeat: an end whose
+    /// answer was lost on the way (the commit landed, the connection did not) is found again
+    /// by its token and answers true.
+    pub async fn end_job(&self, fence: &Fence, end: &JobEnd) -> Result<bool, StoreError> {
+        self.end_job_announcing(fence, end, None).await
     }
 
-    /// [`Store::end_job`], and with `orphaned`, only while the lease is still expired or the
-    /// claim belongs to the given previous life of this daemon. One statement, so a
-    /// heartbeat that renews the lease meanwhile wins.
-    async fn end_job_if(
+    /// [`Store::end_job`], adding `announce` (a run message's JSON body) to the outbox in
+    /// the same transaction when this store announces runs: the message exists exactly when
+    /// the end is committed (a repeated end finds it committed and adds nothing).
+    pub async fn end_job_announcing(
         &self,
-        id: i64,
-        owner: &str,
-        attempt: u32,
+        fence: &Fence,
         end: &JobEnd,
-        orphaned: Option<&str>,
+        announce: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let op = || format!("ending job {id}");
-        let mut guard =
-            format!("WHERE id = $5 AND claimed_by = $6 AND attempts = $7 AND {IN_FLIGHT}");
-        if orphaned.is_some() {
-            guard.push_str(" AND (lease_until < $8 OR claimed_by = $9)");
-        }
-        let q = match end {
-            JobEnd::Done {
-                state,
-                outcome,
-                error,
-            } => {
-                if !state.is_terminal() {
-                    return Err(StoreError::Invalid {
-                        op: op(),
-                        message: format!("{state} is not a terminal state"),
-                    });
+        let op = || format!("ending job {}", fence.job);
+        let q = end_query(
+            end,
+            false,
+            &format!("WHERE id = $5 AND lease_token = $6 AND {IN_FLIGHT}"),
+        )
+        .map_err(|message| StoreError::Invalid { op: op(), message })?;
+        let q = q.bind(fence.job).bind(fence.token.as_str());
+        let ended = match announce.filter(|_| self.outbox.wants(super::OutboxKind::Run)) {
+            None => q.execute(&self.pool).await.map_err(db(op))?.rows_affected() == 1,
+            Some(body) => {
+                let mut tx = self.begin().await.map_err(db(op))?;
+                let ended = q.execute(&mut *tx).await.map_err(db(op))?.rows_affected() == 1;
+                if ended {
+                    super::outbox::insert(&mut tx, super::OutboxKind::Run, body)
+                        .await
+                        .map_err(db(op))?;
                 }
-                sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE jobs SET state = $1, outcome = $2, error = $3, finished_at = $4, \
-                     lease_until = NULL {guard}"
-                )))
-                .bind(state.as_str())
-                .bind(outcome.as_deref())
-                .bind(error.as_deref())
-                .bind(now_micros())
+                tx.commit().await.map_err(db(op))?;
+                if ended {
+                    self.outbox_committed();
+                }
+                ended
             }
-            JobEnd::Requeue {
-                not_before,
-                error,
-                free_attempt,
-            } => sqlx::query(AssertSqlSafe(format!(
-                "UPDATE jobs SET state = 'queued', claimed_by = NULL, lease_until = NULL, \
-                 not_before = $1, error = $2, max_attempts = max_attempts + $3, \
-                 outcome = $4 {guard}"
-            )))
-            .bind(micros_of(*not_before))
-            .bind(error.as_deref())
-            .bind(i64::from(*free_attempt))
-            .bind(None::<String>),
         };
-        let mut q = q.bind(id).bind(owner).bind(i64::from(attempt));
-        if let Some(previous) = orphaned {
-            q = q.bind(now_micros()).bind(previous);
+        if ended {
+            return Ok(true);
         }
-        let done = q.execute(&self.pool).await.map_err(db(op))?;
-        Ok(done.rows_affected() == 1)
+        let row = sqlx::query("SELECT state, lease_token FROM jobs WHERE id = $1")
+            .bind(fence.job)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db(op))?;
+        let Some(row) = row else { return Ok(false) };
+        let state: String =
+            col(&row, "state").map_err(|message| StoreError::Corrupt { op: op(), message })?;
+        let token: Option<String> = col(&row, "lease_token")
+            .map_err(|message| StoreError::Corrupt { op: op(), message })?;
+        let in_flight = matches!(state.as_str(), "provisioning" | "running" | "collecting");
+        Ok(!in_flight && token.as_deref() == Some(fence.token.as_str()))
     }
 
     /// Claimed jobs whose lease ran out, and (when given) every claimed job of
@@ -500,23 +612,222 @@ impl Store {
         jobs_from_rows(&rows, "looking for orphaned jobs")
     }
 
-    /// Takes over an orphaned job (as read by [`Store::orphaned_jobs`]) and ends it with
-    /// `end`, unless someone renewed or ended it meanwhile. Returns whether it did.
+    /// Takes over an orphaned job (as read by [`Store::orphaned_jobs`]), in one transaction:
+    /// if its claim is still the one read and still orphaned (lease run out, or held by
+    /// `previous_self`), reads its run's state and error, ends the job as `decide` says
+    /// (clearing the lease token: the old holder's writes now fail), and marks a run that
+    /// was cut short `crashed` with `crash_exit` and `crash_note`. `None`: someone renewed
+    /// or ended the job meanwhile, nothing was changed.
+    ///
+    /// A fenced write of the old holder ([`Store::fenced`]) and this takeover exclude each
+    /// other: whichever commits second sees what the first wrote.
     pub async fn recover_job(
         &self,
         job: &Job,
         previous_self: Option<&str>,
-        end: &JobEnd,
-    ) -> Result<bool, StoreError> {
-        let owner = job.claimed_by.clone().unwrap_or_default();
-        self.end_job_if(
-            job.id,
-            &owner,
-            job.attempts,
-            end,
-            Some(previous_self.unwrap_or("")),
-        )
+        decide: impl FnOnce(&Job, Option<(RunState, Option<String>)>) -> JobEnd,
+        crash_exit: i32,
+        crash_note: &str,
+    ) -> Result<Option<Recovered>, StoreError> {
+        let op = || format!("recovering job {}", job.uuid);
+        let lock = match self.dialect() {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        let mut tx = self.begin().await.map_err(db(op))?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1{lock}"
+        )))
+        .bind(job.id)
+        .fetch_all(&mut *tx)
         .await
+        .map_err(db(op))?;
+        let Some(cur) = jobs_from_rows(&rows, &op())?.into_iter().next() else {
+            return Ok(None);
+        };
+        let expired = cur
+            .lease_until
+            .is_none_or(|t| t < OffsetDateTime::now_utc());
+        let previous = previous_self.is_some() && cur.claimed_by.as_deref() == previous_self;
+        if !cur.state.is_in_flight()
+            || cur.lease_token != job.lease_token
+            || cur.attempts != job.attempts
+            || !(expired || previous)
+        {
+            tx.rollback().await.map_err(db(op))?;
+            return Ok(None);
+        }
+        let run = cur.current_run();
+        let run_state = match run {
+            Some(run) => {
+                let row = sqlx::query("SELECT state, error FROM runs WHERE uuid = $1")
+                    .bind(run.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db(op))?;
+                match row {
+                    Some(row) => {
+                        let state: String = col(&row, "state")
+                            .map_err(|message| StoreError::Corrupt { op: op(), message })?;
+                        let state: RunState =
+                            state.parse().map_err(|e: super::UnknownRunState| {
+                                StoreError::Corrupt {
+                                    op: op(),
+                                    message: e.to_string(),
+                                }
+                            })?;
+                        let error: Option<String> = col(&row, "error")
+                            .map_err(|message| StoreError::Corrupt { op: op(), message })?;
+                        Some((state, error))
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        let end = decide(&cur, run_state.clone());
+        end_query(&end, true, "WHERE id = $5")
+            .map_err(|message| StoreError::Invalid { op: op(), message })?
+            .bind(cur.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+        let mut run_closed = false;
+        if let (Some(run), Some((state, _))) = (run, &run_state)
+            && !state.is_terminal()
+        {
+            sqlx::query(
+                "UPDATE runs SET state = $1, exit_code = $2, error = $3, finished_at = $4 \
+                 WHERE uuid = $5",
+            )
+            .bind(RunState::Crashed.as_str())
+            .bind(crash_exit)
+            .bind(crash_note)
+            .bind(now_micros())
+            .bind(run.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+            run_closed = true;
+        }
+        tx.commit().await.map_err(db(op))?;
+        Ok(Some(Recovered { end, run_closed }))
+    }
+
+    // --- daemon ids ------------------------------------------------------------------------
+
+    /// Registers `me` as the process holding daemon id `me.id`, unless another process
+    /// holds it and renewed it less than `stale_after` ago; `dead` names an instance known
+    /// to be gone (its process no longer exists), which is replaced whatever its age.
+    pub async fn register_daemon(
+        &self,
+        me: &DaemonRecord,
+        stale_after: Duration,
+        dead: Option<&str>,
+    ) -> Result<Registration, StoreError> {
+        let op = || format!("registering daemon id {}", me.id);
+        let lock = match self.dialect() {
+            Dialect::Postgres => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        let mut tx = self.begin().await.map_err(db(op))?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, instance, host, pid, started_at, seen_at FROM daemons WHERE id = $1{lock}"
+        )))
+        .bind(&me.id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db(op))?;
+        let now = now_micros();
+        if let Some(row) = rows.first() {
+            let cur = daemon_from_row(row)
+                .map_err(|message| StoreError::Corrupt { op: op(), message })?;
+            let stale =
+                micros_of(cur.seen_at) < now.saturating_sub(super::duration_micros(stale_after));
+            if cur.instance != me.instance && !stale && dead != Some(cur.instance.as_str()) {
+                tx.rollback().await.map_err(db(op))?;
+                return Ok(Registration::Held(cur));
+            }
+            sqlx::query(
+                "UPDATE daemons SET instance = $1, host = $2, pid = $3, started_at = $4, \
+                 seen_at = $5 WHERE id = $6",
+            )
+            .bind(&me.instance)
+            .bind(&me.host)
+            .bind(i64::from(me.pid))
+            .bind(micros_of(me.started_at))
+            .bind(now)
+            .bind(&me.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+        } else {
+            let done = sqlx::query(
+                "INSERT INTO daemons (id, instance, host, pid, started_at, seen_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&me.id)
+            .bind(&me.instance)
+            .bind(&me.host)
+            .bind(i64::from(me.pid))
+            .bind(micros_of(me.started_at))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db(op))?;
+            if done.rows_affected() == 0 {
+                // Another process registered the id between our read and our insert.
+                tx.rollback().await.map_err(db(op))?;
+                return match self.daemon(&me.id).await? {
+                    Some(cur) => Ok(Registration::Held(cur)),
+                    None => Err(StoreError::Invalid {
+                        op: op(),
+                        message: "the registration vanished while it was made; try again".into(),
+                    }),
+                };
+            }
+        }
+        tx.commit().await.map_err(db(op))?;
+        Ok(Registration::Registered)
+    }
+
+    /// Says that `instance` still holds daemon id `id`. False: another process took the id
+    /// over (this one was thought dead).
+    pub async fn renew_daemon(&self, id: &str, instance: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE daemons SET seen_at = $1 WHERE id = $2 AND instance = $3")
+            .bind(now_micros())
+            .bind(id)
+            .bind(instance)
+            .execute(&self.pool)
+            .await
+            .map_err(db(|| format!("renewing daemon id {id}")))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives daemon id `id` up (a clean shutdown), if `instance` still holds it.
+    pub async fn release_daemon(&self, id: &str, instance: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM daemons WHERE id = $1 AND instance = $2")
+            .bind(id)
+            .bind(instance)
+            .execute(&self.pool)
+            .await
+            .map_err(db(|| format!("releasing daemon id {id}")))?;
+        Ok(())
+    }
+
+    /// The registration of daemon id `id`.
+    pub async fn daemon(&self, id: &str) -> Result<Option<DaemonRecord>, StoreError> {
+        let op = || format!("reading daemon id {id}");
+        let row = sqlx::query(
+            "SELECT id, instance, host, pid, started_at, seen_at FROM daemons WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db(op))?;
+        row.map(|r| daemon_from_row(&r))
+            .transpose()
+            .map_err(|message| StoreError::Corrupt { op: op(), message })
     }
 
     pub async fn job(&self, uuid: Uuid) -> Result<Option<Job>, StoreError> {
@@ -703,15 +1014,30 @@ mod tests {
             outcome: Some("1 PASSED".into()),
             error: None,
         };
-        // Not d2's to end, nor an older attempt's.
-        assert!(!s.end_job(j.id, "d2", 1, &done).await.unwrap());
-        assert!(!s.end_job(j.id, "d1", 2, &done).await.unwrap());
+        // Not ended without this claim's token, nor with another job's.
+        let forged = Fence {
+            job: j.id,
+            token: "forged".into(),
+        };
+        assert!(!s.end_job(&forged, &done).await.unwrap());
+        let fence = j.fence().unwrap();
+        assert!(
+            !s.end_job(
+                &Fence {
+                    job: j.id + 1,
+                    ..fence.clone()
+                },
+                &done
+            )
+            .await
+            .unwrap()
+        );
         let later = JobEnd::Requeue {
             not_before: OffsetDateTime::now_utc() + Duration::from_secs(3600),
             error: Some("boom".into()),
             free_attempt: false,
         };
-        assert!(s.end_job(j.id, "d1", 1, &later).await.unwrap());
+        assert!(s.end_job(&fence, &later).await.unwrap());
         // Backing off: not claimable yet.
         assert!(
             s.claim("vm", "t", "p", "d1", 1, lease)
@@ -753,24 +1079,36 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let orphans = s.orphaned_jobs(None).await.unwrap();
         assert_eq!(orphans.iter().map(|j| j.id).collect::<Vec<_>>(), [dead.id]);
-        let requeue = JobEnd::Requeue {
+        let requeue = |_: &Job, _: Option<(RunState, Option<String>)>| JobEnd::Requeue {
             not_before: OffsetDateTime::now_utc(),
             error: Some("lost".into()),
             free_attempt: false,
         };
-        assert!(s.recover_job(&orphans[0], None, &requeue).await.unwrap());
-        assert!(!s.recover_job(&orphans[0], None, &requeue).await.unwrap());
+        let took = s.recover_job(&orphans[0], None, requeue, 4, "lost").await;
+        assert!(took.unwrap().is_some());
+        let again = s.recover_job(&orphans[0], None, requeue, 4, "lost").await;
+        assert!(again.unwrap().is_none());
         // A renewed lease is not an orphan.
+        let live_fence = live.fence().unwrap();
         assert_eq!(
-            s.heartbeat("d1", Duration::from_secs(60)).await.unwrap(),
-            [live.id]
+            s.heartbeat(
+                "d1",
+                std::slice::from_ref(&live_fence),
+                Duration::from_secs(60)
+            )
+            .await
+            .unwrap(),
+            std::slice::from_ref(&live_fence)
         );
         // d1 restarted: its previous life's claims are orphans whatever their lease.
         let mine = s.orphaned_jobs(Some("d1")).await.unwrap();
         assert_eq!(mine.iter().map(|j| j.id).collect::<Vec<_>>(), [live.id]);
-        assert!(s.recover_job(&mine[0], Some("d1"), &requeue).await.unwrap());
+        let took = s
+            .recover_job(&mine[0], Some("d1"), requeue, 4, "lost")
+            .await;
+        assert!(took.unwrap().is_some());
         assert!(
-            s.heartbeat("d1", Duration::from_secs(60))
+            s.heartbeat("d1", &[live_fence], Duration::from_secs(60))
                 .await
                 .unwrap()
                 .is_empty()

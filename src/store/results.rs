@@ -8,24 +8,38 @@ use sqlx::{Any, AnyConnection, AssertSqlSafe};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Store, StoreError, col, db, from_micros, micros, now_micros};
+use super::{OutboxKind, Store, StoreError, col, db, from_micros, micros, now_micros};
 use crate::results::CheckResult;
 
-/// A group named by a POSTed result; created when missing (an existing group is kept as is).
+/// A group named by a POSTed result; created when missing. As in ResultsDB, the id is any
+/// string (runs' groups are their uuids), and a field that is `Some` is written to the group
+/// even when it exists (`Some(None)` clears it); `None` leaves it as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewGroup {
-    pub uuid: Uuid,
-    pub description: Option<String>,
-    pub ref_url: Option<String>,
+    pub uuid: String,
+    pub description: Option<Option<String>>,
+    pub ref_url: Option<Option<String>>,
 }
 
 impl From<Uuid> for NewGroup {
     fn from(uuid: Uuid) -> Self {
+        NewGroup::from(uuid.to_string())
+    }
+}
+
+impl From<String> for NewGroup {
+    fn from(uuid: String) -> Self {
         NewGroup {
             uuid,
             description: None,
             ref_url: None,
         }
+    }
+}
+
+impl NewGroup {
+    fn updates(&self) -> bool {
+        self.description.is_some() || self.ref_url.is_some()
     }
 }
 
@@ -35,8 +49,9 @@ impl From<Uuid> for NewGroup {
 pub struct NewResult {
     /// Testcase name; the testcase is created when missing.
     pub testcase: String,
-    /// When set, becomes the testcase's ref_url (created or updated).
-    pub testcase_ref_url: Option<String>,
+    /// When `Some`, becomes the testcase's ref_url (created or updated; `Some(None)` clears
+    /// it, as a `"ref_url": null` does in ResultsDB); `None` leaves it.
+    pub testcase_ref_url: Option<Option<String>>,
     pub groups: Vec<NewGroup>,
     pub outcome: String,
     pub note: Option<String>,
@@ -52,7 +67,8 @@ pub struct StoredResult {
     pub id: i64,
     pub testcase: String,
     pub testcase_ref_url: Option<String>,
-    pub groups: Vec<Uuid>,
+    /// Group ids (uuids for runs' groups; any string a client POSTed otherwise).
+    pub groups: Vec<String>,
     pub outcome: String,
     pub note: Option<String>,
     pub ref_url: Option<String>,
@@ -117,79 +133,34 @@ impl Store {
     ) -> Result<Vec<i64>, StoreError> {
         let op = || format!("storing {} results of run {run}", results.len());
         let mut tx = self.begin().await.map_err(db(op))?;
-        let group_id: i64 = sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
-            .bind(run.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(op))?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "result group of run",
-                key: run.to_string(),
-            })?;
-
-        let now = now_micros();
-        let mut testcases: HashMap<&str, i64> = HashMap::new();
-        let mut ids = Vec::with_capacity(results.len());
-        let mut data_rows: Vec<(i64, &str, i64, &str)> = Vec::new();
-        for r in results {
-            let testcase_id = match testcases.get(r.checkname.as_str()) {
-                Some(&id) => id,
-                None => {
-                    let (id, _) = ensure_testcase(&mut tx, &r.checkname, None)
-                        .await
-                        .map_err(db(op))?;
-                    testcases.insert(&r.checkname, id);
-                    id
-                }
-            };
-            let ref_url = match (ref_url_base, r.artifact.as_deref()) {
-                (Some(base), Some(artifact)) => Some(format!(
-                    "{}/{}",
-                    base.trim_end_matches('/'),
-                    artifact.trim_start_matches('/')
-                )),
-                _ => None,
-            };
-            let id = insert_result(
-                &mut tx,
-                testcase_id,
-                r.outcome.as_str(),
-                r.note.as_deref(),
-                ref_url.as_deref(),
-                now,
-            )
-            .await
-            .map_err(db(op))?;
-            ids.push(id);
-
-            data_rows.push((id, "item", 0, r.item.as_str()));
-            data_rows.push((id, "type", 0, r.item_type.as_str()));
-            for (key, values) in &r.data {
-                if key == "item" || key == "type" {
-                    continue;
-                }
-                for (ord, value) in (0_i64..).zip(values) {
-                    data_rows.push((id, key.as_str(), ord, value.as_str()));
-                }
-            }
-        }
-        let links: Vec<(i64, i64)> = ids.iter().map(|&id| (id, group_id)).collect();
-        insert_links(&mut tx, &links).await.map_err(db(op))?;
-        insert_data(&mut tx, &data_rows).await.map_err(db(op))?;
+        let ids = insert_run_results(&mut tx, run, results, ref_url_base).await?;
+        let announced = self.announce_results(&mut tx, &ids).await.map_err(db(op))?;
         tx.commit().await.map_err(db(op))?;
+        if announced {
+            self.outbox_committed();
+        }
         Ok(ids)
     }
 
     /// The generic ResultsDB POST: creates the testcase and the groups when missing, the
     /// result and its data, in one transaction, and returns the result as a read would.
-    /// Data keys with no values are dropped (they would not read back); repeated group uuids
-    /// count once.
+    /// Data keys with no values are dropped (they would not read back); a group named twice
+    /// counts once, with the fields of its later mentions winning (ResultsDB applies them in
+    /// order).
     pub async fn create_result(&self, new: &NewResult) -> Result<StoredResult, StoreError> {
         let op = || format!("creating a result of testcase {}", new.testcase);
-        let mut groups: Vec<&NewGroup> = Vec::with_capacity(new.groups.len());
+        let mut groups: Vec<NewGroup> = Vec::with_capacity(new.groups.len());
         for g in &new.groups {
-            if !groups.iter().any(|seen| seen.uuid == g.uuid) {
-                groups.push(g);
+            match groups.iter_mut().find(|seen| seen.uuid == g.uuid) {
+                Some(seen) => {
+                    if g.description.is_some() {
+                        seen.description.clone_from(&g.description);
+                    }
+                    if g.ref_url.is_some() {
+                        seen.ref_url.clone_from(&g.ref_url);
+                    }
+                }
+                None => groups.push(g.clone()),
             }
         }
 
@@ -205,24 +176,26 @@ impl Store {
         let mut tx = super::begin_on(&mut conn, self.dialect)
             .await
             .map_err(db(op))?;
+        let tc_ref_url = new.testcase_ref_url.as_ref().map(Option::as_deref);
         let (testcase_id, testcase_ref_url) = match testcase {
-            Some(found) => update_testcase_ref_url(&mut tx, found, new.testcase_ref_url.as_deref())
+            Some(found) => update_testcase_ref_url(&mut tx, found, tc_ref_url)
                 .await
                 .map_err(db(op))?,
-            None => ensure_testcase(&mut tx, &new.testcase, new.testcase_ref_url.as_deref())
+            None => ensure_testcase(&mut tx, &new.testcase, tc_ref_url)
                 .await
                 .map_err(db(op))?,
         };
         let mut group_ids = Vec::with_capacity(groups.len());
         for g in &groups {
-            group_ids.push(match known_groups.get(&g.uuid) {
-                Some(&id) => (id, g.uuid),
-                None => (ensure_group(&mut tx, g).await.map_err(db(op))?, g.uuid),
-            });
+            let id = match known_groups.get(&g.uuid) {
+                Some(&id) if !g.updates() => id,
+                _ => ensure_group(&mut tx, g).await.map_err(db(op))?,
+            };
+            group_ids.push((id, g.uuid.clone()));
         }
         // Reads list a result's groups in group id order: return them the same way.
         group_ids.sort_unstable();
-        let groups: Vec<Uuid> = group_ids.iter().map(|&(_, uuid)| uuid).collect();
+        let groups: Vec<String> = group_ids.iter().map(|(_, uuid)| uuid.clone()).collect();
 
         let submit_time = new.submit_time.map_or_else(now_micros, micros);
         let id = insert_result(
@@ -248,7 +221,14 @@ impl Store {
             })
             .collect();
         insert_data(&mut tx, &data_rows).await.map_err(db(op))?;
+        let announced = self
+            .announce_results(&mut tx, &[id])
+            .await
+            .map_err(db(op))?;
         tx.commit().await.map_err(db(op))?;
+        if announced {
+            self.outbox_committed();
+        }
 
         Ok(StoredResult {
             id,
@@ -267,6 +247,22 @@ impl Store {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         })
+    }
+
+    /// Adds a `result.new` outbox row per result, in the results' transaction, when this
+    /// store announces results. True when it wrote any.
+    pub(crate) async fn announce_results(
+        &self,
+        conn: &mut AnyConnection,
+        ids: &[i64],
+    ) -> Result<bool, sqlx::Error> {
+        if !self.outbox.wants(OutboxKind::Result) || ids.is_empty() {
+            return Ok(false);
+        }
+        for id in ids {
+            super::outbox::insert(conn, OutboxKind::Result, &id.to_string()).await?;
+        }
+        Ok(true)
     }
 
     /// One result, or None (three queries).
@@ -343,6 +339,76 @@ impl Store {
 }
 
 /// Loads results with their testcases, groups and data: exactly three queries.
+/// [`Store::store_results`] inside the caller's transaction.
+pub(crate) async fn insert_run_results(
+    tx: &mut AnyConnection,
+    run: Uuid,
+    results: &[CheckResult],
+    ref_url_base: Option<&str>,
+) -> Result<Vec<i64>, StoreError> {
+    let op = || format!("storing {} results of run {run}", results.len());
+    let group_id: i64 = sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
+        .bind(run.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db(op))?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "result group of run",
+            key: run.to_string(),
+        })?;
+
+    let now = now_micros();
+    let mut testcases: HashMap<&str, i64> = HashMap::new();
+    let mut ids = Vec::with_capacity(results.len());
+    let mut data_rows: Vec<(i64, &str, i64, &str)> = Vec::new();
+    for r in results {
+        let testcase_id = match testcases.get(r.checkname.as_str()) {
+            Some(&id) => id,
+            None => {
+                let (id, _) = ensure_testcase(&mut *tx, &r.checkname, None)
+                    .await
+                    .map_err(db(op))?;
+                testcases.insert(&r.checkname, id);
+                id
+            }
+        };
+        let ref_url = match (ref_url_base, r.artifact.as_deref()) {
+            (Some(base), Some(artifact)) => Some(format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                artifact.trim_start_matches('/')
+            )),
+            _ => None,
+        };
+        let id = insert_result(
+            &mut *tx,
+            testcase_id,
+            r.outcome.as_str(),
+            r.note.as_deref(),
+            ref_url.as_deref(),
+            now,
+        )
+        .await
+        .map_err(db(op))?;
+        ids.push(id);
+
+        data_rows.push((id, "item", 0, r.item.as_str()));
+        data_rows.push((id, "type", 0, r.item_type.as_str()));
+        for (key, values) in &r.data {
+            if key == "item" || key == "type" {
+                continue;
+            }
+            for (ord, value) in (0_i64..).zip(values) {
+                data_rows.push((id, key.as_str(), ord, value.as_str()));
+            }
+        }
+    }
+    let links: Vec<(i64, i64)> = ids.iter().map(|&id| (id, group_id)).collect();
+    insert_links(&mut *tx, &links).await.map_err(db(op))?;
+    insert_data(&mut *tx, &data_rows).await.map_err(db(op))?;
+    Ok(ids)
+}
+
 async fn load(conn: &mut AnyConnection, which: &Which<'_>) -> Result<Vec<StoredResult>, Failure> {
     let ids = which.ids_sql();
     let rows = which
@@ -376,7 +442,6 @@ async fn load(conn: &mut AnyConnection, which: &Which<'_>) -> Result<Vec<StoredR
     for row in &groups {
         let id: i64 = col(row, "result_id")?;
         let uuid: String = col(row, "uuid")?;
-        let uuid = Uuid::parse_str(&uuid).map_err(|e| format!("group uuid `{uuid}`: {e}"))?;
         // Rows of results committed after the first query are not ours: skip them.
         if let Some(&i) = index.get(&id) {
             results[i].groups.push(uuid);
@@ -455,20 +520,20 @@ async fn find_testcase(
 }
 
 /// Sets an existing testcase's ref_url when `ref_url` is given and differs (ResultsDB does the
-/// same on POST); returns the id and the resulting ref_url.
+/// same on POST; `Some(None)` clears it); returns the id and the resulting ref_url.
 async fn update_testcase_ref_url(
     conn: &mut AnyConnection,
     (id, current): (i64, Option<String>),
-    ref_url: Option<&str>,
+    ref_url: Option<Option<&str>>,
 ) -> Result<(i64, Option<String>), sqlx::Error> {
     match ref_url {
-        Some(new) if current.as_deref() != Some(new) => {
+        Some(new) if current.as_deref() != new => {
             sqlx::query("UPDATE testcases SET ref_url = $1 WHERE id = $2")
                 .bind(new)
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
-            Ok((id, Some(new.to_string())))
+            Ok((id, new.map(str::to_string)))
         }
         _ => Ok((id, current)),
     }
@@ -479,7 +544,7 @@ async fn update_testcase_ref_url(
 async fn ensure_testcase(
     conn: &mut AnyConnection,
     name: &str,
-    ref_url: Option<&str>,
+    ref_url: Option<Option<&str>>,
 ) -> Result<(i64, Option<String>), sqlx::Error> {
     if let Some(found) = find_testcase(conn, name).await? {
         return update_testcase_ref_url(conn, found, ref_url).await;
@@ -491,11 +556,11 @@ async fn ensure_testcase(
          ON CONFLICT (name) DO NOTHING RETURNING id",
     )
     .bind(name)
-    .bind(ref_url)
+    .bind(ref_url.flatten())
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = inserted {
-        return Ok((id, ref_url.map(str::to_string)));
+        return Ok((id, ref_url.flatten().map(str::to_string)));
     }
     match find_testcase(conn, name).await? {
         Some(found) => update_testcase_ref_url(conn, found, ref_url).await,
@@ -507,8 +572,8 @@ async fn ensure_testcase(
 /// Ids of those of `groups` that exist (one query).
 async fn find_groups(
     conn: &mut AnyConnection,
-    groups: &[&NewGroup],
-) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    groups: &[NewGroup],
+) -> Result<HashMap<String, i64>, sqlx::Error> {
     if groups.is_empty() {
         return Ok(HashMap::new());
     }
@@ -520,43 +585,61 @@ async fn find_groups(
         "SELECT id, uuid FROM result_groups WHERE uuid IN ({placeholders})"
     )));
     for g in groups {
-        q = q.bind(g.uuid.to_string());
+        q = q.bind(g.uuid.as_str());
     }
     Ok(q.fetch_all(&mut *conn)
         .await?
         .into_iter()
-        .filter_map(|(id, uuid)| Some((Uuid::parse_str(&uuid).ok()?, id)))
+        .map(|(id, uuid)| (uuid, id))
         .collect())
 }
 
-/// The group's id; creates it when missing (an existing group keeps its description).
+/// The group's id; creates it when missing, and writes the fields `group` sets (a group
+/// object in a POSTed result updates an existing group, as in ResultsDB).
 async fn ensure_group(conn: &mut AnyConnection, group: &NewGroup) -> Result<i64, sqlx::Error> {
-    let uuid = group.uuid.to_string();
     let existing: Option<i64> = sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
-        .bind(&uuid)
+        .bind(group.uuid.as_str())
         .fetch_optional(&mut *conn)
         .await?;
-    if let Some(id) = existing {
-        return Ok(id);
-    }
-    let inserted: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO result_groups (uuid, description, ref_url) VALUES ($1, $2, $3) \
-         ON CONFLICT (uuid) DO NOTHING RETURNING id",
-    )
-    .bind(&uuid)
-    .bind(group.description.as_deref())
-    .bind(group.ref_url.as_deref())
-    .fetch_optional(&mut *conn)
-    .await?;
-    match inserted {
-        Some(id) => Ok(id),
+    let id = match existing {
+        Some(id) => id,
         None => {
-            sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
-                .bind(&uuid)
-                .fetch_one(&mut *conn)
-                .await
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO result_groups (uuid, description, ref_url) VALUES ($1, $2, $3) \
+                 ON CONFLICT (uuid) DO NOTHING RETURNING id",
+            )
+            .bind(group.uuid.as_str())
+            .bind(group.description.clone().flatten())
+            .bind(group.ref_url.clone().flatten())
+            .fetch_optional(&mut *conn)
+            .await?;
+            match inserted {
+                Some(id) => return Ok(id),
+                // Created meanwhile by a concurrent POST: update it below like any other.
+                None => {
+                    sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
+                        .bind(group.uuid.as_str())
+                        .fetch_one(&mut *conn)
+                        .await?
+                }
+            }
+        }
+    };
+    for (column, value) in [
+        ("description", &group.description),
+        ("ref_url", &group.ref_url),
+    ] {
+        if let Some(value) = value {
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE result_groups SET {column} = $1 WHERE id = $2"
+            )))
+            .bind(value.clone())
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
         }
     }
+    Ok(id)
 }
 
 async fn insert_result(

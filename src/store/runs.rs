@@ -10,7 +10,9 @@ use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::queue::check_fence;
 use super::{Store, StoreError, col, db, duration_micros, from_micros, micros, now_micros};
+use crate::results::CheckResult;
 
 /// What the runner knows when a run is created.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +28,57 @@ pub struct NewRun {
     pub artifacts_dir: String,
     /// The daemon that owns the run (the reaper only touches its own), if any.
     pub owner: Option<String>,
+}
+
+/// A run's parameters, as its record keeps them (`runs.params`, JSON). The runner writes
+/// them once, from its request; the runs API, the run page and the reproduce command read
+/// them back. A field an older record (or an image build's) lacks reads as its default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunParams {
+    /// The formula file.
+    pub formula: String,
+    /// The caller's job id (`${jobid}`).
+    pub jobid: String,
+    /// What the instance booted from (an image path or name; for `--ssh`, the machine).
+    pub image: String,
+    pub task_timeout_s: u64,
+    /// `--no-destroy`.
+    pub keep_instance: bool,
+    /// Whatever else a record carries (an image build's recipe), kept as it was.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RunParams {
+    /// `ferrotron run`'s defaults, which the reproduce command leaves out.
+    pub const DEFAULT_JOBID: &'static str = "-1";
+    pub const DEFAULT_TASK_TIMEOUT_S: u64 = 7200;
+    pub const DEFAULT_SPAWN_ATTEMPTS: u32 = 3;
+    pub const DEFAULT_ARTIFACTS_MIB: u64 = 1024;
+    pub const DEFAULT_ARCH: &'static str = "noarch";
+
+    /// The record's params; anything unreadable reads as the defaults.
+    pub fn from_value(v: &serde_json::Value) -> RunParams {
+        RunParams::deserialize(v).unwrap_or_default()
+    }
+
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("plain fields serialise")
+    }
+}
+
+impl Default for RunParams {
+    fn default() -> Self {
+        RunParams {
+            formula: String::new(),
+            jobid: Self::DEFAULT_JOBID.into(),
+            image: String::new(),
+            task_timeout_s: Self::DEFAULT_TASK_TIMEOUT_S,
+            keep_instance: false,
+            other: Default::default(),
+        }
+    }
 }
 
 /// Where a run is in its life. Stored as its lowercase name.
@@ -74,6 +127,14 @@ impl RunState {
             RunState::Finished | RunState::Failed | RunState::Crashed | RunState::Cancelled
         )
     }
+
+    /// A job in one of these states is claimed by a daemon (the queue's `IN_FLIGHT`).
+    pub fn is_in_flight(self) -> bool {
+        matches!(
+            self,
+            RunState::Provisioning | RunState::Running | RunState::Collecting
+        )
+    }
 }
 
 impl fmt::Display for RunState {
@@ -102,6 +163,19 @@ impl FromStr for RunState {
 /// The states `live_runs` returns, spelled as in the `runs_live` partial index.
 pub(super) const LIVE_RUNS_SQL: &str = "SELECT uuid FROM runs \
      WHERE state IN ('queued', 'provisioning', 'running', 'collecting') ORDER BY id";
+
+/// Everything a run records when it ends, written at once by [`Store::complete_run`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunCompletion {
+    pub uuid: Uuid,
+    pub results: Vec<CheckResult>,
+    /// Results' `ref_url` is this plus their artifact (see [`Store::store_results`]).
+    pub ref_url_base: Option<String>,
+    pub phases: Vec<Phase>,
+    pub state: RunState,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
 
 /// One timed phase of a run (provision, wait-ssh, upload, run, collect, destroy, …).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +217,72 @@ pub struct RunRecord {
     pub attempts: Vec<Attempt>,
 }
 
+async fn finish_run_on(
+    conn: &mut sqlx::AnyConnection,
+    uuid: Uuid,
+    state: RunState,
+    exit_code: Option<i32>,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let op = || format!("finishing run {uuid} as {state}");
+    if !state.is_terminal() {
+        return Err(StoreError::Invalid {
+            op: op(),
+            message: format!("{state} is not a terminal state"),
+        });
+    }
+    let done = sqlx::query(
+        "UPDATE runs SET state = $1, exit_code = $2, error = $3, finished_at = $4 \
+         WHERE uuid = $5",
+    )
+    .bind(state.as_str())
+    .bind(exit_code)
+    .bind(error)
+    .bind(now_micros())
+    .bind(uuid.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db(op))?;
+    if done.rows_affected() == 0 {
+        return Err(not_found(uuid));
+    }
+    Ok(())
+}
+
+async fn replace_phases(
+    conn: &mut sqlx::AnyConnection,
+    uuid: Uuid,
+    phases: &[Phase],
+) -> Result<(), StoreError> {
+    let op = || format!("recording phases of run {uuid}");
+    let run_id: i64 = sqlx::query_scalar("SELECT id FROM runs WHERE uuid = $1")
+        .bind(uuid.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db(op))?
+        .ok_or_else(|| not_found(uuid))?;
+    sqlx::query("DELETE FROM run_phases WHERE run_id = $1")
+        .bind(run_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db(op))?;
+    for (seq, phase) in (0_i64..).zip(phases) {
+        sqlx::query(
+            "INSERT INTO run_phases (run_id, seq, name, started_at, duration_us) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(run_id)
+        .bind(seq)
+        .bind(&phase.name)
+        .bind(micros(phase.started_at))
+        .bind(duration_micros(phase.duration))
+        .execute(&mut *conn)
+        .await
+        .map_err(db(op))?;
+    }
+    Ok(())
+}
+
 fn not_found(uuid: Uuid) -> StoreError {
     StoreError::NotFound {
         what: "run",
@@ -161,6 +301,9 @@ impl Store {
         let op = || format!("creating run {}", run.uuid);
         let uuid = run.uuid.to_string();
         let mut tx = self.begin().await.map_err(db(op))?;
+        if let Some(fence) = &self.fence {
+            check_fence(&mut tx, self.dialect, fence, &op()).await?;
+        }
         sqlx::query(
             "INSERT INTO result_groups (uuid, description) VALUES ($1, $2) \
              ON CONFLICT (uuid) DO NOTHING",
@@ -197,9 +340,14 @@ impl Store {
     /// `queued`; `finished_at` is set to now by a terminal state (and cleared by a
     /// non-terminal one, so it always means "finished").
     pub async fn set_run_state(&self, uuid: Uuid, state: RunState) -> Result<(), StoreError> {
+        let op = || format!("setting run {uuid} to {state}");
         let now = now_micros();
         let started = (state != RunState::Queued).then_some(now);
         let finished = state.is_terminal().then_some(now);
+        let mut tx = self.begin().await.map_err(db(op))?;
+        if let Some(fence) = &self.fence {
+            check_fence(&mut tx, self.dialect, fence, &op()).await?;
+        }
         let done = sqlx::query(
             "UPDATE runs SET state = $1, started_at = COALESCE(started_at, $2), \
              finished_at = $3 WHERE uuid = $4",
@@ -208,13 +356,13 @@ impl Store {
         .bind(started)
         .bind(finished)
         .bind(uuid.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map_err(db(|| format!("setting run {uuid} to {state}")))?;
+        .map_err(db(op))?;
         if done.rows_affected() == 0 {
             return Err(not_found(uuid));
         }
-        Ok(())
+        tx.commit().await.map_err(db(op))
     }
 
     /// Ends a run: terminal `state`, exit code, error message, `finished_at` now.
@@ -226,27 +374,51 @@ impl Store {
         exit_code: Option<i32>,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let op = || format!("finishing run {uuid} as {state}");
-        if !state.is_terminal() {
-            return Err(StoreError::Invalid {
-                op: op(),
-                message: format!("{state} is not a terminal state"),
-            });
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db(|| format!("finishing run {uuid}")))?;
+        finish_run_on(&mut conn, uuid, state, exit_code, error).await
+    }
+
+    /// Records the end of a run in ONE transaction: its results, phases and final state (see
+    /// [`Store::store_results`], [`Store::record_phases`], [`Store::finish_run`]). Safe to
+    /// repeat after an error: a run already terminal is left as it is, so a retry whose first
+    /// try committed without an answer stores nothing twice. On a fenced store the write
+    /// fails with [`StoreError::Fenced`] once the claim was taken over.
+    pub async fn complete_run(&self, c: &RunCompletion) -> Result<(), StoreError> {
+        let uuid = c.uuid;
+        let op = || format!("recording the end of run {uuid} ({})", c.state);
+        let mut tx = self.begin().await.map_err(db(op))?;
+        if let Some(fence) = &self.fence {
+            check_fence(&mut tx, self.dialect, fence, &op()).await?;
         }
-        let done = sqlx::query(
-            "UPDATE runs SET state = $1, exit_code = $2, error = $3, finished_at = $4 \
-             WHERE uuid = $5",
-        )
-        .bind(state.as_str())
-        .bind(exit_code)
-        .bind(error)
-        .bind(now_micros())
-        .bind(uuid.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(db(op))?;
-        if done.rows_affected() == 0 {
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE uuid = $1")
+            .bind(uuid.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db(op))?;
+        let Some(state) = state else {
             return Err(not_found(uuid));
+        };
+        if state.parse::<RunState>().is_ok_and(RunState::is_terminal) {
+            tx.rollback().await.map_err(db(op))?;
+            return Ok(());
+        }
+        let ids = super::results::insert_run_results(
+            &mut tx,
+            uuid,
+            &c.results,
+            c.ref_url_base.as_deref(),
+        )
+        .await?;
+        let announced = self.announce_results(&mut tx, &ids).await.map_err(db(op))?;
+        replace_phases(&mut tx, uuid, &c.phases).await?;
+        finish_run_on(&mut tx, uuid, c.state, c.exit_code, c.error.as_deref()).await?;
+        tx.commit().await.map_err(db(op))?;
+        if announced {
+            self.outbox_committed();
         }
         Ok(())
     }
@@ -255,31 +427,7 @@ impl Store {
     pub async fn record_phases(&self, uuid: Uuid, phases: &[Phase]) -> Result<(), StoreError> {
         let op = || format!("recording phases of run {uuid}");
         let mut tx = self.begin().await.map_err(db(op))?;
-        let run_id: i64 = sqlx::query_scalar("SELECT id FROM runs WHERE uuid = $1")
-            .bind(uuid.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(op))?
-            .ok_or_else(|| not_found(uuid))?;
-        sqlx::query("DELETE FROM run_phases WHERE run_id = $1")
-            .bind(run_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(op))?;
-        for (seq, phase) in (0_i64..).zip(phases) {
-            sqlx::query(
-                "INSERT INTO run_phases (run_id, seq, name, started_at, duration_us) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(run_id)
-            .bind(seq)
-            .bind(&phase.name)
-            .bind(micros(phase.started_at))
-            .bind(duration_micros(phase.duration))
-            .execute(&mut *tx)
-            .await
-            .map_err(db(op))?;
-        }
+        replace_phases(&mut tx, uuid, phases).await?;
         tx.commit().await.map_err(db(op))
     }
 
@@ -414,4 +562,28 @@ fn attempt_from_row(row: &AnyRow) -> Result<Attempt, String> {
         finished_at: opt_time(col(row, "finished_at")?)?,
         error: col(row, "error")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunParams;
+
+    #[test]
+    fn params_fill_defaults_and_keep_what_they_do_not_know() {
+        let p = RunParams::from_value(&serde_json::json!({
+            "formula": "tasks/x/runtask.yml", "task_timeout_s": 60, "recipe": "tiny.yaml"
+        }));
+        assert_eq!(p.formula, "tasks/x/runtask.yml");
+        assert_eq!(p.task_timeout_s, 60);
+        assert_eq!(p.jobid, RunParams::DEFAULT_JOBID);
+        assert!(!p.keep_instance);
+        assert_eq!(p.to_value()["recipe"], "tiny.yaml");
+        // A record whose params are not an object at all still reads.
+        assert_eq!(
+            RunParams::from_value(&serde_json::json!("junk")),
+            RunParams::default()
+        );
+        let again = RunParams::from_value(&p.to_value());
+        assert_eq!(again, p);
+    }
 }

@@ -122,10 +122,54 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         )",
         ],
     },
-    // The daemon's job queue (store/queue.rs).
-    super::queue::MIGRATION,
-    // Version 2 is the job queue (scheduler branch); versions are applied by number, so either
-    // may land first.
+    // The daemon's job queue (store/queue.rs); its statements as they shipped.
+    Migration {
+        version: 2,
+        name: "job queue and seen message ids",
+        statements: &[
+            "CREATE TABLE jobs (
+            id AUTO_ID,
+            uuid TEXT NOT NULL UNIQUE,
+            message_id TEXT,
+            topic TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            task TEXT NOT NULL,
+            item TEXT NOT NULL,
+            item_type TEXT NOT NULL,
+            arch TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            provider TEXT,
+            priority INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            max_attempts INTEGER NOT NULL,
+            claimed_by TEXT,
+            lease_until BIGINT,
+            not_before BIGINT NOT NULL,
+            received_at BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            claimed_at BIGINT,
+            finished_at BIGINT,
+            error TEXT,
+            outcome TEXT
+        )",
+            // The claim: queued jobs of one pool and task, best priority first, then oldest.
+            // The predicate must match `QUEUED` textually for SQLite to use the index.
+            "CREATE INDEX jobs_ready ON jobs (pool, task, priority, id) WHERE state = 'queued'",
+            // Heartbeats and recovery: claimed jobs by owner and by lease.
+            "CREATE INDEX jobs_claimed ON jobs (claimed_by, lease_until)
+            WHERE state IN ('provisioning', 'running', 'collecting')",
+            "CREATE INDEX jobs_message ON jobs (message_id)",
+            "CREATE INDEX jobs_state ON jobs (state)",
+            "CREATE TABLE seen_messages (
+            message_id TEXT PRIMARY KEY,
+            topic TEXT NOT NULL,
+            received_at BIGINT NOT NULL,
+            jobs INTEGER NOT NULL
+        )",
+            "CREATE INDEX seen_messages_received ON seen_messages (received_at)",
+        ],
+    },
     Migration {
         version: 3,
         name: "review: cancel requests, run list indexes",
@@ -135,6 +179,70 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             // Runs list filtered by state or arch, newest first.
             "CREATE INDEX runs_state_created ON runs (state, created_at)",
             "CREATE INDEX runs_arch_created ON runs (arch, created_at)",
+        ],
+    },
+    // Fencing (store/queue.rs): every claim gets a token that every later write about the job
+    // must present, and daemons register their id so that two live processes cannot share one.
+    Migration {
+        version: 4,
+        name: "lease tokens and daemon registrations",
+        statements: &[
+            // Set by each claim, unique per claim (`CLAIM-BATCH:JOB-ID`); kept after the owner
+            // ended the job (so that a retried end can tell it already landed), cleared by a
+            // takeover.
+            "ALTER TABLE jobs ADD COLUMN lease_token TEXT",
+            "CREATE INDEX jobs_lease_token ON jobs (lease_token)",
+            // One row per daemon id: the process that holds it and when it last said so.
+            "CREATE TABLE daemons (
+                id TEXT PRIMARY KEY,
+                instance TEXT NOT NULL,
+                host TEXT NOT NULL,
+                pid BIGINT NOT NULL,
+                started_at BIGINT NOT NULL,
+                seen_at BIGINT NOT NULL
+            )",
+        ],
+    },
+    // Farm control: rerun images and holds (store/farm.rs). Numbered after its issue (11).
+    Migration {
+        version: 11,
+        name: "farm control: rerun images, holds",
+        statements: &[
+            "ALTER TABLE jobs ADD COLUMN image TEXT",
+            "CREATE TABLE holds (
+                id AUTO_ID,
+                task TEXT NOT NULL,
+                hold_s BIGINT NOT NULL,
+                reason TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                run_uuid TEXT,
+                expires_at BIGINT,
+                login TEXT,
+                released_at BIGINT
+            )",
+            "CREATE INDEX holds_task ON holds (task)",
+        ],
+    },
+    // Bus messages committed with what they announce (store/outbox.rs). Numbered after its
+    // issue (13), so parallel branches did not collide; migrations are applied by number.
+    Migration {
+        version: 13,
+        name: "outbox of bus messages",
+        statements: &[
+            "CREATE TABLE outbox (
+                id AUTO_ID,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                message_id TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                attempts INTEGER NOT NULL,
+                next_at BIGINT NOT NULL,
+                claimed_by TEXT,
+                claim_until BIGINT,
+                last_error TEXT
+            )",
+            // The publisher's question: what is due, oldest first.
+            "CREATE INDEX outbox_due ON outbox (next_at, id)",
         ],
     },
 ];

@@ -485,7 +485,7 @@ async fn results_round_trip(db: TestDb) {
         assert_eq!(r.testcase_ref_url, None);
         assert_eq!(r.outcome, c.outcome.as_str());
         assert_eq!(r.note, c.note);
-        assert_eq!(r.groups, vec![run.uuid]);
+        assert_eq!(r.groups, vec![run.uuid.to_string()]);
         assert!(near_now(r.submit_time));
         assert_eq!(r.data["item"], vec![c.item.clone()]);
         assert_eq!(r.data["type"], vec!["koji_build".to_string()]);
@@ -530,7 +530,7 @@ async fn results_round_trip(db: TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(extra.groups, vec![run.uuid, other]);
+    assert_eq!(extra.groups, vec![run.uuid.to_string(), other.to_string()]);
     let got = store.run_results(run.uuid).await.unwrap();
     assert_eq!(got.len(), 4);
     assert_eq!(got[3], extra);
@@ -605,12 +605,12 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     let when = datetime!(2025-01-12 20:20:55.448757321 UTC);
     let new = NewResult {
         testcase: "compose.install".into(),
-        testcase_ref_url: Some("https://docs.example/install".into()),
+        testcase_ref_url: Some(Some("https://docs.example/install".into())),
         groups: vec![
             NewGroup {
-                uuid: g1,
-                description: Some("first group".into()),
-                ref_url: Some("https://ci.example/1".into()),
+                uuid: g1.to_string(),
+                description: Some(Some("first group".into())),
+                ref_url: Some(Some("https://ci.example/1".into())),
             },
             g2.into(),
             g1.into(), // repeated: counts once
@@ -632,7 +632,7 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         created.testcase_ref_url.as_deref(),
         Some("https://docs.example/install")
     );
-    assert_eq!(created.groups, vec![g1, g2]);
+    assert_eq!(created.groups, vec![g1.to_string(), g2.to_string()]);
     assert_eq!(created.outcome, "NEEDS_INSPECTION");
     assert_eq!(created.submit_time, truncate_to_micros(when));
     assert_eq!(created.submit_time.microsecond(), 448_757);
@@ -658,14 +658,15 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         )
     );
 
-    // Second POST: same testcase without ref_url keeps it; the existing group keeps its
-    // description; submit_time defaults to now.
+    // Second POST: same testcase without ref_url keeps it; the existing group takes the new
+    // description and keeps the ref_url it was not given (as ResultsDB); submit_time
+    // defaults to now.
     let second = store
         .create_result(&NewResult {
             testcase: "compose.install".into(),
             groups: vec![NewGroup {
-                uuid: g1,
-                description: Some("renamed?".into()),
+                uuid: g1.to_string(),
+                description: Some(Some("renamed".into())),
                 ref_url: None,
             }],
             outcome: "PASSED".into(),
@@ -679,19 +680,46 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     );
     assert!(near_now(second.submit_time));
     assert!(second.data.is_empty());
-    let description: Option<String> =
-        sqlx::query_scalar("SELECT description FROM result_groups WHERE uuid = $1")
+    let group: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT description, ref_url FROM result_groups WHERE uuid = $1")
             .bind(g1.to_string())
             .fetch_one(store.pool())
             .await
             .unwrap();
-    assert_eq!(description.as_deref(), Some("first group"));
+    assert_eq!(
+        group,
+        (Some("renamed".into()), Some("https://ci.example/1".into()))
+    );
+    // A group named by id only is left as it is; `Some(None)` clears a field.
+    store
+        .create_result(&NewResult {
+            testcase: "compose.install".into(),
+            groups: vec![
+                g1.into(),
+                NewGroup {
+                    uuid: g1.to_string(),
+                    description: None,
+                    ref_url: Some(None),
+                },
+            ],
+            outcome: "PASSED".into(),
+            ..NewResult::default()
+        })
+        .await
+        .unwrap();
+    let group: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT description, ref_url FROM result_groups WHERE uuid = $1")
+            .bind(g1.to_string())
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(group, (Some("renamed".into()), None));
 
     // A new ref_url for the testcase replaces the old one (as ResultsDB does).
     let third = store
         .create_result(&NewResult {
             testcase: "compose.install".into(),
-            testcase_ref_url: Some("https://docs.example/v2".into()),
+            testcase_ref_url: Some(Some("https://docs.example/v2".into())),
             outcome: "FAILED".into(),
             ..NewResult::default()
         })
@@ -713,7 +741,7 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
     assert!(third.groups.is_empty());
     assert_eq!(count(store, "SELECT COUNT(*) FROM testcases").await, 1);
     assert_eq!(count(store, "SELECT COUNT(*) FROM result_groups").await, 2);
-    assert_eq!(store.run_results(g1).await.unwrap().len(), 2);
+    assert_eq!(store.run_results(g1).await.unwrap().len(), 3);
 
     // Groups come back in creation order whatever order the POST named them in.
     let both = store
@@ -725,7 +753,7 @@ async fn create_result_creates_testcase_and_groups_on_demand(db: TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(both.groups, vec![g1, g2]);
+    assert_eq!(both.groups, vec![g1.to_string(), g2.to_string()]);
     assert_eq!(store.result(both.id).await.unwrap(), Some(both));
 }
 
@@ -1012,12 +1040,6 @@ fn times_are_microseconds() {
 #[test]
 fn urls_are_redacted() {
     assert_eq!(
-        redact("postgres://u:secret@db.example:5432/x?sslmode=require"),
-        "postgres://u:***@db.example:5432/x?sslmode=require"
-    );
-    assert_eq!(redact("postgres://u@h/x"), "postgres://u@h/x");
-    assert_eq!(redact("sqlite:///a/b.db"), "sqlite:///a/b.db");
-    assert_eq!(
         with_database("postgres://u:p@h:5432/ferrotron_test?x=y", "n"),
         "postgres://u:p@h:5432/n?x=y"
     );
@@ -1092,4 +1114,408 @@ async fn bench_post_rate_and_item_lookup(db: TestDb) {
         times[times.len() / 2],
         times[times.len() * 99 / 100]
     );
+}
+
+// --- outbox -------------------------------------------------------------------------------
+
+on_both!(outbox_rows_commit_with_what_they_announce);
+async fn outbox_rows_commit_with_what_they_announce(db: TestDb) {
+    let plain = db.store.clone();
+    let store = &db.store.clone().with_outbox(OutboxPolicy {
+        results: true,
+        runs: true,
+    });
+    let run = new_run("t", "pkg-1-1");
+    store.create_run(&run).await.unwrap();
+
+    // A store that does not announce writes nothing.
+    plain
+        .store_results(
+            run.uuid,
+            &[check("quiet", "pkg-1-1", Outcome::Passed)],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+
+    // A failed transaction leaves no row behind; a committed one leaves one per result.
+    let mut bad = check("other", "pkg-1-1", Outcome::Failed);
+    bad.data = data(&[("", &["oops"])]);
+    let good = check("fresh", "pkg-1-1", Outcome::Passed);
+    assert!(
+        store
+            .store_results(run.uuid, &[good.clone(), bad], None)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    let ids = store
+        .store_results(run.uuid, &[good.clone(), good], None)
+        .await
+        .unwrap();
+    let posted = store
+        .create_result(&NewResult {
+            testcase: "posted".into(),
+            outcome: "PASSED".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_len().await.unwrap(), 3);
+
+    // Two publishers never get the same row; a claim runs out; sent rows go, failed ones
+    // wait their backoff.
+    let a = store
+        .claim_outbox("d1/a", Duration::from_secs(60), 2)
+        .await
+        .unwrap();
+    let b = store
+        .claim_outbox("d2/b", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(b.len(), 1);
+    let payloads: Vec<String> = a.iter().chain(&b).map(|e| e.payload.clone()).collect();
+    let mut want: Vec<String> = ids.iter().map(i64::to_string).collect();
+    want.push(posted.id.to_string());
+    assert_eq!(payloads, want);
+    assert!(
+        a.iter()
+            .all(|e| e.kind == OutboxKind::Result && e.attempts == 0)
+    );
+    assert_ne!(a[0].message_id, a[1].message_id);
+
+    store.outbox_sent(a[0].id).await.unwrap();
+    store
+        .outbox_retry(a[1].id, Duration::from_secs(3600), "broker away")
+        .await
+        .unwrap();
+    // d2 died holding b: its next life frees the claim.
+    assert_eq!(store.release_outbox_claims("d2/").await.unwrap(), 1);
+    let again = store
+        .claim_outbox("d1/c", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].message_id, b[0].message_id, "the id survives");
+    assert_eq!(store.outbox_len().await.unwrap(), 2);
+
+    // A job end carries its run message in the same transaction, only when it ended here.
+    let mut conn = store.pool().acquire().await.unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let job = NewJob {
+        rule: "r".into(),
+        task: "t".into(),
+        item: "i".into(),
+        item_type: "koji_build".into(),
+        arch: "x86_64".into(),
+        pool: "p".into(),
+        priority: 0,
+        max_attempts: 1,
+    };
+    store
+        .enqueue(Some("m1"), "a.b", OffsetDateTime::now_utc(), &[job])
+        .await
+        .unwrap();
+    let claimed = store
+        .claim("p", "t", "prov", "d1", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let j = &claimed[0];
+    let end = JobEnd::Done {
+        state: RunState::Finished,
+        outcome: None,
+        error: None,
+    };
+    let fence = j.fence().unwrap();
+    let forged = Fence {
+        job: j.id,
+        token: "not-the-token".into(),
+    };
+    assert!(
+        !store
+            .end_job_announcing(&forged, &end, Some("{}"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    assert!(
+        store
+            .end_job_announcing(&fence, &end, Some(r#"{"run":1}"#))
+            .await
+            .unwrap()
+    );
+    // Repeating an end that committed (its answer lost) adds no second message.
+    assert!(
+        store
+            .end_job_announcing(&fence, &end, Some(r#"{"run":1}"#))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.outbox_len().await.unwrap(), 1);
+    let rows = store
+        .claim_outbox("d1/d", Duration::from_secs(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].kind, rows[0].payload.as_str()),
+        (OutboxKind::Run, r#"{"run":1}"#)
+    );
+}
+
+// --- fencing: lease tokens and daemon ids ---------------------------------------------------
+
+fn queued_job(task: &str) -> NewJob {
+    NewJob {
+        rule: "r".into(),
+        task: task.into(),
+        item: "bash-5.2-1.fc41".into(),
+        item_type: "koji_build".into(),
+        arch: "x86_64".into(),
+        pool: "vm".into(),
+        priority: 0,
+        max_attempts: 3,
+    }
+}
+
+fn run_of(job: &Job) -> NewRun {
+    NewRun {
+        uuid: job.current_run().unwrap(),
+        ..new_run("t", &job.item)
+    }
+}
+
+fn completion(run: Uuid, outcome: Outcome) -> RunCompletion {
+    RunCompletion {
+        uuid: run,
+        results: vec![check("t.check", "bash-5.2-1.fc41", outcome)],
+        ref_url_base: None,
+        phases: vec![Phase {
+            name: "clone".into(),
+            started_at: OffsetDateTime::now_utc(),
+            duration: Duration::from_millis(5),
+        }],
+        state: RunState::Finished,
+        exit_code: Some(0),
+        error: None,
+    }
+}
+
+fn requeue_on_takeover(_: &Job, _: Option<(RunState, Option<String>)>) -> JobEnd {
+    JobEnd::Requeue {
+        not_before: OffsetDateTime::now_utc(),
+        error: Some("taken over".into()),
+        free_attempt: false,
+    }
+}
+
+on_both!(a_taken_over_claim_can_no_longer_end_extend_or_record);
+async fn a_taken_over_claim_can_no_longer_end_extend_or_record(db: TestDb) {
+    let s = &db.store;
+    s.enqueue(None, "a", OffsetDateTime::now_utc(), &[queued_job("t")])
+        .await
+        .unwrap();
+    // d1 claims with a lease that is already over (it was cut off from the database).
+    let j = s
+        .claim("vm", "t", "p", "d1", 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    let fence = j.fence().expect("a claim has a token");
+    let d1 = s.fenced(fence.clone());
+    d1.create_run(&run_of(&j)).await.unwrap();
+    d1.set_run_state(run_of(&j).uuid, RunState::Running)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    // d2 takes the job over: the run is closed as crashed and the job requeued, at once.
+    let orphan = s.orphaned_jobs(None).await.unwrap().remove(0);
+    let took = s
+        .recover_job(&orphan, None, requeue_on_takeover, 4, "d1 went silent")
+        .await
+        .unwrap()
+        .expect("the orphan is taken over");
+    assert!(took.run_closed);
+    let run = run_of(&j).uuid;
+    let rec = s.run(run).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.error.as_deref()),
+        (RunState::Crashed, Some("d1 went silent"))
+    );
+
+    // d1 comes back: it can extend nothing, record nothing, end nothing.
+    assert!(
+        s.heartbeat("d1", std::slice::from_ref(&fence), Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let err = d1
+        .complete_run(&completion(run, Outcome::Passed))
+        .await
+        .unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    assert!(err.to_string().contains("no longer holds job"), "{err}");
+    assert!(
+        d1.set_run_state(run, RunState::Collecting)
+            .await
+            .unwrap_err()
+            .is_fenced()
+    );
+    let done = JobEnd::Done {
+        state: RunState::Finished,
+        outcome: Some("1 PASSED".into()),
+        error: None,
+    };
+    assert!(!s.end_job(&fence, &done).await.unwrap());
+    assert_eq!(s.run(run).await.unwrap().unwrap().state, RunState::Crashed);
+    assert!(
+        s.run_results(run).await.unwrap().is_empty(),
+        "nothing recorded"
+    );
+
+    // The next claim (anyone's, even d1's) has a new token; the old one stays dead.
+    let again = s
+        .claim("vm", "t", "p", "d1", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    let fence2 = again.fence().unwrap();
+    assert_ne!(fence2, fence);
+    assert!(!s.end_job(&fence, &done).await.unwrap());
+    let err = d1.create_run(&run_of(&again)).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    let d1 = s.fenced(fence2.clone());
+    d1.create_run(&run_of(&again)).await.unwrap();
+    d1.complete_run(&completion(run_of(&again).uuid, Outcome::Passed))
+        .await
+        .unwrap();
+    assert!(s.end_job(&fence2, &done).await.unwrap());
+    let j = s.job(j.uuid).await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempts), (RunState::Finished, 2));
+}
+
+on_both!(final_writes_repeated_after_a_lost_answer_count_once);
+async fn final_writes_repeated_after_a_lost_answer_count_once(db: TestDb) {
+    let s = &db.store;
+    s.enqueue(None, "a", OffsetDateTime::now_utc(), &[queued_job("t")])
+        .await
+        .unwrap();
+    let j = s
+        .claim("vm", "t", "p", "d1", 1, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    let fence = j.fence().unwrap();
+    let d1 = s.fenced(fence.clone());
+    let run = run_of(&j);
+    d1.create_run(&run).await.unwrap();
+    // The same completion twice (a commit whose answer was lost, then the retry).
+    let c = completion(run.uuid, Outcome::Passed);
+    d1.complete_run(&c).await.unwrap();
+    d1.complete_run(&c).await.unwrap();
+    assert_eq!(s.run_results(run.uuid).await.unwrap().len(), 1);
+    let rec = s.run(run.uuid).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.phases.len()), (RunState::Finished, 1));
+    let done = JobEnd::Done {
+        state: RunState::Finished,
+        outcome: Some("1 PASSED".into()),
+        error: None,
+    };
+    assert!(s.end_job(&fence, &done).await.unwrap());
+    // Repeated: still "ended here", and the job ended once.
+    assert!(s.end_job(&fence, &done).await.unwrap());
+    let after = s.job(j.uuid).await.unwrap().unwrap();
+    assert_eq!((after.state, after.attempts), (RunState::Finished, 1));
+    assert!(s.orphaned_jobs(Some("d1")).await.unwrap().is_empty());
+}
+
+on_both!(the_heartbeat_renews_only_the_claims_it_names);
+async fn the_heartbeat_renews_only_the_claims_it_names(db: TestDb) {
+    let s = &db.store;
+    s.enqueue(
+        None,
+        "a",
+        OffsetDateTime::now_utc(),
+        &[queued_job("t"), queued_job("t")],
+    )
+    .await
+    .unwrap();
+    let jobs = s
+        .claim("vm", "t", "p", "d1", 2, Duration::ZERO)
+        .await
+        .unwrap();
+    let (kept, dropped) = (jobs[0].fence().unwrap(), jobs[1].fence().unwrap());
+    let held = s
+        .heartbeat("d1", std::slice::from_ref(&kept), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(held, [kept]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The claim the daemon no longer works on runs out; the other does not.
+    let orphans = s.orphaned_jobs(None).await.unwrap();
+    assert_eq!(
+        orphans.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [dropped.job]
+    );
+    // Another daemon's heartbeat cannot renew d1's claims, even with their tokens.
+    assert!(
+        s.heartbeat("d2", &[dropped], Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+on_both!(a_daemon_id_is_held_by_one_live_process);
+async fn a_daemon_id_is_held_by_one_live_process(db: TestDb) {
+    let s = &db.store;
+    let now = OffsetDateTime::now_utc();
+    let rec = |instance: &str, pid: u32| DaemonRecord {
+        id: "d1".into(),
+        instance: instance.into(),
+        host: "h".into(),
+        pid,
+        started_at: now,
+        seen_at: now,
+    };
+    let lease = Duration::from_secs(60);
+    assert_eq!(
+        s.register_daemon(&rec("a", 10), lease, None).await.unwrap(),
+        Registration::Registered
+    );
+    // A second process under the same id is refused while the first renews it.
+    match s.register_daemon(&rec("b", 11), lease, None).await.unwrap() {
+        Registration::Held(other) => assert_eq!((other.instance, other.pid), ("a".into(), 10)),
+        r => panic!("{r:?}"),
+    }
+    assert!(s.renew_daemon("d1", "a").await.unwrap());
+    // Once the first is known dead, the id moves; the first learns it on its next renewal.
+    assert_eq!(
+        s.register_daemon(&rec("b", 11), lease, Some("a"))
+            .await
+            .unwrap(),
+        Registration::Registered
+    );
+    assert!(!s.renew_daemon("d1", "a").await.unwrap());
+    assert!(s.renew_daemon("d1", "b").await.unwrap());
+    // A stale registration (older than the lease) is taken over without proof of death.
+    assert_eq!(
+        s.register_daemon(&rec("c", 12), Duration::ZERO, None)
+            .await
+            .unwrap(),
+        Registration::Registered
+    );
+    // A clean shutdown releases the id; releasing someone else's does nothing.
+    s.release_daemon("d1", "b").await.unwrap();
+    assert_eq!(s.daemon("d1").await.unwrap().unwrap().instance, "c");
+    s.release_daemon("d1", "c").await.unwrap();
+    assert!(s.daemon("d1").await.unwrap().is_none());
 }

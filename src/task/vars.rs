@@ -192,7 +192,7 @@ impl Template {
     /// The template as a `/bin/sh` script in which no value is ever interpreted by the shell.
     /// A value made only of characters no shell context treats specially (letters, digits,
     /// `_./:=@%+,-`) is written as it is, as before. Any other value is assigned once, quoted
-    /// by [`crate::guest::shell_quote`], to a shell variable `FERROTRON_VAR_<name>` on a
+    /// by [`crate::util::shell_quote`], to a shell variable `FERROTRON_VAR_<name>` on a
     /// first line, and `${name}` becomes `${FERROTRON_VAR_<name>}`. Values come from bus
     /// messages (the item, type, arch) and from earlier actions' output: `echo "${item}"`
     /// with the item `$(reboot)` prints it, where text substitution would have run it. For
@@ -216,7 +216,7 @@ impl Template {
                         assigned.push(name);
                         prelude.push_str(&format!(
                             "{SHELL_VAR_PREFIX}{name}={} ",
-                            crate::guest::shell_quote(value)
+                            crate::util::shell_quote(value)
                         ));
                     }
                     body.push_str(&format!("${{{SHELL_VAR_PREFIX}{name}}}"));
@@ -312,7 +312,10 @@ mod tests {
     fn no_value_reaches_the_shell_as_code() {
         let tmp = tempfile::tempdir().unwrap();
         let marker = tmp.path().join("pwned");
-        let evil = format!("$(touch {m})`touch {m}`'\"; touch {m}; \\ *", m = marker.display());
+        let evil = format!(
+            "$(touch {m})`touch {m}`'\"; touch {m}; \\ *",
+            m = marker.display()
+        );
         let mut v = Vars::new();
         v.insert("item", evil.as_str());
         v.insert("arch", "x86_64");
@@ -327,9 +330,23 @@ mod tests {
             "{script}"
         );
         assert!(!marker.exists(), "the value ran as code: {script}");
-        // Plain text substitution, for contrast, runs it.
-        sh(&t.render(&v).unwrap());
-        assert!(marker.exists(), "the test's value is not hostile enough");
+        // Plain text substitution, for contrast, runs each part of it.
+        for part in [
+            format!("$(touch {})", marker.display()),
+            format!("`touch {}`", marker.display()),
+        ] {
+            let mut v = v.clone();
+            v.insert("item", part.as_str());
+            let script = t.render_for_shell(&v).unwrap();
+            sh(&script);
+            assert!(!marker.exists(), "the value ran as code: {script}");
+            sh(&t.render(&v).unwrap());
+            assert!(
+                marker.exists(),
+                "`{part}` is not hostile enough to show anything"
+            );
+            std::fs::remove_file(&marker).unwrap();
+        }
     }
 
     proptest! {

@@ -13,8 +13,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Longest topic accepted (AMQP's short string limit).
-pub const MAX_TOPIC: usize = 255;
+pub use crate::bus::MAX_TOPIC;
 
 /// A rule as written in YAML.
 #[derive(Debug, Clone, Deserialize)]

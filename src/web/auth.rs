@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use super::WebState;
 use super::error::ApiError;
+use crate::util::{base64_decode, constant_time_eq};
 
 /// Ok when the request carries an accepted token; 403 on a read-only server, 401 otherwise.
 pub fn require_token(
@@ -13,7 +14,16 @@ pub fn require_token(
     headers: &HeaderMap,
     body_token: Option<&str>,
 ) -> Result<(), ApiError> {
-    if state.tokens.is_empty() {
+    check_token(&state.tokens, headers, body_token)
+}
+
+/// [`require_token`] against a list of tokens (empty: read-only).
+pub fn check_token(
+    tokens: &[String],
+    headers: &HeaderMap,
+    body_token: Option<&str>,
+) -> Result<(), ApiError> {
+    if tokens.is_empty() {
         return Err(ApiError::status(
             StatusCode::FORBIDDEN,
             "this server is read-only (no API tokens are configured)",
@@ -40,8 +50,7 @@ pub fn require_token(
         }
     }
     let ok = offered.iter().filter(|t| !t.is_empty()).any(|t| {
-        state
-            .tokens
+        tokens
             .iter()
             .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes()))
     });
@@ -58,56 +67,5 @@ pub fn require_token(
             StatusCode::UNAUTHORIZED,
             "the token is not valid",
         ))
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Standard base64 (padding optional); None on anything else.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64() {
-        assert_eq!(base64_decode("dXNlcjpzZWNyZXQ=").unwrap(), b"user:secret");
-        assert_eq!(base64_decode("YQ").unwrap(), b"a");
-        assert!(base64_decode("a b").is_none());
-    }
-
-    #[test]
-    fn equal_tokens_only() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -7,9 +7,12 @@
 
 pub mod auth;
 pub mod error;
+pub mod farm;
 pub mod files;
+pub mod jobs_api;
 pub mod pages;
 pub mod params;
+pub mod pyrepr;
 pub mod resultsdb;
 pub mod runs_api;
 
@@ -29,6 +32,29 @@ pub struct WebState {
     pub data_dir: PathBuf,
     /// Tokens accepted on POSTs. Empty: the server is read-only and refuses every write.
     pub tokens: Arc<[String]>,
+    /// The farm daemon of this process (`ferrotron serve`); `None` in `ferrotron web`.
+    pub farm: Option<Arc<dyn farm::FarmControl>>,
+    pub limits: Limits,
+    /// One permit per open live-log stream ([`Limits::live_logs`] in all).
+    pub live_logs: Arc<tokio::sync::Semaphore>,
+}
+
+/// Bounds on what one request may cost the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most rows in one `/results/latest` answer.
+    pub latest_max: u32,
+    /// Most live-log (server-sent events) streams open at once; more get a 503.
+    pub live_logs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            latest_max: resultsdb::LATEST_MAX,
+            live_logs: files::MAX_LIVE_LOGS,
+        }
+    }
 }
 
 impl WebState {
@@ -37,17 +63,64 @@ impl WebState {
             store,
             data_dir,
             tokens: tokens.into(),
+            farm: None,
+            limits: Limits::default(),
+            live_logs: Arc::new(tokio::sync::Semaphore::new(files::MAX_LIVE_LOGS)),
         }
+    }
+
+    /// The same, with the controls of the farm daemon that runs in this process.
+    pub fn with_farm(mut self, farm: Arc<dyn farm::FarmControl>) -> WebState {
+        self.farm = Some(farm);
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> WebState {
+        self.limits = limits;
+        self.live_logs = Arc::new(tokio::sync::Semaphore::new(limits.live_logs));
+        self
     }
 }
 
-/// Every route of the review UI and APIs.
+/// Every route of the review UI and APIs. Any other path answers ResultsDB's JSON 404
+/// (`{"message": "Not found"}`): clients of the API parse every error body as JSON.
 pub fn router(state: WebState) -> Router {
     Router::new()
         .merge(resultsdb::routes())
         .merge(runs_api::routes())
+        .merge(jobs_api::routes())
         .merge(pages::routes())
+        .fallback(error::not_found_fallback)
         .with_state(state)
+}
+
+/// `app` with one info line per request on the `ferrotron::access` target: method, path
+/// (without the query, which may carry tokens), status, duration. `serve` logs them by
+/// default; `ferrotron web` with `FERROTRON_LOG=ferrotron::access=info`.
+pub fn with_access_log(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(access_log))
+}
+
+async fn access_log(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: "ferrotron::access",
+        %method,
+        path = %path.escape_debug(),
+        status,
+        ms,
+        "{method} {} {status} {ms:.1}ms",
+        path.escape_debug()
+    );
+    resp
 }
 
 /// `scheme://host` of the request, for the absolute URLs ResultsDB clients expect.

@@ -34,7 +34,10 @@ impl Paging {
     }
 }
 
-/// `page` (0-based) and `limit` from the pairs.
+/// `page` (0-based) and `limit` from the pairs, tolerated as ResultsDB tolerates them: a
+/// negative page is page 0; a limit of 0 or less gives an empty page (with a `next` link when
+/// a row exists, as ResultsDB answers `limit=0`); a limit over [`MAX_LIMIT`] is served as
+/// `MAX_LIMIT` (ResultsDB has no maximum). Only a value that is not a number is refused.
 pub fn paging(pairs: &Pairs, default_limit: u32) -> ApiResult<Paging> {
     let mut p = Paging {
         page: 0,
@@ -43,29 +46,45 @@ pub fn paging(pairs: &Pairs, default_limit: u32) -> ApiResult<Paging> {
     for (k, v) in pairs {
         match k.as_str() {
             "page" => {
-                p.page = v.trim().parse().map_err(|_| {
-                    ApiError::bad_request(format!("page: `{v}` is not a page number (0, 1, 2, …)"))
+                let page = integer(v).ok_or_else(|| {
+                    ApiError::invalid(
+                        "page",
+                        format!("page: `{v}` is not a page number (0, 1, 2, …)"),
+                    )
                 })?;
+                p.page = u64::try_from(page.max(0)).unwrap_or(u64::MAX);
                 if p.page > i64::MAX as u64 / u64::from(MAX_LIMIT) {
-                    return Err(ApiError::bad_request(format!("page: `{v}` is too large")));
+                    return Err(ApiError::invalid(
+                        "page",
+                        format!("page: `{v}` is too large"),
+                    ));
                 }
             }
             "limit" => {
-                p.limit = v
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|l| (1..=MAX_LIMIT).contains(l))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit: `{v}` is not a number from 1 to {MAX_LIMIT}"
-                        ))
-                    })?;
+                let limit = integer(v).ok_or_else(|| {
+                    ApiError::invalid("limit", format!("limit: `{v}` is not a number"))
+                })?;
+                p.limit = u32::try_from(limit.clamp(0, i128::from(MAX_LIMIT))).unwrap_or(0);
             }
             _ => {}
         }
     }
     Ok(p)
+}
+
+/// An integer as Python's `int()` reads one (surrounding spaces, a sign); any size.
+fn integer(v: &str) -> Option<i128> {
+    let t = v.trim();
+    let digits = t.strip_prefix(['+', '-']).unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Saturate what does not fit: only its sign matters to the clamps above.
+    Some(t.parse().unwrap_or(if t.starts_with('-') {
+        i128::MIN
+    } else {
+        i128::MAX
+    }))
 }
 
 /// `a,b,,c` → `[a, b, c]`.
@@ -83,15 +102,22 @@ pub fn parse_time(param: &str, s: &str) -> ApiResult<i64> {
     parse_datetime(s)
         .map(|t| crate::store::truncate_to_micros(t).unix_timestamp_nanos() as i64 / 1000)
         .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "{param}: `{s}` is not an ISO 8601 date or time (e.g. 2025-01-12 or 2025-01-12T11:20:35)"
-            ))
+            ApiError::invalid(
+                param,
+                format!(
+                    "{param}: `{s}` is not an ISO 8601 date or time (e.g. 2025-01-12 or 2025-01-12T11:20:35)"
+                ),
+            )
         })
 }
 
 fn parse_datetime(s: &str) -> Option<OffsetDateTime> {
     let s = s.trim();
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Some(t);
+    }
+    // An hours-only offset (`+00`, as PostgreSQL prints timestamps; ResultsDB accepts it).
+    if let Some(t) = hours_offset(s).and_then(|full| OffsetDateTime::parse(&full, &Rfc3339).ok()) {
         return Some(t);
     }
     if let Ok(d) = Date::parse(s, format_description!("[year]-[month]-[day]")) {
@@ -108,6 +134,24 @@ fn parse_datetime(s: &str) -> Option<OffsetDateTime> {
         .iter()
         .find_map(|f| PrimitiveDateTime::parse(naive, f).ok())
         .map(PrimitiveDateTime::assume_utc)
+}
+
+/// `…T11:20:35+00` or `…+0000` → `…+00:00`: the offsets Python's `%z` and ResultsDB's
+/// literal `+00` take but RFC 3339 does not (None when `s` ends in neither after a time).
+fn hours_offset(s: &str) -> Option<String> {
+    [3, 5].into_iter().find_map(|n| {
+        let (head, tail) = s.split_at_checked(s.len().checked_sub(n)?)?;
+        let (sign, digits) = tail.split_at_checked(1)?;
+        let ok = matches!(sign, "+" | "-")
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (head.contains('T') || head.contains(' '))
+            && head.contains(':');
+        ok.then(|| {
+            let (hh, mm) = digits.split_at(2);
+            let mm = if mm.is_empty() { "00" } else { mm };
+            format!("{}{sign}{hh}:{mm}", head.replacen(' ', "T", 1))
+        })
+    })
 }
 
 /// `since=START[,END]`.
@@ -139,26 +183,21 @@ pub fn fmt_time(t: OffsetDateTime) -> String {
     }
 }
 
-/// Percent-encodes for a query string component.
+/// Percent-encodes for a query string component (`,`, `:` and `*` stay readable; a
+/// space is `+`).
 pub fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'_'
-            | b'.'
-            | b'~'
-            | b','
-            | b':'
-            | b'*' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    // A literal "%20" in `s` was encoded as "%2520", so this replaces only spaces.
+    crate::util::percent_encode(s, b",:*").replace("%20", "+")
+}
+
+/// Percent-encodes one URL path segment.
+pub fn seg(s: &str) -> String {
+    crate::util::percent_encode(s, b"")
+}
+
+/// Percent-encodes for one URL path segment (a space is `%20` there, not `+`).
+pub fn encode_segment(s: &str) -> String {
+    encode(s).replace('+', "%20")
 }
 
 /// `k=v&…` from pairs.
@@ -207,6 +246,10 @@ mod tests {
         assert_eq!(t("2025-01-12T11:20"), 1_736_680_800_000_000);
         assert_eq!(t("2025-01-12T13:20:35+02:00"), 1_736_680_835_000_000);
         assert_eq!(t("2025-01-12T11:20:35Z"), 1_736_680_835_000_000);
+        assert_eq!(t("2025-01-12T11:20:35.5+00"), 1_736_680_835_500_000);
+        assert_eq!(t("2025-01-12T13:20:35+02"), 1_736_680_835_000_000);
+        assert_eq!(t("2025-01-12 13:20:35.5+0200"), 1_736_680_835_500_000);
+        assert!(parse_time("since", "2025-01-12+00").is_err());
         let e = parse_time("since", "notadate").unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("since") && e.message.contains("notadate"));
@@ -232,7 +275,7 @@ mod tests {
     }
 
     #[test]
-    fn paging_errors_name_the_parameter() {
+    fn paging_tolerates_what_resultsdb_tolerates() {
         let p = |q: &[(&str, &str)]| {
             paging(
                 &q.iter()
@@ -243,10 +286,21 @@ mod tests {
         };
         assert_eq!(p(&[]).unwrap(), Paging { page: 0, limit: 20 });
         assert_eq!(p(&[("page", "3"), ("limit", "5")]).unwrap().offset(), 15);
+        assert_eq!(p(&[("page", "-1")]).unwrap().page, 0);
+        assert_eq!(p(&[("limit", "0")]).unwrap().limit, 0);
+        assert_eq!(p(&[("limit", "-1")]).unwrap().limit, 0);
+        assert_eq!(p(&[("limit", " +7 ")]).unwrap().limit, 7);
+        assert_eq!(p(&[("limit", "1000000")]).unwrap().limit, MAX_LIMIT);
+        assert_eq!(
+            p(&[("limit", "99999999999999999999999999999999999999999")])
+                .unwrap()
+                .limit,
+            MAX_LIMIT
+        );
         for (k, v) in [
-            ("page", "-1"),
-            ("limit", "0"),
+            ("page", "x"),
             ("limit", "x"),
+            ("limit", "1.5"),
             ("page", "99999999999999999999"),
         ] {
             let e = p(&[(k, v)]).unwrap_err();
@@ -255,6 +309,7 @@ mod tests {
                 "{}",
                 e.message
             );
+            assert_eq!(e.field.as_deref(), Some(k));
         }
     }
 

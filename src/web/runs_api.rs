@@ -1,9 +1,11 @@
 //! Runs API (`/api/v1/runs`): the list with filters and paging, one run with everything the
-//! run page shows, and cancel requests (recorded in the store; the owning daemon acts).
+//! run page shows, and cancel requests (recorded in the store; the owning daemon acts, at
+//! once when it is this process). Reruns are in [`super::jobs_api`]: they make a job.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -11,9 +13,9 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::params::{self, Pairs, csv, fmt_time};
-use super::{WebState, auth, base_url, files, resultsdb};
+use super::{WebState, base_url, files, resultsdb};
 use crate::outcome::Outcome;
-use crate::store::{RunFilter, RunRecord, RunState, RunSummary};
+use crate::store::{RunFilter, RunParams, RunRecord, RunState, RunSummary};
 
 pub fn routes() -> Router<WebState> {
     Router::new()
@@ -150,7 +152,10 @@ async fn one(
     );
     let m = v.as_object_mut().expect("an object");
     m.remove("outcomes");
-    m.insert("params".into(), run.params.clone());
+    m.insert(
+        "params".into(),
+        RunParams::from_value(&run.params).to_value(),
+    );
     m.insert(
         "phases".into(),
         run.phases
@@ -193,7 +198,7 @@ async fn one(
                 json!({
                     "path": a.path,
                     "size": a.size,
-                    "href": format!("{base}/runs/{uuid}/artifacts/{}", a.path.split('/').map(super::pages::seg).collect::<Vec<_>>().join("/")),
+                    "href": format!("{base}/runs/{uuid}/artifacts/{}", a.path.split('/').map(super::params::seg).collect::<Vec<_>>().join("/")),
                 })
             })
             .collect(),
@@ -208,12 +213,26 @@ async fn cancel(
     headers: HeaderMap,
     Path(uuid): Path<String>,
     body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let body_token = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("_auth_token")?.as_str().map(str::to_string));
-    auth::require_token(&st, &headers, body_token.as_deref())?;
-    let uuid = parse_run_uuid(&uuid)?;
+) -> Response {
+    if let Some(refusal) = super::jobs_api::refuse(&st, &headers, &body) {
+        return refusal;
+    }
+    match cancel_run(&st, &uuid).await {
+        // The run page's button: back to the page, which now says so.
+        Ok((uuid, _)) if super::jobs_api::from_form(&headers) => {
+            Redirect::to(&format!("/runs/{uuid}")).into_response()
+        }
+        Ok((uuid, state)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"uuid": uuid, "state": state, "cancel_requested": true})),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cancel_run(st: &WebState, uuid: &str) -> ApiResult<(Uuid, RunState)> {
+    let uuid = parse_run_uuid(uuid)?;
     let state = st.store.request_cancel(uuid).await?;
     if state.is_terminal() {
         return Err(ApiError::status(
@@ -221,28 +240,18 @@ async fn cancel(
             format!("run {uuid} is already {state}: nothing to cancel"),
         ));
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"uuid": uuid, "state": state, "cancel_requested": true})),
-    ))
+    // A daemon in this process that runs it stops it now; any other within a heartbeat.
+    if let Some(farm) = &st.farm {
+        farm.cancel_running(uuid);
+    }
+    Ok((uuid, state))
 }
 
-/// Quotes a word for a POSIX shell when it needs it.
-fn sh(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@+,%".contains(&b))
-    {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
+use crate::util::shell_word as sh;
 
 /// The `ferrotron run` command that runs this job again locally (same uuid omitted).
 pub fn reproduce_command(run: &RunRecord) -> String {
-    let p = &run.params;
+    let p = RunParams::from_value(&run.params);
     let mut words: Vec<String> = vec!["ferrotron".into(), "run".into()];
     for (flag, value) in [("-i", &run.item), ("-t", &run.item_type), ("-a", &run.arch)] {
         if !value.is_empty() {
@@ -250,46 +259,39 @@ pub fn reproduce_command(run: &RunRecord) -> String {
             words.push(sh(value));
         }
     }
-    if let Some(jobid) = p
-        .get("jobid")
-        .and_then(Value::as_str)
-        .filter(|j| *j != "-1")
-    {
+    if p.jobid != RunParams::DEFAULT_JOBID {
         words.push("-j".into());
-        words.push(sh(jobid));
+        words.push(sh(&p.jobid));
     }
     match run.backend.as_str() {
         "local" => {}
         "ssh" => {
-            if let Some(target) = p.get("image").and_then(Value::as_str) {
+            if !p.image.is_empty() {
                 words.push("--ssh".into());
-                words.push(sh(target));
+                words.push(sh(&p.image));
             }
         }
         backend => {
             words.push("--backend".into());
             words.push(sh(backend));
-            if let Some(image) = p.get("image").and_then(Value::as_str) {
+            if !p.image.is_empty() {
                 words.push("--image".into());
-                words.push(sh(image));
+                words.push(sh(&p.image));
             }
         }
     }
-    if let Some(t) = p
-        .get("task_timeout_s")
-        .and_then(Value::as_u64)
-        .filter(|t| *t != 7200)
-    {
+    if p.task_timeout_s != RunParams::DEFAULT_TASK_TIMEOUT_S {
         words.push("--timeout".into());
-        words.push(t.to_string());
+        words.push(p.task_timeout_s.to_string());
     }
-    if p.get("keep_instance").and_then(Value::as_bool) == Some(true) {
+    if p.keep_instance {
         words.push("--no-destroy".into());
     }
-    let formula = p
-        .get("formula")
-        .and_then(Value::as_str)
-        .unwrap_or(&run.task);
+    let formula = if p.formula.is_empty() {
+        &run.task
+    } else {
+        &p.formula
+    };
     let formula = formula.strip_suffix("/runtask.yml").unwrap_or(formula);
     words.push(sh(formula));
     words.join(" ")
@@ -323,13 +325,5 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(k), "{}", e.message);
         }
-    }
-
-    #[test]
-    fn shell_words() {
-        assert_eq!(sh("bash-5.2-1.fc41"), "bash-5.2-1.fc41");
-        assert_eq!(sh("a b"), "'a b'");
-        assert_eq!(sh("it's"), "'it'\\''s'");
-        assert_eq!(sh(""), "''");
     }
 }

@@ -5,6 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod daemon;
+pub mod proxy;
+
 use serde_json::Value;
 
 pub fn repo() -> PathBuf {

@@ -98,7 +98,7 @@ impl std::fmt::Debug for AuthMethod {
 }
 
 /// How ferrotron reaches a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressKind {
     /// The server's fixed address on `network` (ferrotron runs inside the cloud's network).

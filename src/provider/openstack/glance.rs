@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::{ApiError, Client};
 use super::nova::enc;
-use crate::image::{BaseImage, ImageName};
+use crate::base_image::{BaseImage, ImageName};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Image {

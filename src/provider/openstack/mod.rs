@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -40,11 +39,15 @@ pub const META_OWNER: &str = "ferrotron_owner";
 pub const META_IMAGE: &str = "ferrotron_image";
 pub const META_CREATED: &str = "ferrotron_created_at";
 
-/// Choices the command line may override over the cloud's `ferrotron:` settings.
+/// Choices a provider spec (the command line, a daemon's `providers:` entry) may override
+/// over the cloud's `ferrotron:` settings.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub flavor: Option<String>,
     pub network: Option<String>,
+    pub image: Option<String>,
+    pub address: Option<AddressKind>,
+    pub max_instances: Option<usize>,
 }
 
 pub struct OpenStackProvider {
@@ -85,6 +88,15 @@ impl OpenStackProvider {
         }
         if let Some(n) = overrides.network {
             cfg.settings.network = Some(n);
+        }
+        if let Some(i) = overrides.image {
+            cfg.settings.image = Some(i);
+        }
+        if let Some(a) = overrides.address {
+            cfg.settings.address = a;
+        }
+        if let Some(m) = overrides.max_instances {
+            cfg.settings.max_instances = m;
         }
         let client = Client::new(cfg).map_err(ProviderError::Permanent)?;
         Ok(OpenStackProvider {
@@ -275,6 +287,24 @@ impl Provider for OpenStackProvider {
         "openstack"
     }
 
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities {
+            isolated: true,
+            images: super::Images::Service {
+                default: self.default_image().map(String::from),
+            },
+        }
+    }
+
+    fn preflight(&self) -> Result<(), ProviderError> {
+        match self.settings().flavor {
+            Some(_) => Ok(()),
+            None => Err(self.permanent(
+                "no flavor: pass --flavor or set `ferrotron: {flavor: …}` in its clouds.yaml entry",
+            )),
+        }
+    }
+
     async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {
         let name = format!("{PREFIX}{}", spec.meta.run_uuid);
         let flavor = self.flavor().await?;
@@ -286,8 +316,7 @@ impl Provider for OpenStackProvider {
             "name": name,
             "imageRef": image.id,
             "flavorRef": flavor.id,
-            "user_data": base64::engine::general_purpose::STANDARD
-                .encode(super::seed::user_data(spec)),
+            "user_data": crate::util::base64_encode(super::seed::user_data(spec)),
             "metadata": self.metadata(&spec.meta)?,
         });
         if let Some(n) = &self.settings().network {

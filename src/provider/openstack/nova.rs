@@ -251,15 +251,7 @@ pub async fn limits(client: &Client) -> Result<Limits, ApiError> {
 
 /// Percent-encodes a query value.
 pub fn enc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
+    crate::util::percent_encode(s, b"")
 }
 
 #[cfg(test)]

@@ -30,7 +30,14 @@ pub async fn page(
         data: vec![("item".into(), DataMatch::Exact(vec![item.clone()]))],
         ..ResultFilter::default()
     };
-    let latest = st.store.latest_results(&by_item, &[]).await;
+    let latest = st
+        .store
+        .latest_results(&by_item, &[], params::MAX_LIMIT)
+        .await
+        .map(|mut l| {
+            l.truncate(params::MAX_LIMIT as usize);
+            l
+        });
     let results = st.store.result_page(&by_item, p.limit, p.offset()).await;
     let runs = st
         .store
@@ -103,6 +110,8 @@ pub async fn page(
         let run = r
             .groups
             .first()
+            // A group POSTed by a client may be any string: only a uuid can name a run.
+            .and_then(|g| uuid::Uuid::parse_str(g).ok())
             .map(|g| format!("<a href=\"/runs/{g}\">{}</a>", &g.to_string()[..8]))
             .unwrap_or_default();
         let _ = write!(

@@ -2,6 +2,7 @@
 //! one stylesheet and one small script (live log, filter form), no build step.
 
 mod item;
+mod jobs;
 mod run;
 mod runs;
 pub mod svg;
@@ -30,6 +31,8 @@ pub fn routes() -> Router<WebState> {
         .route("/runs/{uuid}/artifacts/{*path}", get(run::artifact))
         .route("/items/{item}", get(item::page))
         .route("/tasks/{task}", get(task::page))
+        .route("/jobs", get(jobs::jobs))
+        .route("/farm", get(jobs::farm))
         .route("/static/style.css", get(style))
         .route("/static/app.js", get(script))
 }
@@ -50,21 +53,7 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// Percent-encodes one URL path segment.
-pub fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
-    out
-}
+pub use crate::web::params::seg;
 
 /// A whole page around `body`.
 pub fn layout(title: &str, body: &str) -> Html<String> {
@@ -74,6 +63,7 @@ pub fn layout(title: &str, body: &str) -> Html<String> {
          <title>{t} · ferrotron</title><link rel=\"stylesheet\" href=\"/static/style.css\">\
          <script src=\"/static/app.js\" defer></script></head><body>\
          <header><a class=\"brand\" href=\"/\">ferrotron</a><nav><a href=\"/\">runs</a>\
+         <a href=\"/jobs\">jobs</a><a href=\"/farm\">farm</a>\
          <a href=\"/api/v2.0/\">ResultsDB API</a></nav></header><main>{body}</main></body></html>",
         t = esc(title)
     ))
@@ -194,6 +184,10 @@ tr.o-passed td:first-child { border-left:4px solid var(--pass); }
 .s-finished { color:var(--pass); background:var(--passbg); }
 .s-failed, .s-crashed { color:var(--fail); background:var(--failbg); }
 .s-cancelled { color:var(--muted); background:var(--line); }
+.w-capacity, .w-dispatch, .w-unknown, .b-closed { color:var(--info); background:var(--infobg); }
+.w-backoff, .b-half-open { color:var(--warn); background:var(--warnbg); }
+.w-breaker, .w-no_provider, .b-open { color:var(--fail); background:var(--failbg); }
+form.inline { display:inline; } form.inline button { font:inherit; }
 form.filters { display:grid; grid-template-columns:repeat(auto-fill, minmax(9rem, 1fr)); gap:.5rem; margin-bottom:1rem; align-items:end; }
 form.filters label { display:flex; flex-direction:column; font-size:.8rem; color:var(--muted); }
 form.filters input, form.filters select, form.filters button { font:inherit; padding:.3rem; }

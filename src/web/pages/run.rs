@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{error_page, esc, layout, outcome_badge, outcome_class, seg, svg, when};
 use crate::web::WebState;
+use crate::web::error::ApiError;
 use crate::web::files;
 use crate::web::runs_api::reproduce_command;
 
@@ -62,6 +63,22 @@ pub async fn page(State(st): State<WebState>, Path(uuid): Path<String>) -> Respo
     if let Some(e) = &run.error {
         let _ = write!(b, "<p class=\"error\">{}</p>", esc(e));
     }
+    if st.farm.is_some() {
+        // Forms, not scripts: a browser without the token is asked for it (HTTP Basic).
+        b.push_str("<p class=\"actions\">");
+        if live && !cancel {
+            let _ = write!(
+                b,
+                "<form class=\"inline\" method=\"post\" action=\"/api/v1/runs/{uuid}/cancel\">\
+                 <button type=\"submit\" id=\"cancel\">cancel</button></form> "
+            );
+        }
+        let _ = write!(
+            b,
+            "<form class=\"inline\" method=\"post\" action=\"/api/v1/runs/{uuid}/rerun\">\
+             <button type=\"submit\" id=\"rerun\">rerun</button></form></p>"
+        );
+    }
 
     b.push_str("<h2>Parameters</h2><dl class=\"kv\">");
     let mut kv = |k: &str, v: String| {
@@ -94,7 +111,10 @@ pub async fn page(State(st): State<WebState>, Path(uuid): Path<String>) -> Respo
         "exit code",
         run.exit_code.map(|c| c.to_string()).unwrap_or_default(),
     );
-    if let Some(obj) = run.params.as_object() {
+    if let Some(obj) = crate::store::RunParams::from_value(&run.params)
+        .to_value()
+        .as_object()
+    {
         for (k, v) in obj {
             let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
             kv(k, esc(&text));
@@ -273,7 +293,21 @@ pub async fn log_stream(State(st): State<WebState>, Path(uuid): Path<String>) ->
         Ok(None) => return error_page(StatusCode::NOT_FOUND, &format!("no run {uuid}")),
         Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
-    let stream = files::log_events(st.store.clone(), files::log_path(&st, uuid), uuid);
+    // A slot per open stream: each costs a task, a file and a query per poll.
+    let Ok(permit) = st.live_logs.clone().try_acquire_owned() else {
+        let mut resp = ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many live logs open ({} at most): try again later, or read /runs/{uuid}/log",
+                st.limits.live_logs
+            ),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        return resp;
+    };
+    let stream = files::log_events(st.store.clone(), files::log_path(&st, uuid), uuid, permit);
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

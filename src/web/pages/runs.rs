@@ -100,7 +100,7 @@ async fn render(
 fn row(body: &mut String, s: &RunSummary) {
     let r = &s.run;
     let duration = match (r.started_at, r.finished_at) {
-        (Some(a), Some(b)) => crate::runner::event::human_duration((b - a).unsigned_abs()),
+        (Some(a), Some(b)) => crate::util::human_duration((b - a).unsigned_abs()),
         (Some(_), None) => "running".into(),
         _ => String::new(),
     };

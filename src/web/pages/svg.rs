@@ -38,7 +38,7 @@ pub fn timeline(phases: &[Phase]) -> String {
             ty = y + 13.0,
             name = esc(&p.name),
             bh = row - 6.0,
-            d = crate::runner::event::human_duration(p.duration),
+            d = crate::util::human_duration(p.duration),
             lx = x + w + 4.0,
         );
     }
@@ -48,7 +48,7 @@ pub fn timeline(phases: &[Phase]) -> String {
         h - 4.0,
         W - 70.0,
         h - 4.0,
-        crate::runner::event::human_duration(std::time::Duration::from_secs_f64(end))
+        crate::util::human_duration(std::time::Duration::from_secs_f64(end))
     );
     s
 }
@@ -147,9 +147,7 @@ pub fn grouped_bars(id: &str, series: &[&str], groups: &[(String, Vec<f64>)]) ->
         for (si, v) in values.iter().enumerate() {
             let y = y0 + si as f64 * bar;
             let w = (v * scale).max(1.0);
-            let d = crate::runner::event::human_duration(std::time::Duration::from_secs_f64(
-                v.max(0.0),
-            ));
+            let d = crate::util::human_duration(std::time::Duration::from_secs_f64(v.max(0.0)));
             let _ = write!(
                 s,
                 "<rect x=\"{LEFT}\" y=\"{y:.1}\" width=\"{w:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{} {}: {d}</title></rect>\

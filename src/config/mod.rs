@@ -9,6 +9,8 @@
 //!
 //! `ferrotron.example.yaml` at the repository root documents every key.
 
+pub mod fedora_messaging;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_norway::Value;
 
-use crate::provider::libvirt::Accel;
+use crate::provider::Spec;
 use crate::trigger::{Rule, RuleError, RuleSet};
 
 /// Prefix of environment overrides.
@@ -122,45 +124,152 @@ pub struct BusConfig {
     pub max_body_bytes: Option<usize>,
     /// How long message ids are remembered for de-duplication, hours. Default 168 (a week).
     pub dedup_hours: Option<u64>,
+    /// Most jobs one message may create (rules × tasks × arches); a message that would make
+    /// more creates none and is logged. Default 100.
+    pub max_jobs_per_message: Option<usize>,
 }
 
 impl BusConfig {
     pub fn max_body(&self) -> usize {
         self.max_body_bytes.unwrap_or(1 << 20)
     }
+    pub fn max_jobs(&self) -> usize {
+        self.max_jobs_per_message.unwrap_or(100).max(1)
+    }
+}
+
+/// Client certificate and CA for AMQP over TLS (fedora-messaging's `[tls]` names).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTls {
+    /// PEM file of the CA(s) that signed the broker's certificate (trusted besides the
+    /// system's roots).
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub keyfile: Option<PathBuf>,
+}
+
+/// How the farm's queue is declared (fedora-messaging's two kinds).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueMode {
+    /// A durable queue named `queue`: messages wait while the daemon is away (a private
+    /// vhost).
+    #[default]
+    Durable,
+    /// A queue the broker names, deleted when the connection ends (what the public broker
+    /// allows); re-declared and re-bound on every reconnect.
+    ServerNamed,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// `amqp://user:pass@host:5672/%2f` (or `amqps://…`).
+    /// `amqp://user:pass@host:5672/%2f` or `amqps://…`; a URL without a password and a
+    /// client certificate authenticate with EXTERNAL. Default: `amqp_url` of
+    /// `fedora_messaging_config`.
+    #[serde(default)]
     pub url: String,
-    /// The durable queue this farm consumes. Default `ferrotron`.
-    #[serde(default = "default_queue")]
-    pub queue: String,
-    /// The topic exchange. Default `amq.topic` (fedora-messaging's).
+    /// A fedora-messaging config file (TOML) to take `amqp_url`, `[tls]`, `[[bindings]]`,
+    /// `[queues]`, `publish_exchange` and `[client_properties]` from; keys set here win.
+    #[serde(default)]
+    pub fedora_messaging_config: Option<PathBuf>,
+    /// TLS client certificate and CA.
+    #[serde(default)]
+    pub tls: Option<AmqpTls>,
+    /// The queue this farm consumes (durable mode). Default: the fedora-messaging file's
+    /// queue, else `ferrotron`.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// `durable` (default) or `server_named`. Default: from the fedora-messaging file's
+    /// queue (`auto_delete = true` is server-named), else durable.
+    #[serde(default)]
+    pub queue_mode: Option<QueueMode>,
+    /// The topic exchange bound to. Default `amq.topic` (fedora-messaging's).
     #[serde(default = "default_exchange")]
     pub exchange: String,
+    /// The exchange messages are published to. Default: `exchange`.
+    #[serde(default)]
+    pub publish_exchange: Option<String>,
+    /// Prepended to published topics, as fedora-messaging's `topic_prefix`
+    /// (`org.fedoraproject.prod.`). Default: the fedora-messaging file's, else none.
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
     /// Unacknowledged messages in flight per consumer. Default 64.
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
     /// Extra routing keys to bind besides the rules' topics.
     #[serde(default)]
     pub bindings: Vec<String>,
-    /// Publish a result message after every run. Default true.
+    /// Publish a run message (`result_topic`) after every run. Default true.
     #[serde(default = "yes")]
     pub publish_results: bool,
-    /// Topic of result messages. Default `ferrotron.result.new`.
+    /// Topic of run messages. Default `ferrotron.result.new`.
     #[serde(default = "default_result_topic")]
     pub result_topic: String,
+    /// Publish ResultsDB's `result.new` message for every stored result (what Greenwave
+    /// consumes). Default true.
+    #[serde(default = "yes")]
+    pub publish_resultsdb: bool,
+    /// Topic of those. Default `resultsdb.result.new`.
+    #[serde(default = "default_resultsdb_topic")]
+    pub resultsdb_topic: String,
+    /// Client properties sent when connecting, besides `app`, `version`, `url`.
+    #[serde(default)]
+    pub client_properties: BTreeMap<String, String>,
     /// Longest wait between reconnection attempts, seconds. Default 30.
     #[serde(default = "default_reconnect")]
     pub reconnect_max_s: u64,
 }
 
-fn default_queue() -> String {
-    "ferrotron".into()
+impl AmqpConfig {
+    /// A config for `url` with every default (tests, tools).
+    pub fn new(url: impl Into<String>) -> AmqpConfig {
+        AmqpConfig {
+            url: url.into(),
+            fedora_messaging_config: None,
+            tls: None,
+            queue: None,
+            queue_mode: None,
+            topic_prefix: None,
+            exchange: default_exchange(),
+            publish_exchange: None,
+            prefetch: default_prefetch(),
+            bindings: Vec::new(),
+            publish_results: true,
+            result_topic: default_result_topic(),
+            publish_resultsdb: true,
+            resultsdb_topic: default_resultsdb_topic(),
+            client_properties: BTreeMap::new(),
+            reconnect_max_s: default_reconnect(),
+        }
+    }
+
+    pub fn queue(&self) -> &str {
+        self.queue.as_deref().unwrap_or("ferrotron")
+    }
+
+    pub fn queue_mode(&self) -> QueueMode {
+        self.queue_mode.unwrap_or_default()
+    }
+
+    /// A published topic with the prefix.
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.topic_prefix.as_deref().unwrap_or(""))
+    }
+
+    pub fn publish_exchange(&self) -> &str {
+        self.publish_exchange.as_deref().unwrap_or(&self.exchange)
+    }
+
+    /// Whether anything is published.
+    pub fn publishes(&self) -> bool {
+        self.publish_results || self.publish_resultsdb
+    }
 }
+
 fn default_exchange() -> String {
     "amq.topic".into()
 }
@@ -172,6 +281,9 @@ fn yes() -> bool {
 }
 fn default_result_topic() -> String {
     "ferrotron.result.new".into()
+}
+fn default_resultsdb_topic() -> String {
+    "resultsdb.result.new".into()
 }
 fn default_reconnect() -> u64 {
     30
@@ -206,6 +318,10 @@ pub struct SchedulerConfig {
     /// On SIGTERM: how long running jobs may finish before their instances are destroyed
     /// and the jobs requeued, seconds. Default 60.
     pub shutdown_grace_s: u64,
+    /// The final writes of a run (its record, the end of its job) are retried until the
+    /// store answers; once the daemon is stopping, for at most this long, seconds (the
+    /// lease then runs out and the next daemon to start recovers the job). Default 30.
+    pub final_write_grace_s: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -222,6 +338,7 @@ impl Default for SchedulerConfig {
             breaker_failures: 5,
             breaker_cooldown_s: 30.0,
             shutdown_grace_s: 60,
+            final_write_grace_s: 30,
         }
     }
 }
@@ -245,13 +362,14 @@ pub struct GuestConfig {
 }
 
 impl Default for GuestConfig {
+    /// The run path's own defaults (`runner::GuestLimits::default`, which `ferrotron run`
+    /// uses); serve's tests hold the two equal.
     fn default() -> Self {
-        let d = crate::runner::GuestLimits::default();
         GuestConfig {
-            log_mib: d.log_bytes >> 20,
-            collect_timeout_s: d.collect_timeout.as_secs(),
-            max_artifact_entries: d.archive_entries,
-            console_mib: crate::provider::libvirt::DEFAULT_CONSOLE_CAP >> 20,
+            log_mib: 100,
+            collect_timeout_s: 600,
+            max_artifact_entries: 100_000,
+            console_mib: crate::provider::DEFAULT_CONSOLE_CAP >> 20,
         }
     }
 }
@@ -260,13 +378,11 @@ impl GuestConfig {
     pub fn console_bytes(&self) -> u64 {
         self.console_mib.max(1).saturating_mul(1 << 20)
     }
-
-    pub fn limits(&self) -> crate::runner::GuestLimits {
-        crate::runner::GuestLimits {
-            collect_timeout: Duration::from_secs(self.collect_timeout_s.max(1)),
-            log_bytes: self.log_mib.max(1).saturating_mul(1 << 20),
-            archive_entries: self.max_artifact_entries.max(1),
-        }
+    pub fn log_bytes(&self) -> u64 {
+        self.log_mib.max(1).saturating_mul(1 << 20)
+    }
+    pub fn collect_timeout(&self) -> Duration {
+        Duration::from_secs(self.collect_timeout_s.max(1))
     }
 }
 
@@ -277,73 +393,62 @@ impl SchedulerConfig {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_s.max(1))
     }
+    pub fn final_write_grace(&self) -> Duration {
+        Duration::from_secs(self.final_write_grace_s)
+    }
 }
 
-/// Unknown keys are reported by [`check_provider_keys`] (serde cannot deny them through
-/// `flatten`).
-#[derive(Debug, Clone, Deserialize)]
+/// One `providers:` entry: a name and a pool for the scheduler, and the backend's
+/// [`Spec`] (`kind:` and its settings) in the same mapping. The spec types refuse keys they
+/// do not know; [`check_providers`] names the entry in that error.
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
     /// Unique name (shows in run records and metrics).
     pub name: String,
     /// Jobs name a pool (through their task); several providers (hosts) may serve one.
     /// Default: the provider's name.
-    #[serde(default)]
     pub pool: Option<String>,
-    /// Most instances this daemon runs at once on it.
-    #[serde(default = "default_max_instances")]
-    pub max_instances: usize,
-    #[serde(flatten)]
-    pub kind: ProviderKind,
+    /// The backend; its `max_instances` (most instances this daemon runs at once on it)
+    /// defaults to [`DEFAULT_MAX_INSTANCES`].
+    pub spec: Spec,
 }
 
-fn default_max_instances() -> usize {
-    2
+/// Instances per provider when an entry does not say.
+pub const DEFAULT_MAX_INSTANCES: usize = 2;
+
+/// Keys of a provider entry that are the scheduler's, not the backend's.
+const ENTRY_KEYS: [&str; 2] = ["name", "pool"];
+
+impl<'de> Deserialize<'de> for ProviderConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut m = serde_norway::Mapping::deserialize(d)?;
+        let mut take = |k: &str| m.remove(k).filter(|v| !v.is_null());
+        let name: String = match take(ENTRY_KEYS[0]) {
+            Some(v) => {
+                serde_norway::from_value(v).map_err(|e| D::Error::custom(format!("name: {e}")))?
+            }
+            None => return Err(D::Error::missing_field("name")),
+        };
+        let pool: Option<String> = take(ENTRY_KEYS[1])
+            .map(serde_norway::from_value)
+            .transpose()
+            .map_err(|e| D::Error::custom(format!("pool: {e}")))?;
+        let mut spec: Spec =
+            serde_norway::from_value(Value::Mapping(m)).map_err(D::Error::custom)?;
+        spec.default_max_instances(DEFAULT_MAX_INSTANCES);
+        Ok(ProviderConfig { name, pool, spec })
+    }
 }
 
 impl ProviderConfig {
     pub fn pool(&self) -> &str {
         self.pool.as_deref().unwrap_or(&self.name)
     }
-}
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// Disposable libvirt domains cloned from a base image.
-    Libvirt {
-        #[serde(default = "default_libvirt_uri")]
-        uri: String,
-        /// Base image: a file, a recipe name, or DISTRO-RELEASE-FLAVOR[-ARCH].
-        #[serde(default = "default_image")]
-        image: String,
-        /// `auto` (KVM when a real probe boots under it), `kvm` or `tcg`.
-        #[serde(default = "default_accel")]
-        accel: Accel,
-    },
-    /// This host, no isolation (development only).
-    Local,
-    /// Simulated instances (a latency and failure model; runs happen in a directory).
-    Sim {
-        #[serde(default)]
-        create_ms: u64,
-        #[serde(default)]
-        delete_ms: u64,
-        #[serde(default)]
-        jitter_ms: u64,
-        /// Probability (0–1) that a create fails.
-        #[serde(default)]
-        failure_rate: f64,
-    },
-}
-
-fn default_libvirt_uri() -> String {
-    "qemu:///system".into()
-}
-fn default_image() -> String {
-    "tiny".into()
-}
-fn default_accel() -> Accel {
-    Accel::Auto
+    pub fn max_instances(&self) -> usize {
+        self.spec.max_instances().unwrap_or(DEFAULT_MAX_INSTANCES)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,34 +516,66 @@ fn read_value(path: &Path, env: Option<&[(String, String)]>) -> Result<Value, Co
     Ok(value)
 }
 
-/// Rejects keys a provider entry does not know, naming the entry and the key.
-fn check_provider_keys(value: &Value) -> Result<(), String> {
+/// Reads every provider entry on its own, so that an error (an unknown key, a kind that
+/// does not exist) names the entry: `providers[1]: unknown field `urii`, expected one of …`.
+fn check_providers(value: &Value) -> Result<(), String> {
     let Some(list) = value.get("providers").and_then(Value::as_sequence) else {
         return Ok(());
     };
     for (i, entry) in list.iter().enumerate() {
-        let Some(m) = entry.as_mapping() else {
-            continue;
-        };
-        let kind = m.get("kind").and_then(Value::as_str).unwrap_or("");
-        let specific: &[&str] = match kind {
-            "libvirt" => &["uri", "image", "accel"],
-            "local" => &[],
-            "sim" => &["create_ms", "delete_ms", "jitter_ms", "failure_rate"],
-            other => {
-                return Err(format!(
-                    "providers[{i}].kind: `{other}` is not one of libvirt, local, sim"
-                ));
-            }
-        };
-        for k in m.keys() {
-            let k = k.as_str().unwrap_or("");
-            if !["name", "pool", "max_instances", "kind"].contains(&k) && !specific.contains(&k) {
-                return Err(format!(
-                    "providers[{i}]: unknown key `{k}` for kind {kind} (known: name, pool, max_instances, kind{}{})",
-                    if specific.is_empty() { "" } else { ", " },
-                    specific.join(", ")
-                ));
+        let p: ProviderConfig =
+            serde_norway::from_value(entry.clone()).map_err(|e| format!("providers[{i}]: {e}"))?;
+        p.spec.check().map_err(|e| format!("providers[{i}].{e}"))?;
+    }
+    Ok(())
+}
+
+/// Reads the fedora-messaging file the AMQP settings name, makes paths absolute and checks
+/// that the URL and the TLS files are usable.
+fn resolve_amqp(a: &mut AmqpConfig, base: &Path) -> Result<(), String> {
+    let rel = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    if let Some(tls) = a.tls.as_mut() {
+        for p in [&mut tls.ca_cert, &mut tls.certfile, &mut tls.keyfile]
+            .into_iter()
+            .flatten()
+        {
+            rel(p);
+        }
+    }
+    if let Some(mut fm) = a.fedora_messaging_config.clone() {
+        rel(&mut fm);
+        fedora_messaging::apply(a, &fm)
+            .map_err(|e| format!("bus.amqp.fedora_messaging_config: {e}"))?;
+        a.fedora_messaging_config = Some(fm);
+    }
+    if a.url.is_empty() {
+        return Err(
+            "bus.amqp.url: needed (or an amqp_url in bus.amqp.fedora_messaging_config)".into(),
+        );
+    }
+    if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
+        return Err(format!(
+            "bus.amqp.url: `{}` must start with amqp:// or amqps://",
+            crate::util::redact_url(&a.url)
+        ));
+    }
+    if let Some(tls) = &a.tls {
+        if tls.certfile.is_some() != tls.keyfile.is_some() {
+            return Err("bus.amqp.tls: certfile and keyfile go together".into());
+        }
+        for (key, p) in [
+            ("ca_cert", &tls.ca_cert),
+            ("certfile", &tls.certfile),
+            ("keyfile", &tls.keyfile),
+        ] {
+            if let Some(p) = p
+                && let Err(e) = std::fs::metadata(p)
+            {
+                return Err(format!("bus.amqp.tls.{key}: {}: {e}", p.display()));
             }
         }
     }
@@ -532,7 +669,7 @@ impl Config {
 
     pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let value = read_value(path, Some(env))?;
-        check_provider_keys(&value).map_err(|m| invalid(path, m))?;
+        check_providers(&value).map_err(|m| invalid(path, m))?;
         let mut cfg: Config = if env.is_empty() {
             // From the text, so that errors carry line and column.
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -563,6 +700,9 @@ impl Config {
                 t.path = base.join(&t.path);
             }
         }
+        if let Some(a) = cfg.bus.amqp.as_mut() {
+            resolve_amqp(a, base).map_err(|m| invalid(path, m))?;
+        }
         cfg.check()?;
         Ok(cfg)
     }
@@ -583,20 +723,9 @@ impl Config {
                     ),
                 ));
             }
-            if prov.max_instances == 0 {
-                return Err(invalid(
-                    p,
-                    format!("providers[{i}].max_instances: must be at least 1"),
-                ));
-            }
-            if let ProviderKind::Sim { failure_rate, .. } = prov.kind
-                && !(0.0..=1.0).contains(&failure_rate)
-            {
-                return Err(invalid(
-                    p,
-                    format!("providers[{i}].failure_rate: {failure_rate} is not between 0 and 1"),
-                ));
-            }
+            prov.spec
+                .check()
+                .map_err(|e| invalid(p, format!("providers[{i}].{e}")))?;
         }
         let pools: Vec<&str> = self.providers.iter().map(|p| p.pool()).collect();
         for (name, t) in &self.tasks {
@@ -725,7 +854,7 @@ mod tests {
         assert_eq!(c.scheduler.lease_s, 60);
         assert_eq!(c.tasks["t"].path, d.path().join("tasks/t"));
         assert_eq!(c.task_pool("t"), "sim");
-        assert_eq!(c.providers[0].max_instances, 2);
+        assert_eq!(c.providers[0].max_instances(), 2);
     }
 
     #[test]
@@ -752,7 +881,7 @@ mod tests {
         ];
         let c = Config::load_with_env(&p, &env).unwrap();
         assert_eq!(c.daemon.listen, "0.0.0.0:9");
-        assert_eq!(c.providers[0].max_instances, 7);
+        assert_eq!(c.providers[0].max_instances(), 7);
         assert_eq!(c.scheduler.lease_s, 120);
         let amqp = c.bus.amqp.unwrap();
         assert_eq!(amqp.url, "amqp://h/%2f");
@@ -793,6 +922,43 @@ mod tests {
             e.contains("FERROTRON__SCHEDULER__LEASE_S") && e.contains("soon"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn provider_entries_are_read_by_their_spec_and_errors_name_the_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let with = |providers: &str| {
+            let p = write(
+                d.path(),
+                "p.yaml",
+                &MINIMAL.replace("  - {name: sim, kind: sim}\n", providers),
+            );
+            Config::load_with_env(&p, &[]).map_err(|e| e.to_string())
+        };
+        let c = with(
+            "  - {name: a, kind: sim, max_instances: 5}\n  - {name: b, pool: sim, kind: openstack, cloud: x, flavor: m1}\n",
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].max_instances(), 5);
+        assert_eq!(c.providers[1].pool(), "sim");
+        assert_eq!(c.providers[1].spec.kind(), "openstack");
+
+        let e =
+            with("  - {name: a, kind: sim}\n  - {name: b, kind: libvirt, urii: x}\n").unwrap_err();
+        assert!(
+            e.contains("p.yaml") && e.contains("providers[1]") && e.contains("`urii`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("storage_pools"),
+            "the known keys come from the spec: {e}"
+        );
+        let e = with("  - {name: a, kind: vmware}\n").unwrap_err();
+        assert!(e.contains("providers[0]") && e.contains("vmware"), "{e}");
+        let e = with("  - {name: a, kind: sim, failure_rate: 1.5}\n").unwrap_err();
+        assert!(e.contains("providers[0].failure_rate: 1.5"), "{e}");
+        let e = with("  - {kind: local}\n").unwrap_err();
+        assert!(e.contains("providers[0]") && e.contains("name"), "{e}");
     }
 
     #[test]
