@@ -369,6 +369,37 @@ async fn every_result_is_announced_in_fedora_messaging_form_even_across_a_sigkil
         .collect();
     assert!(names.contains(&"external.check"), "{names:?}");
     assert!(names.contains(&"fixture.second"), "{names:?}");
+    // A run's results link under daemon.public_url: the artifact, else the run's page; and
+    // the page and the artifact are there.
+    let run = runs[0]["body"]["run"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no run uuid in {}", runs[0]))
+        .to_string();
+    let ref_url = |name: &str| {
+        results
+            .iter()
+            .find(|m| m["body"]["testcase"]["name"] == name)
+            .and_then(|m| m["body"]["ref_url"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(
+        ref_url("fixture.second").as_deref(),
+        Some(format!("http://localhost/runs/{run}/artifacts/detail.log").as_str())
+    );
+    assert_eq!(
+        ref_url("fixture.two-results").as_deref(),
+        Some(format!("http://localhost/runs/{run}").as_str())
+    );
+    assert_eq!(
+        ref_url("external.check"),
+        None,
+        "a POSTed result keeps its own"
+    );
+    let (st, body) = d.http("GET", &format!("/runs/{run}/artifacts/detail.log"), b"");
+    assert_eq!(
+        (st, body.as_str()),
+        (200, "detail for bash-5.2.26-1.fc41\n")
+    );
     d.kill(libc::SIGTERM);
     delete_queue(&conn, &listen).await;
     delete_queue(&conn, &format!("ferrotron-bus-{u}")).await;

@@ -1452,6 +1452,80 @@ async fn web_command_is_read_only() {
     assert_eq!(count_results(&s).await, 1);
     let r = client().get(format!("{}/", s.url)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // Without --trust-forwarded, a client's X-Forwarded-Host does not make the links.
+    let href = |s: &Server, forwarded: bool| {
+        let url = format!("{}/api/v2.0/results", s.url);
+        async move {
+            let mut req = client().get(url);
+            if forwarded {
+                req = req
+                    .header("X-Forwarded-Host", "evil.example")
+                    .header("X-Forwarded-Proto", "https");
+            }
+            let v: Value = req.send().await.unwrap().json().await.unwrap();
+            v["data"][0]["href"].as_str().unwrap().to_string()
+        }
+    };
+    let h = href(&s, true).await;
+    assert!(
+        h.starts_with(&format!("{}/api/v2.0/results/", s.url)),
+        "{h}"
+    );
     let _ = child.kill();
     let _ = child.wait();
+
+    // With --public-url, every link is under it, whatever the request says.
+    let start = |extra: &[&str]| {
+        let mut args = vec!["web", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = common::command(s.data.path(), &args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (
+            child,
+            line.split_whitespace().last().unwrap_or("").to_string(),
+        )
+    };
+    let (mut child, url) = start(&["--public-url", "https://results.example.org/rdb/"]);
+    let p = Server {
+        url,
+        store: store.clone(),
+        data: tempfile::tempdir().unwrap(),
+        _pg: None,
+    };
+    let h = href(&p, true).await;
+    assert!(
+        h.starts_with("https://results.example.org/rdb/api/v2.0/results/"),
+        "{h}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // Behind a proxy that is trusted, its headers make the links.
+    let (mut child, url) = start(&["--trust-forwarded"]);
+    let t = Server {
+        url,
+        store: store.clone(),
+        data: tempfile::tempdir().unwrap(),
+        _pg: None,
+    };
+    let h = href(&t, true).await;
+    assert!(
+        h.starts_with("https://evil.example/api/v2.0/results/"),
+        "{h}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    // A public URL that cannot be a base is refused, naming the flag.
+    let out = common::ferrotron(s.data.path(), &["web", "--public-url", "ftp://x/?a"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--public-url ftp://x/?a: must start with http"),
+        "{err}"
+    );
 }

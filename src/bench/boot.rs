@@ -309,6 +309,7 @@ async fn through_ferrotron(opts: &Options) -> anyhow::Result<(f64, Vec<(String, 
                 artifacts_cap: 1 << 20,
                 limits: Default::default(),
                 keep_instance: false,
+                links: None,
             },
             rx,
         )

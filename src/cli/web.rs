@@ -21,6 +21,13 @@ pub struct WebArgs {
     /// File of API tokens, one per line, that may POST.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Where users and ResultsDB clients reach this server (https://results.example.org):
+    /// the base of the absolute URLs in API answers. Default: the request's Host.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Believe X-Forwarded-Host and X-Forwarded-Proto (only behind a proxy that sets them).
+    #[arg(long)]
+    pub trust_forwarded: bool,
 }
 
 pub async fn run(global: &GlobalArgs, args: WebArgs) -> i32 {
@@ -49,6 +56,12 @@ pub async fn run(global: &GlobalArgs, args: WebArgs) -> i32 {
         eprintln!("error: --token-file has no tokens");
         return exit::USAGE;
     }
+    if let Some(u) = &args.public_url
+        && let Err(e) = crate::config::check_public_url(u)
+    {
+        eprintln!("error: --public-url {u}: {e}");
+        return exit::USAGE;
+    }
     let store = match Store::open(&global.db_url()).await {
         Ok(s) => s,
         Err(e) => {
@@ -66,7 +79,9 @@ pub async fn run(global: &GlobalArgs, args: WebArgs) -> i32 {
     let addr = listener
         .local_addr()
         .map_or_else(|_| args.listen.clone(), |a| a.to_string());
-    let app = crate::web::with_access_log(router(WebState::new(store, global.data_dir(), tokens)));
+    let state = WebState::new(store, global.data_dir(), tokens)
+        .with_public_url(args.public_url.clone(), args.trust_forwarded);
+    let app = crate::web::with_access_log(router(state));
     println!("ferrotron web: listening on http://{addr}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -42,6 +42,28 @@ pub enum ConfigError {
     },
 }
 
+/// A public URL is a base the farm's links are made from: `http(s)://host[:port][/prefix]`,
+/// nothing after the path (links append `/runs/…` to it).
+pub fn check_public_url(u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    if let Some(c) = u
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "?#\"<>".contains(*c))
+    {
+        return Err(format!(
+            "must not contain {c:?} (a base URL has no query or fragment)"
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         path: path.to_path_buf(),
@@ -92,8 +114,14 @@ pub struct DaemonConfig {
     pub db: Option<String>,
     /// HTTP listen address. Default `127.0.0.1:8080`.
     pub listen: String,
-    /// Base of the run URLs in result messages. Default `http://LISTEN`.
+    /// Where the farm is reached from outside (`https://ferrotron.example.org`): the base of
+    /// the run URLs in result messages, of results' `ref_url` (the run page, its artifacts)
+    /// and of the absolute URLs the APIs answer with. Default `http://LISTEN` for messages
+    /// and links, the request's Host for API answers.
     pub public_url: Option<String>,
+    /// Believe `X-Forwarded-Host`/`-Proto` when `public_url` is unset; only behind a proxy
+    /// that sets them. Default false.
+    pub trust_forwarded: bool,
     /// Bearer token for `POST /api/v1/messages`; unset disables the endpoint.
     pub api_token: Option<String>,
     /// A file holding the token instead (first line).
@@ -109,6 +137,7 @@ impl Default for DaemonConfig {
             db: None,
             listen: "127.0.0.1:8080".into(),
             public_url: None,
+            trust_forwarded: false,
             api_token: None,
             api_token_file: None,
         }
@@ -747,6 +776,10 @@ impl Config {
                 ));
             }
         }
+        if let Some(u) = &self.daemon.public_url {
+            check_public_url(u)
+                .map_err(|e| invalid(p, format!("daemon.public_url: `{u}`: {e}")))?;
+        }
         if let Some(token) = &self.daemon.api_token
             && token.len() < 16
         {
@@ -922,6 +955,24 @@ mod tests {
             e.contains("FERROTRON__SCHEDULER__LEASE_S") && e.contains("soon"),
             "{e}"
         );
+
+        for (url, why) in [
+            ("results.example.org", "must start with http:// or https://"),
+            ("https://", "has no host"),
+            ("https://h/x?y=1", "must not contain '?'"),
+        ] {
+            let env = vec![("FERROTRON__DAEMON__PUBLIC_URL".to_string(), url.to_string())];
+            let e = Config::load_with_env(&p, &env).unwrap_err().to_string();
+            assert!(
+                e.contains("c3.yaml") && e.contains("daemon.public_url") && e.contains(why),
+                "{url}: {e}"
+            );
+        }
+        let env = vec![(
+            "FERROTRON__DAEMON__PUBLIC_URL".to_string(),
+            "https://ferrotron.example.org/ci".to_string(),
+        )];
+        assert!(Config::load_with_env(&p, &env).is_ok());
     }
 
     #[test]

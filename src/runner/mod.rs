@@ -64,6 +64,18 @@ pub struct RunRequest {
     pub limits: GuestLimits,
     /// `--no-destroy`: leave the instance running and say how to reach it.
     pub keep_instance: bool,
+    /// Where the farm serves this run; `None` (the command line): results link to the
+    /// local artifacts directory with `file://` URLs.
+    pub links: Option<RunLinks>,
+}
+
+/// Public URLs of one run, for the `ref_url` of its results (what Greenwave and Bodhi show).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLinks {
+    /// The run's page: the `ref_url` of results that name no artifact.
+    pub page: String,
+    /// Below it, the run's artifacts as the task wrote them.
+    pub artifacts: String,
 }
 
 /// Caps on what a guest can make the host store or wait for (README: "The guest
@@ -501,11 +513,15 @@ impl Runner {
         }
 
         let phases = cx.phases.lock().expect("phases lock").clone();
-        let base = format!("file://{}", artifacts_dir.display());
+        let (base, page_url) = match &req.links {
+            Some(l) => (l.artifacts.clone(), Some(l.page.clone())),
+            None => (format!("file://{}", artifacts_dir.display()), None),
+        };
         let completion = RunCompletion {
             uuid: req.uuid,
             results: task.results.clone(),
             ref_url_base: Some(base),
+            page_url,
             phases: phases.clone(),
             state,
             exit_code: Some(exit_code),

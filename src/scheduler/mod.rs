@@ -610,6 +610,10 @@ impl Scheduler {
                     artifacts_cap: task.artifacts_cap,
                     limits: task.limits,
                     keep_instance: false,
+                    links: Some(crate::runner::RunLinks {
+                        page: format!("{}/runs/{run}", self.public_url),
+                        artifacts: format!("{}/runs/{run}/artifacts", self.public_url),
+                    }),
                 };
                 let runner = Runner {
                     provider: slot.provider.clone(),
@@ -1268,7 +1272,7 @@ mod size {
                     data_dir: tmp.path().into(),
                     sink: std::sync::Arc::new(|_: &crate::runner::Event| {}),
                 };
-                let req = crate::runner::RunRequest { uuid: uuid::Uuid::now_v7(), formula, item: String::new(), item_type: String::new(), arch: String::new(), jobid: String::new(), owner: String::new(), image: String::new(), task_timeout: std::time::Duration::from_secs(1), spawn_attempts: 1, artifacts_cap: 1, limits: Default::default(), keep_instance: false };
+                let req = crate::runner::RunRequest { uuid: uuid::Uuid::now_v7(), formula, item: String::new(), item_type: String::new(), arch: String::new(), jobid: String::new(), owner: String::new(), image: String::new(), task_timeout: std::time::Duration::from_secs(1), spawn_attempts: 1, artifacts_cap: 1, limits: Default::default(), keep_instance: false, links: None };
                 let (_tx, rx) = tokio::sync::watch::channel(false);
                 let f = runner.run(req, rx);
                 std::mem::size_of_val(&f)

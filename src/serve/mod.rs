@@ -237,7 +237,11 @@ impl Daemon {
         };
         crate::web::router(
             crate::web::WebState::new(self.store.clone(), self.data_dir.clone(), tokens)
-                .with_farm(Arc::new(farm)),
+                .with_farm(Arc::new(farm))
+                .with_public_url(
+                    self.config.daemon.public_url.clone(),
+                    self.config.daemon.trust_forwarded,
+                ),
         )
     }
 
@@ -260,6 +264,7 @@ impl Daemon {
             })?;
         let local = listener.local_addr().ok();
         let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_signal = stop_signal(external_stop);
 
         let loops = self
             .scheduler
@@ -321,7 +326,7 @@ impl Daemon {
         sd_notify("READY=1\nSTATUS=serving");
 
         let fatal_reason = tokio::select! {
-            _ = wait_for_signal(external_stop) => None,
+            _ = stop_signal => None,
             r = fatal.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
         };
         tracing::info!("ferrotron serve: shutting down: no new messages or claims");
@@ -375,15 +380,35 @@ pub fn sd_notify(state: &str) {
     }
 }
 
-async fn wait_for_signal(external: Option<watch::Receiver<bool>>) {
+/// Takes over SIGINT and SIGTERM now, and resolves when one arrives (or `external` turns
+/// true). Registering before READY=1 matters: a SIGTERM that came between READY and the
+/// first poll of a lazily registered handler would kill the daemon without its shutdown.
+fn stop_signal(external: Option<watch::Receiver<bool>>) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
+    ) {
+        (Ok(int), Ok(term)) => Some((int, term)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot handle SIGINT/SIGTERM ({e}): stop the daemon with SIGKILL");
+            None
+        }
     };
+    async move {
+        let Some((mut int, mut term)) = handlers else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        wait_for_any(&mut int, &mut term, external).await;
+    }
+}
+
+async fn wait_for_any(
+    int: &mut tokio::signal::unix::Signal,
+    term: &mut tokio::signal::unix::Signal,
+    external: Option<watch::Receiver<bool>>,
+) {
     let ext = async move {
         match external {
             Some(mut rx) => {

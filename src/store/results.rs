@@ -121,7 +121,8 @@ const LINKS_PER_INSERT: usize = 500;
 
 impl Store {
     /// Stores the results of a run in ONE transaction: testcases are created as needed, every
-    /// result goes into the run's group, `ref_url` is `ref_url_base/artifact` when both are set,
+    /// result goes into the run's group, `ref_url` is `ref_url_base/artifact` (the
+    /// artifact's path percent-encoded) when both are set,
     /// and the data rows are `CheckResult::data` plus `item` and `type` (from the fields, which
     /// win over data keys of the same name). All results get the same submit_time (now).
     /// Returns the new ids in the order of `results`. On any error nothing is stored.
@@ -133,7 +134,7 @@ impl Store {
     ) -> Result<Vec<i64>, StoreError> {
         let op = || format!("storing {} results of run {run}", results.len());
         let mut tx = self.begin().await.map_err(db(op))?;
-        let ids = insert_run_results(&mut tx, run, results, ref_url_base).await?;
+        let ids = insert_run_results(&mut tx, run, results, ref_url_base, None).await?;
         let announced = self.announce_results(&mut tx, &ids).await.map_err(db(op))?;
         tx.commit().await.map_err(db(op))?;
         if announced {
@@ -345,6 +346,7 @@ pub(crate) async fn insert_run_results(
     run: Uuid,
     results: &[CheckResult],
     ref_url_base: Option<&str>,
+    page_url: Option<&str>,
 ) -> Result<Vec<i64>, StoreError> {
     let op = || format!("storing {} results of run {run}", results.len());
     let group_id: i64 = sqlx::query_scalar("SELECT id FROM result_groups WHERE uuid = $1")
@@ -376,9 +378,9 @@ pub(crate) async fn insert_run_results(
             (Some(base), Some(artifact)) => Some(format!(
                 "{}/{}",
                 base.trim_end_matches('/'),
-                artifact.trim_start_matches('/')
+                crate::util::percent_encode(artifact.trim_start_matches('/'), b"/")
             )),
-            _ => None,
+            _ => page_url.map(str::to_string),
         };
         let id = insert_result(
             &mut *tx,

@@ -171,6 +171,8 @@ pub struct RunCompletion {
     pub results: Vec<CheckResult>,
     /// Results' `ref_url` is this plus their artifact (see [`Store::store_results`]).
     pub ref_url_base: Option<String>,
+    /// The `ref_url` of results that name no artifact: the run's page, when it has one.
+    pub page_url: Option<String>,
     pub phases: Vec<Phase>,
     pub state: RunState,
     pub exit_code: Option<i32>,
@@ -411,6 +413,7 @@ impl Store {
             uuid,
             &c.results,
             c.ref_url_base.as_deref(),
+            c.page_url.as_deref(),
         )
         .await?;
         let announced = self.announce_results(&mut tx, &ids).await.map_err(db(op))?;

@@ -1296,6 +1296,7 @@ fn completion(run: Uuid, outcome: Outcome) -> RunCompletion {
         uuid: run,
         results: vec![check("t.check", "bash-5.2-1.fc41", outcome)],
         ref_url_base: None,
+        page_url: None,
         phases: vec![Phase {
             name: "clone".into(),
             started_at: OffsetDateTime::now_utc(),

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::error::{ApiError, ApiResult};
 use super::farm::ProviderStatus;
 use super::params::{self, Pairs, csv, fmt_time};
-use super::{WebState, auth, base_url};
+use super::{WebState, auth};
 use crate::store::{Job, JobFilter, NewJob, RunState};
 
 pub fn routes() -> Router<WebState> {
@@ -184,7 +184,7 @@ async fn list(
     let jobs = st.store.list_jobs(&f).await?;
     let provs = providers(&st).await;
     let now = OffsetDateTime::now_utc();
-    let base = base_url(&headers);
+    let base = st.base_url(&headers);
     let data: Vec<Value> = jobs
         .iter()
         .map(|j| job_json(j, wait_reason(j, provs.as_deref(), now).as_ref(), &base))
@@ -214,7 +214,7 @@ async fn one(
         .ok_or_else(|| ApiError::not_found(format!("Job not found: {uuid}")))?;
     let provs = providers(&st).await;
     let wait = wait_reason(&job, provs.as_deref(), OffsetDateTime::now_utc());
-    Ok(Json(job_json(&job, wait.as_ref(), &base_url(&headers))))
+    Ok(Json(job_json(&job, wait.as_ref(), &st.base_url(&headers))))
 }
 
 /// A form post from a page (the run page's buttons) rather than an API client.
@@ -309,7 +309,7 @@ async fn rerun(
     if let Some(r) = refuse(&st, &headers, &body) {
         return r;
     }
-    match rerun_job(&st, &uuid, &base_url(&headers)).await {
+    match rerun_job(&st, &uuid, &st.base_url(&headers)).await {
         Ok(_) if from_form(&headers) => Redirect::to("/jobs").into_response(),
         Ok((_, v)) => (StatusCode::ACCEPTED, Json(v)).into_response(),
         Err(e) => e.into_response(),

@@ -37,6 +37,12 @@ pub struct WebState {
     pub limits: Limits,
     /// One permit per open live-log stream ([`Limits::live_logs`] in all).
     pub live_logs: Arc<tokio::sync::Semaphore>,
+    /// Where this server is reached from outside (`--public-url`, `daemon.public_url`): the
+    /// base of every absolute URL it answers with. Unset: the request's `Host`.
+    pub public_url: Option<String>,
+    /// Whether `X-Forwarded-Host`/`-Proto` are believed when there is no public URL: only
+    /// behind a proxy that sets them, as anyone else can.
+    pub trust_forwarded: bool,
 }
 
 /// Bounds on what one request may cost the server.
@@ -66,6 +72,24 @@ impl WebState {
             farm: None,
             limits: Limits::default(),
             live_logs: Arc::new(tokio::sync::Semaphore::new(files::MAX_LIVE_LOGS)),
+            public_url: None,
+            trust_forwarded: false,
+        }
+    }
+
+    /// The base of absolute URLs: the public URL, or where the request was sent.
+    pub fn with_public_url(mut self, public_url: Option<String>, trust_forwarded: bool) -> Self {
+        self.public_url = public_url.map(|u| u.trim_end_matches('/').to_string());
+        self.trust_forwarded = trust_forwarded;
+        self
+    }
+
+    /// `scheme://host` for the absolute URLs ResultsDB clients expect: the public URL when
+    /// one is set, else the request's (`X-Forwarded-*` only when trusted).
+    pub fn base_url(&self, headers: &HeaderMap) -> String {
+        match &self.public_url {
+            Some(u) => u.clone(),
+            None => request_base_url(headers, self.trust_forwarded),
         }
     }
 
@@ -123,18 +147,24 @@ async fn access_log(
     resp
 }
 
-/// `scheme://host` of the request, for the absolute URLs ResultsDB clients expect.
-pub fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get("x-forwarded-host")
-        .or_else(|| headers.get(axum::http::header::HOST))
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+/// `scheme://host` the request was sent to. A client can send any `X-Forwarded-*`, so they
+/// count only when `trust_forwarded` (a proxy in front that sets them).
+fn request_base_url(headers: &HeaderMap, trust_forwarded: bool) -> String {
+    let forwarded = |name: &str| {
+        headers
+            .get(name)
+            .filter(|_| trust_forwarded)
+            .and_then(|h| h.to_str().ok())
+    };
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| {
+            headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
         .unwrap_or("localhost");
-    let scheme = match headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-    {
+    let scheme = match forwarded("x-forwarded-proto") {
         Some("https") => "https",
         _ => "http",
     };

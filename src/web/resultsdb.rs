@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::params::{self, Pairs, csv, fmt_time, page_links, paging};
-use super::{WebState, auth, base_url, pyrepr};
+use super::{WebState, auth, pyrepr};
 use crate::outcome::Outcome;
 use crate::store::{
     DataMatch, GroupFilter, GroupRow, NewGroup, NewResult, ResultFilter, StoredResult,
@@ -46,8 +46,8 @@ pub fn routes() -> Router<WebState> {
 
 /// The API root as ResultsDB answers it: 300 with links to the collections and the outcomes
 /// it accepts.
-async fn index(headers: HeaderMap) -> Response {
-    let b = format!("{}{BASE}", base_url(&headers));
+async fn index(State(st): State<WebState>, headers: HeaderMap) -> Response {
+    let b = format!("{}{BASE}", st.base_url(&headers));
     let body = json!({
         "message": "ResultsDB v2.0 API served by ferrotron: choose a collection below.",
         "documentation": "http://docs.resultsdb20.apiary.io/",
@@ -231,7 +231,7 @@ async fn results_page(
     path: &str,
 ) -> ApiResult<Json<Value>> {
     let rows = st.store.result_page(f, p.limit, p.offset()).await?;
-    let base = base_url(headers);
+    let base = st.base_url(headers);
     let url = format!("{base}{BASE}{path}");
     Ok(page_json(rows, |r| result_json(r, &base), &url, pairs, p))
 }
@@ -270,7 +270,7 @@ async fn latest_results(
     let mut rows = st.store.latest_results(&f, &distinct_on, limit).await?;
     let truncated = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let base = base_url(&headers);
+    let base = st.base_url(&headers);
     let body = Json(json!({
         "data": rows.iter().map(|r| result_json(r, &base)).collect::<Vec<_>>(),
     }));
@@ -303,7 +303,7 @@ async fn one_result(
         .result(id)
         .await?
         .ok_or_else(|| ApiError::not_found("Result not found"))?;
-    Ok(Json(result_json(&r, &base_url(&headers))))
+    Ok(Json(result_json(&r, &st.base_url(&headers))))
 }
 
 /// The JSON body of a POST, with its token taken out.
@@ -548,7 +548,7 @@ async fn create_result(
     let stored = st.store.create_result(&new).await?;
     Ok((
         StatusCode::CREATED,
-        Json(result_json(&stored, &base_url(&headers))),
+        Json(result_json(&stored, &st.base_url(&headers))),
     )
         .into_response())
 }
@@ -577,7 +577,7 @@ async fn list_groups(
         }
     }
     let rows = st.store.group_page(&f, p.limit, p.offset()).await?;
-    let base = base_url(&headers);
+    let base = st.base_url(&headers);
     let url = format!("{base}{BASE}/groups");
     Ok(page_json(rows, |g| group_json(g, &base), &url, &pairs, p))
 }
@@ -598,7 +598,7 @@ async fn one_group(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found("Group not found"))?;
-    Ok(Json(group_json(&g, &base_url(&headers))))
+    Ok(Json(group_json(&g, &st.base_url(&headers))))
 }
 
 async fn group_results(
@@ -656,7 +656,7 @@ async fn create_group(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(group_json(&g, &base_url(&headers))),
+        Json(group_json(&g, &st.base_url(&headers))),
     )
         .into_response())
 }
@@ -684,7 +684,7 @@ async fn list_testcases(
         }
     }
     let rows = st.store.testcase_page(&f, p.limit, p.offset()).await?;
-    let base = base_url(&headers);
+    let base = st.base_url(&headers);
     let url = format!("{base}{BASE}/testcases");
     Ok(page_json(
         rows,
@@ -708,7 +708,11 @@ async fn testcase_path(
         Some(name) => testcase_results(&st, &headers, name, q).await,
         None => {
             let (n, u) = find_testcase(&st, &rest).await?;
-            Ok(Json(testcase_json(&n, u.as_deref(), &base_url(&headers))))
+            Ok(Json(testcase_json(
+                &n,
+                u.as_deref(),
+                &st.base_url(&headers),
+            )))
         }
     }
 }
@@ -757,7 +761,7 @@ async fn create_testcase(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(testcase_json(&n, u.as_deref(), &base_url(&headers))),
+        Json(testcase_json(&n, u.as_deref(), &st.base_url(&headers))),
     )
         .into_response())
 }

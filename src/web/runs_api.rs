@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::params::{self, Pairs, csv, fmt_time};
-use super::{WebState, base_url, files, resultsdb};
+use super::{WebState, files, resultsdb};
 use crate::outcome::Outcome;
 use crate::store::{RunFilter, RunParams, RunRecord, RunState, RunSummary};
 
@@ -109,7 +109,7 @@ async fn list(
     let mut rows = st.store.run_page(&f, p.limit, p.offset()).await?;
     let has_next = rows.len() > p.limit as usize;
     rows.truncate(p.limit as usize);
-    let base = base_url(&headers);
+    let base = st.base_url(&headers);
     let (prev, next) = params::page_links(&format!("{base}/api/v1/runs"), &pairs, p, has_next);
     Ok(Json(json!({
         "data": rows.iter().map(|r| summary_json(r, &base)).collect::<Vec<_>>(),
@@ -137,7 +137,7 @@ async fn one(
         .ok_or_else(|| ApiError::not_found(format!("Run not found: {uuid}")))?;
     let results = st.store.run_results(uuid).await?;
     let cancel_requested = st.store.cancel_requested(uuid).await?.unwrap_or(false);
-    let base = base_url(&headers);
+    let base = st.base_url(&headers);
     let root = files::artifacts_root(&st, uuid);
     let artifacts = tokio::task::spawn_blocking(move || files::list_artifacts(&root))
         .await
