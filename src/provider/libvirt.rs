@@ -427,6 +427,12 @@ impl Provider for LibvirtProvider {
                 },
                 other => Loss::infra(format!("domain {id} is shut off ({other:?})")),
             }),
+            // Caught half-way through the power-off (the connection drops before qemu exits):
+            // ferrotron never shuts a domain down gracefully, it destroys it, so the guest did.
+            Some((Enum::Known(DomainState::Shutdown), _)) => Some(Loss {
+                why: format!("domain {id} is shutting down: the guest powered itself off"),
+                by_guest: true,
+            }),
             Some((Enum::Known(DomainState::Running), _)) => None,
             Some((state, reason)) => Some(Loss::infra(format!(
                 "domain {id} is {state:?} ({reason:?})"
