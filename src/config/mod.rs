@@ -122,6 +122,9 @@ pub struct DaemonConfig {
     /// Believe `X-Forwarded-Host`/`-Proto` when `public_url` is unset; only behind a proxy
     /// that sets them. Default false.
     pub trust_forwarded: bool,
+    /// Allow providers whose tasks run on this host, unisolated (`kind: local`). Default
+    /// false: a farm runs what messages from outside ask for.
+    pub allow_local_provider: bool,
     /// Bearer token for `POST /api/v1/messages`; unset disables the endpoint.
     pub api_token: Option<String>,
     /// A file holding the token instead (first line).
@@ -138,6 +141,7 @@ impl Default for DaemonConfig {
             listen: "127.0.0.1:8080".into(),
             public_url: None,
             trust_forwarded: false,
+            allow_local_provider: false,
             api_token: None,
             api_token_file: None,
         }
@@ -755,6 +759,18 @@ impl Config {
             prov.spec
                 .check()
                 .map_err(|e| invalid(p, format!("providers[{i}].{e}")))?;
+            if !prov.spec.isolates() && !self.daemon.allow_local_provider {
+                return Err(invalid(
+                    p,
+                    format!(
+                        "providers[{i}] (`{}`): kind `{}` runs the tasks of strangers' messages \
+                         as this daemon's user on this host; set daemon.allow_local_provider: \
+                         true if that is meant",
+                        prov.name,
+                        prov.spec.kind()
+                    ),
+                ));
+            }
         }
         let pools: Vec<&str> = self.providers.iter().map(|p| p.pool()).collect();
         for (name, t) in &self.tasks {
@@ -1010,6 +1026,24 @@ mod tests {
         assert!(e.contains("providers[0].failure_rate: 1.5"), "{e}");
         let e = with("  - {kind: local}\n").unwrap_err();
         assert!(e.contains("providers[0]") && e.contains("name"), "{e}");
+        let e = with("  - {name: here, kind: local}\n").unwrap_err();
+        assert!(
+            e.contains("providers[0] (`here`)") && e.contains("daemon.allow_local_provider"),
+            "{e}"
+        );
+        let p = write(
+            d.path(),
+            "l.yaml",
+            &MINIMAL.replace(
+                "  - {name: sim, kind: sim}\n",
+                "  - {name: here, kind: local}\n",
+            ),
+        );
+        let env = vec![(
+            "FERROTRON__DAEMON__ALLOW_LOCAL_PROVIDER".to_string(),
+            "true".to_string(),
+        )];
+        assert!(Config::load_with_env(&p, &env).is_ok());
     }
 
     #[test]

@@ -206,6 +206,12 @@ impl Spec {
         slot.get_or_insert(n);
     }
 
+    /// Whether a task runs inside a machine of its own, away from the host that runs
+    /// ferrotron. Not for `local`: its tasks run as this process's user, on this host.
+    pub fn isolates(&self) -> bool {
+        !matches!(self, Spec::Local(_))
+    }
+
     /// The image the spec names for its runs, if any.
     pub fn image(&self) -> Option<&str> {
         match self {
