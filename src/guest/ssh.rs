@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, client};
 
 use super::{Command, GuestError, OutputSink, Session, Stream};
@@ -55,6 +55,16 @@ pub struct SshSession {
     handle: client::Handle<Pinned>,
     root: String,
     target: String,
+}
+
+/// The hash an RSA key signs with: the best SHA-2 the server names (`server-sig-algs`),
+/// SHA-512 when it names none. Never `ssh-rsa` (SHA-1), which OpenSSH itself refuses since
+/// 8.8: a server that takes nothing else fails authentication with a clear error instead.
+fn rsa_signature_hash(server: Option<Option<HashAlg>>) -> HashAlg {
+    match server {
+        Some(Some(alg)) => alg,
+        Some(None) | None => HashAlg::Sha512,
+    }
 }
 
 impl SshSession {
@@ -110,10 +120,15 @@ impl SshSession {
                     heard: heard.clone(),
                 };
                 let mut h = client::connect_stream(config.clone(), stream, handler).await?;
+                let hash = if key.algorithm().is_rsa() {
+                    Some(rsa_signature_hash(h.best_supported_rsa_hash().await?))
+                } else {
+                    None
+                };
                 let auth = h
                     .authenticate_publickey(
                         target.user.clone(),
-                        PrivateKeyWithHashAlg::new(key.clone(), None),
+                        PrivateKeyWithHashAlg::new(key.clone(), hash),
                     )
                     .await?;
                 Ok::<_, russh::Error>((h, auth.success()))
@@ -291,5 +306,25 @@ fn signal_number(sig: &russh::Sig) -> i32 {
         Sig::ALRM => 14,
         Sig::TERM => 15,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsa_keys_never_sign_with_sha1() {
+        assert_eq!(
+            rsa_signature_hash(Some(Some(HashAlg::Sha256))),
+            HashAlg::Sha256
+        );
+        assert_eq!(
+            rsa_signature_hash(Some(Some(HashAlg::Sha512))),
+            HashAlg::Sha512
+        );
+        // The server says it takes only ssh-rsa, or says nothing: SHA-2 all the same.
+        assert_eq!(rsa_signature_hash(Some(None)), HashAlg::Sha512);
+        assert_eq!(rsa_signature_hash(None), HashAlg::Sha512);
     }
 }
