@@ -8,11 +8,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrotron::store::{Job, RunState, Store};
@@ -55,60 +53,22 @@ fn write_task(dir: &Path, name: &str, shell: &str) -> PathBuf {
     d
 }
 
-/// A running `ferrotron serve`, its stderr collected.
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: Arc<Mutex<String>>,
+use common::daemon::Daemon;
+
+/// What these tests ask of the shared daemon harness besides starting it.
+trait FarmDaemon {
+    fn stop(self);
+    fn get(&self, path: &str) -> (u16, String);
+    fn get_json(&self, path: &str) -> (u16, Value);
+    fn post(&self, path: &str, body: &Value, token: Option<&str>) -> (u16, Value);
 }
 
-impl Daemon {
-    fn start(data: &Path, config: &Path, port: u16) -> Daemon {
-        let mut child = common::command(data, &["serve", "--config", config.to_str().unwrap()])
-            .env("FERROTRON_LOG", "ferrotron=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ferrotron serve starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(());
-                }
-                let mut g = l.lock().unwrap();
-                g.push_str(&line);
-                g.push('\n');
-            }
-        });
-        let d = Daemon { child, port, log };
-        if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-            panic!("daemon did not start:\n{}", d.log());
-        }
-        d
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
+impl FarmDaemon for Daemon {
+    /// SIGTERM, and a clean exit within a minute.
     fn stop(mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert_eq!(st.code(), Some(0), "{}", self.log());
-                return;
-            }
-            assert!(Instant::now() < deadline, "no exit:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.signal(libc::SIGTERM);
+        let code = self.wait(Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{}", self.log());
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -130,15 +90,6 @@ impl Daemon {
             "application/json",
         );
         (st, serde_json::from_str(&body).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
