@@ -3,9 +3,13 @@
 # broker does), for the bus tests, and prints the variables to export. Idempotent: the CA
 # and certificates are made once (openssl) under $dir; RabbitMQ is restarted only when its
 # TLS listener is missing, which on a fresh machine is once, before any test runs.
-# Needs root; RabbitMQ is installed and started by `provisioning/host-setup.sh --test`.
+# The same server certificate turns TLS on in the local PostgreSQL (a reload, no restart),
+# for the store's TLS test.
+# Needs root; RabbitMQ and PostgreSQL are installed and started by
+# `provisioning/host-setup.sh --test`.
 #
-#   eval "$(provisioning/test-tls.sh)"    # sets FERROTRON_TEST_TLS_DIR, FERROTRON_TEST_AMQPS
+#   eval "$(provisioning/test-tls.sh)"    # sets FERROTRON_TEST_TLS_DIR, FERROTRON_TEST_AMQPS,
+#                                         # FERROTRON_TEST_PG_TLS
 #
 # Made here: ca.pem (the test CA), server.pem/server-key.pem (localhost, 127.0.0.1),
 # client.pem/client-key.pem (CN ferrotron-test, a RabbitMQ user that logs in with EXTERNAL),
@@ -101,3 +105,24 @@ rabbitmqctl -q set_permissions -p / "$user" '.*' '.*' '.*' >/dev/null
 log "ready: amqps://localhost:$port (client certificate $dir/client.pem)"
 echo "export FERROTRON_TEST_TLS_DIR=$dir"
 echo "export FERROTRON_TEST_AMQPS=amqps://localhost:$port/%2f"
+
+# PostgreSQL: TLS on with the same server certificate. The server insists that its key be
+# private to it, so it gets a copy of its own. ssl is reloadable: no restart, no test cut off.
+pg_password=${FERROTRON_TEST_PG_PASSWORD:-postgres}
+if id postgres >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p "${PGPORT:-5432}"; then
+  install -m 0600 -o postgres server-key.pem pg-server-key.pem
+  pg() { runuser -u postgres -- psql -X -q -tA -v ON_ERROR_STOP=1 -p "${PGPORT:-5432}" -d postgres "$@"; }
+  if [[ $(pg -c "SHOW ssl") != on || $(pg -c "SHOW ssl_cert_file") != "$dir/server.pem" ]]; then
+    log "turning TLS on in PostgreSQL"
+    pg -c "ALTER SYSTEM SET ssl_cert_file = '$dir/server.pem'" \
+      -c "ALTER SYSTEM SET ssl_key_file = '$dir/pg-server-key.pem'" \
+      -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
+    for _ in $(seq 50); do [[ $(pg -c "SHOW ssl") == on ]] && break; sleep 0.2; done
+  fi
+  if [[ $(pg -c "SHOW ssl") == on ]]; then
+    log "ready: PostgreSQL with TLS on 127.0.0.1 (CA $dir/ca.pem)"
+    echo "export FERROTRON_TEST_PG_TLS='postgres://postgres:$pg_password@localhost:${PGPORT:-5432}/ferrotron_test?sslmode=verify-full&sslrootcert=$dir/ca.pem'"
+  else
+    log "PostgreSQL did not turn TLS on (see its log); the store TLS test will skip"
+  fi
+fi

@@ -124,6 +124,40 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// An error and its causes on one line, `outer: inner: …`, each cause written once: many
+/// library errors already print their source in their own message, and printing the chain
+/// as-is would say the same thing two or three times.
+pub fn error_chain<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut out = String::new();
+    for e in chain {
+        let m = e.to_string();
+        if m.is_empty() || out.contains(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out
+}
+
+/// Bytes an unprivileged writer may still put on the filesystem holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: `c` is a valid NUL-terminated string and `st` a properly sized out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between libcs
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +243,34 @@ mod tests {
         )
         .await;
         assert_eq!(r, Ok(2));
+    }
+
+    #[test]
+    fn free_bytes_reads_the_filesystem_and_names_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        let gone = dir.path().join("gone");
+        assert_eq!(
+            free_bytes(&gone).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn error_chain_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connecting to db: {0}")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("bad certificate")]
+        struct Inner;
+        let e = anyhow::Error::new(Outer(Inner)).context("config.yaml: daemon.db");
+        assert_eq!(
+            error_chain(e.chain()),
+            "config.yaml: daemon.db: connecting to db: bad certificate"
+        );
+        // Without the repetition, every cause still appears.
+        let e = anyhow::Error::new(Inner).context("opening");
+        assert_eq!(error_chain(e.chain()), "opening: bad certificate");
     }
 }

@@ -1099,3 +1099,72 @@ async fn a_second_live_daemon_with_the_same_id_refuses_to_start() {
         again.log()
     );
 }
+
+/// PostgreSQL over TLS (FERROTRON_TEST_PG_TLS: `sslmode=verify-full` with the test CA, set
+/// by provisioning/test-tls.sh): a daemon on it runs jobs with every connection encrypted,
+/// and a daemon that does not trust the server's certificate refuses to start, saying so.
+#[tokio::test]
+async fn a_daemon_on_postgresql_over_tls_verifies_the_server() {
+    let Some(admin) = env_or_skip("FERROTRON_TEST_PG_TLS") else {
+        return;
+    };
+    let (url, name) = fresh_pg(&admin).await;
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "quick", "echo over tls");
+    let s = setup(
+        Some(url.clone()),
+        "",
+        &format!(
+            "providers: [{{name: sim, kind: sim, max_instances: 2, create_ms: 10}}]\n{}",
+            sim_rules(&task, "t.x").replace("[x86_64, aarch64]", "[x86_64]")
+        ),
+    );
+    let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+    let (st, r) = d.submit(&json!({"topic": "t.x", "body": koji_body("bash")}));
+    assert_eq!(st, 202, "{r}");
+    let store = Store::open(&url).await.unwrap();
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 1)).await;
+    assert_eq!(jobs[0].state, RunState::Finished, "{}", d.log());
+
+    // The server's own view of the daemon's connections (and the test's): all encrypted.
+    let mut c = sqlx::AnyConnection::connect(&admin).await.unwrap();
+    let (tls, clear): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
+    )
+    .bind(&name)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert!(tls >= 1 && clear == 0, "tls {tls}, clear {clear}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+
+    // A CA that did not sign the server's certificate: no connection, a clear refusal.
+    let config2 = s.data.path().join("untrusting.yaml");
+    std::fs::write(
+        &config2,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace("/ca.pem", "/other-ca.pem"),
+    )
+    .unwrap();
+    let out = common::command(
+        s.data.path(),
+        &["serve", "--config", config2.to_str().unwrap()],
+    )
+    .stdout(Stdio::null())
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("connecting to postgres://postgres:***@localhost")
+            && err.contains("UnknownIssuer")
+            && err.contains("sslrootcert=FILE")
+            && !err.contains(":postgres@"),
+        "{err}"
+    );
+    drop(store);
+    drop_pg(&admin, &name).await;
+}

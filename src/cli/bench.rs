@@ -155,7 +155,7 @@ fn finish<R: serde::Serialize>(r: anyhow::Result<R>, print: impl Fn(&R), json: b
             exit::OK
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::util::error_chain(e.chain()));
             exit::INFRA
         }
     }

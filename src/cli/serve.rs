@@ -50,7 +50,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> i32 {
     let daemon = match Daemon::build(config, &defaults).await {
         Ok(d) => Arc::new(d),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::util::error_chain(e.chain()));
             return exit::USAGE;
         }
     };
@@ -58,7 +58,7 @@ pub async fn run(global: &GlobalArgs, args: ServeArgs) -> i32 {
     match daemon.run(vec![web], None).await {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::util::error_chain(e.chain()));
             exit::INFRA
         }
     }

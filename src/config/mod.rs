@@ -355,6 +355,10 @@ pub struct SchedulerConfig {
     /// store answers; once the daemon is stopping, for at most this long, seconds (the
     /// lease then runs out and the next daemon to start recovers the job). Default 30.
     pub final_write_grace_s: u64,
+    /// No new job is claimed while the data directory (run logs, artifacts, local overlays)
+    /// has less than this free, MiB: a full disk would fail every attempt at once and pause
+    /// running guests. 0 turns the check off. Default 1024.
+    pub min_free_mib: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -372,6 +376,7 @@ impl Default for SchedulerConfig {
             breaker_cooldown_s: 30.0,
             shutdown_grace_s: 60,
             final_write_grace_s: 30,
+            min_free_mib: 1024,
         }
     }
 }

@@ -394,7 +394,9 @@ impl Provider for LibvirtProvider {
     }
 
     async fn explain_loss(&self, id: &str) -> Option<Loss> {
-        use virt::domain::{DomainShutoffReason, DomainState, DomainStateReason};
+        use virt::domain::{
+            DomainPausedReason, DomainShutoffReason, DomainState, DomainStateReason,
+        };
         use virt::enumutil::Enum;
         let name = id.to_string();
         let state = self
@@ -434,6 +436,15 @@ impl Provider for LibvirtProvider {
                 by_guest: true,
             }),
             Some((Enum::Known(DomainState::Running), _)) => None,
+            // qemu stops a guest whose disk write failed (werror=stop) rather than corrupt it.
+            Some((
+                Enum::Known(DomainState::Paused),
+                Enum::Known(DomainStateReason::Paused(Enum::Known(DomainPausedReason::IOError))),
+            )) => Some(Loss::infra(format!(
+                "domain {id} is paused: a write to its disk failed (is the filesystem of {} full?)",
+                self.instance_dir(id)
+                    .map_or_else(|_| "its overlay".into(), |d| d.display().to_string())
+            ))),
             Some((state, reason)) => Some(Loss::infra(format!(
                 "domain {id} is {state:?} ({reason:?})"
             ))),

@@ -182,6 +182,9 @@ pub struct Scheduler {
     /// Jobs launched and not yet ended in the store.
     active: AtomicUsize,
     stopping: AtomicBool,
+    /// Whether the last dispatch round found the data directory short of space (logged
+    /// when it changes, not every round).
+    disk_low: AtomicBool,
     stop: watch::Sender<bool>,
     ended: Notify,
     /// This process's registration of `daemon_id` (see [`Store::register_daemon`]).
@@ -273,6 +276,7 @@ impl Scheduler {
             running: Mutex::default(),
             active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            disk_low: AtomicBool::new(false),
             stop,
             ended: Notify::new(),
             instance: Uuid::new_v4().to_string(),
@@ -477,6 +481,9 @@ impl Scheduler {
 
     /// One pass over the providers; returns how many jobs were claimed.
     async fn dispatch_round(self: &Arc<Self>) -> Result<usize, String> {
+        if !self.disk_has_room() {
+            return Ok(0);
+        }
         let mut claimed = 0;
         let mut loads: HashMap<String, Vec<TaskLoad>> = HashMap::new();
         for slot in &self.providers {
@@ -545,6 +552,43 @@ impl Scheduler {
             }
         }
         Ok(claimed)
+    }
+
+    /// Whether the data directory has `scheduler.min_free_mib` free. A run started on a full
+    /// disk fails in seconds, and its retries with it, burning every attempt of the job on
+    /// a condition that an operator clears in minutes: the jobs wait in the queue instead.
+    fn disk_has_room(&self) -> bool {
+        let want = self.cfg.min_free_mib << 20;
+        if want == 0 {
+            return true;
+        }
+        let free = match crate::util::free_bytes(&self.data_dir) {
+            Ok(f) => f,
+            Err(e) => {
+                // Not knowing is no reason to stop the farm; the runs will say what is wrong.
+                tracing::debug!(dir = %self.data_dir.display(), "free space: {e}");
+                return true;
+            }
+        };
+        let low = free < want;
+        if self.disk_low.swap(low, Ordering::SeqCst) != low {
+            if low {
+                tracing::warn!(
+                    dir = %self.data_dir.display(),
+                    free_mib = free >> 20,
+                    min_free_mib = self.cfg.min_free_mib,
+                    "data directory is short of space: no new job is claimed until it has \
+                     scheduler.min_free_mib free"
+                );
+            } else {
+                tracing::info!(
+                    dir = %self.data_dir.display(),
+                    free_mib = free >> 20,
+                    "data directory has room again: claiming jobs"
+                );
+            }
+        }
+        !low
     }
 
     fn launch(self: &Arc<Self>, slot: Arc<ProviderSlot>, job: Job) {

@@ -180,9 +180,17 @@ impl Store {
                 .test_before_acquire(false)
                 .connect(url)
                 .await
-                .map_err(db(|| {
-                    format!("connecting to {}", crate::util::redact_url(url))
-                }))?,
+                .map_err(|e| {
+                    // rustls names the failed check (UnknownIssuer, NotValidForName) and
+                    // nothing else: say what to look at.
+                    let hint = if e.to_string().contains("invalid peer certificate") {
+                        " (TLS: the server's certificate must be signed by the CA in \
+                         `sslrootcert=FILE` and name the host of the URL)"
+                    } else {
+                        ""
+                    };
+                    db(|| format!("connecting to {}{hint}", crate::util::redact_url(url)))(e)
+                })?,
             Dialect::Sqlite => open_sqlite(url).await?,
         };
         schema::migrate(&pool, dialect).await?;
