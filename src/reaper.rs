@@ -12,6 +12,9 @@ use crate::util::hostname;
 pub enum Verdict {
     /// Its run is still live: not ours to touch.
     Live,
+    /// Its run is over, but a hold keeps it for someone to log in (until it expires or is
+    /// released): not destroyed.
+    Held,
     /// Its run is over: a leak.
     Leaked,
     /// Its metadata cannot be read: reported, never destroyed automatically.
@@ -38,6 +41,12 @@ pub async fn survey(
     owner: Option<&str>,
 ) -> Result<Vec<Finding>, String> {
     let listed = provider.list().await.map_err(|e| e.to_string())?;
+    // Read before the runs: a hold released in between leaves its instance to the next round.
+    let held = if listed.is_empty() {
+        Vec::new()
+    } else {
+        store.held_runs().await.map_err(|e| e.to_string())?
+    };
     let mut findings = Vec::with_capacity(listed.len());
     for instance in listed {
         let verdict = match &instance.meta {
@@ -45,6 +54,7 @@ pub async fn survey(
             Some(m) if owner.is_some_and(|o| o != m.owner) => Verdict::Foreign,
             Some(m) => match store.run(m.run_uuid).await.map_err(|e| e.to_string())? {
                 None => Verdict::Foreign,
+                Some(run) if run.state.is_terminal() && held.contains(&m.run_uuid) => Verdict::Held,
                 Some(run) if run.state.is_terminal() => Verdict::Leaked,
                 // A command-line run killed with SIGKILL never wrote its ending: its record
                 // still says running, but the process that owned it is gone.

@@ -1168,3 +1168,163 @@ async fn a_daemon_on_postgresql_over_tls_verifies_the_server() {
     drop(store);
     drop_pg(&admin, &name).await;
 }
+
+/// A hold (Zuul's autohold) end to end on the simulated provider: made over the API, taken
+/// by the next failing run of its task, whose instance then outlives reaper rounds and whose
+/// page shows the login; a second failing run is not kept; released, the instance is
+/// reaped. Bad requests name their field.
+#[tokio::test]
+async fn a_hold_keeps_the_next_failing_run_until_released() {
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "broken", "echo broken; exit 3");
+    let s = setup(
+        None,
+        "",
+        &format!(
+            "scheduler: {{heartbeat_s: 1, reap_interval_s: 1}}\n\
+             providers: [{{name: sim, kind: sim, max_instances: 2, create_ms: 10}}]\n{}",
+            sim_rules(&task, "t.x").replace("[x86_64, aarch64]", "[x86_64]")
+        ),
+    );
+    let d = Daemon::start(s.data.path(), &s.config, s.port);
+    let post = |path: &str, body: Value, token: Option<&str>| {
+        let (st, b) = d.http("POST", path, body.to_string().as_bytes(), token);
+        (st, serde_json::from_str::<Value>(&b).unwrap_or(Value::Null))
+    };
+    let (st, _) = post("/api/v1/holds", json!({"task": "t", "hours": 2}), None);
+    assert_eq!(st, 401);
+    let (st, e) = post(
+        "/api/v1/holds",
+        json!({"task": "nope", "hours": 2}),
+        Some(TOKEN),
+    );
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("task `nope`"),
+        "{e}"
+    );
+    let (st, e) = post(
+        "/api/v1/holds",
+        json!({"task": "t", "hours": -1}),
+        Some(TOKEN),
+    );
+    assert!(
+        st == 400 && e["message"].as_str().unwrap().starts_with("hours:"),
+        "{e}"
+    );
+    let (st, h) = post(
+        "/api/v1/holds",
+        json!({"task": "t", "hours": 2, "reason": "see why it breaks"}),
+        Some(TOKEN),
+    );
+    assert_eq!((st, h["status"].as_str()), (201, Some("pending")), "{h}");
+    let id = h["id"].as_i64().unwrap();
+    // The scheduler learns of pending holds at its heartbeat (1 s here).
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let store = Store::open(&s.db).await.unwrap();
+    let (st, r) = d.submit(&json!({"topic": "t.x", "body": koji_body("bash")}));
+    assert_eq!(st, 202, "{r}");
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 1)).await;
+    assert_eq!(jobs[0].state, RunState::Failed, "{}", d.log());
+    let run = jobs[0].current_run().unwrap();
+    let (_, list) = d.http("GET", "/api/v1/holds", b"", None);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let held = &list["data"][0];
+    assert_eq!(held["status"], "active", "{list}\n{}", d.log());
+    assert_eq!(held["run_uuid"], run.to_string());
+    let login = held["login"].as_str().unwrap().to_string();
+    let dir = PathBuf::from(login.strip_prefix("its files are in ").expect(&login));
+    // Several reaper rounds later it is still there.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(dir.is_dir(), "{} was reaped\n{}", dir.display(), d.log());
+    let (st, page) = d.http("GET", &format!("/runs/{run}"), b"", None);
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("id=\"hold-login\"")
+            && page.contains(&format!("/api/v1/holds/{id}/release"))
+            && page.contains("see why it breaks"),
+        "{page}"
+    );
+
+    // The hold is taken: the next failing run is destroyed as usual.
+    let (st, r) = d.submit(&json!({"topic": "t.x", "body": koji_body("zsh")}));
+    assert_eq!(st, 202, "{r}");
+    let jobs = wait_jobs(&store, Duration::from_secs(60), |j| all_terminal(j, 2)).await;
+    let second = jobs.iter().find(|j| j.item.starts_with("zsh")).unwrap();
+    assert_eq!(second.state, RunState::Failed);
+    let sim_root = dir.parent().unwrap();
+    let left: Vec<_> = std::fs::read_dir(sim_root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(left, std::slice::from_ref(&dir), "{}", d.log());
+
+    // Released: the reaper takes it within a round or two.
+    let (st, r) = post(
+        &format!("/api/v1/holds/{id}/release"),
+        json!({}),
+        Some(TOKEN),
+    );
+    assert_eq!((st, r["status"].as_str()), (200, Some("released")), "{r}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while dir.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !dir.exists(),
+        "released hold's instance not reaped\n{}",
+        d.log()
+    );
+    let (st, _) = post("/api/v1/holds/999/release", json!({}), Some(TOKEN));
+    assert_eq!(st, 404);
+}
+
+/// `tasks.NAME.hold_failed_h`: a hold made at start (once: a restart does not add a second),
+/// and a value that is not a duration refused naming the key.
+#[tokio::test]
+async fn a_hold_from_the_config_is_made_once_and_checked() {
+    let s0 = tempfile::tempdir().unwrap();
+    let task = write_task(s0.path(), "broken", "exit 3");
+    let tasks = format!(
+        "tasks:\n  t: {{path: '{}', hold_failed_h: 4}}\n",
+        task.display()
+    );
+    let s = setup(
+        None,
+        "",
+        &format!("providers: [{{name: sim, kind: sim, max_instances: 1, create_ms: 10}}]\n{tasks}"),
+    );
+    for _ in 0..2 {
+        let mut d = Daemon::start(s.data.path(), &s.config, s.port);
+        let (_, list) = d.http("GET", "/api/v1/holds", b"", None);
+        let list: Value = serde_json::from_str(&list).unwrap();
+        let holds = list["data"].as_array().unwrap();
+        assert_eq!(holds.len(), 1, "{list}");
+        assert_eq!(
+            (holds[0]["task"].as_str(), holds[0]["hold_s"].as_u64()),
+            (Some("t"), Some(4 * 3600))
+        );
+        assert_eq!(holds[0]["status"], "pending");
+        d.signal(libc::SIGTERM);
+        assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+    }
+    let bad = s.data.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace("hold_failed_h: 4", "hold_failed_h: 0"),
+    )
+    .unwrap();
+    let out = common::command(s.data.path(), &["serve", "--config", bad.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("bad.yaml: tasks.t.hold_failed_h: hours: `0`"),
+        "{err}"
+    );
+}

@@ -94,6 +94,7 @@ pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
                 (Verdict::Leaked, None, true) => "LEAKED, would destroy".into(),
                 (Verdict::Leaked, None, false) => "LEAKED, destroyed".into(),
                 (Verdict::Live, _, _) => "live, kept".into(),
+                (Verdict::Held, _, _) => "held (its run failed and a hold keeps it), kept".into(),
                 (Verdict::Foreign, _, _) => "not this store's run or owner, kept".into(),
                 (Verdict::Unattributed, _, _) => "unattributed, kept (inspect by hand)".into(),
             };

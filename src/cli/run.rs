@@ -207,6 +207,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
             ..Default::default()
         },
         keep_instance: args.no_destroy,
+        keep_if_failed: false,
         links: None,
     };
 

@@ -512,6 +512,11 @@ pub struct TaskConfig {
     /// Largest artifacts collected, MiB. Default 1024.
     #[serde(default = "default_artifacts")]
     pub artifacts_mib: u64,
+    /// Keep the instance of this task's next failing run for this many hours (a hold, as
+    /// `POST /api/v1/holds` makes): made at start when the task has no pending or active
+    /// hold. Default: none.
+    #[serde(default)]
+    pub hold_failed_h: Option<f64>,
 }
 
 fn default_timeout() -> u64 {

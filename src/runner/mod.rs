@@ -64,6 +64,9 @@ pub struct RunRequest {
     pub limits: GuestLimits,
     /// `--no-destroy`: leave the instance running and say how to reach it.
     pub keep_instance: bool,
+    /// Keep it only if the task fails (a hold waits for this task's next failing run);
+    /// the report says how to log in.
+    pub keep_if_failed: bool,
     /// Where the farm serves this run; `None` (the command line): results link to the
     /// local artifacts directory with `file://` URLs.
     pub links: Option<RunLinks>,
@@ -134,8 +137,11 @@ pub struct RunReport {
     pub artifacts_dir: PathBuf,
     pub log: PathBuf,
     pub refused_artifacts: Vec<(String, String)>,
-    /// Set when the instance was kept (`--no-destroy`).
+    /// Set when the instance was kept (`--no-destroy`, or a failing run with
+    /// `keep_if_failed`), with how to log in to it.
     pub kept_instance: Option<Instance>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_login: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -475,7 +481,14 @@ impl Runner {
                 }
             }
         };
-        let kept = Box::pin(self.teardown(&req, &cx)).await;
+        // The task's own failure (not the infrastructure's, not a cancel): what a hold waits for.
+        let task_failed = matches!(ending, Ending::TaskFailed(_) | Ending::TimedOut(_))
+            || matches!(
+                (&ending, &collected),
+                (Ending::Completed, Collect::TaskFault(_))
+            );
+        let keep = req.keep_instance || (req.keep_if_failed && task_failed);
+        let (kept, kept_login) = Box::pin(self.teardown(&req, &cx, keep)).await.unzip();
 
         let task = std::mem::take(&mut *cx.task.lock().expect("task lock"));
         let (state, exit_code, error) = match (ending, collected) {
@@ -551,6 +564,7 @@ impl Runner {
             log: log_path,
             refused_artifacts: refused,
             kept_instance: kept,
+            kept_login,
         };
         // Results, phases and the final state go in one transaction: a store that fails
         // here leaves nothing half written, and the caller may write `completion` again.
@@ -850,21 +864,30 @@ impl Runner {
         }
     }
 
-    /// Destroys the instance unless asked to keep it; returns the kept instance.
-    async fn teardown(&self, req: &RunRequest, cx: &RunCtx) -> Option<Instance> {
+    /// Destroys the instance unless it is to be kept; returns the kept instance and how to
+    /// log in to it.
+    async fn teardown(
+        &self,
+        req: &RunRequest,
+        cx: &RunCtx,
+        keep: bool,
+    ) -> Option<(Instance, String)> {
         cx.session.lock().expect("session lock").take();
-        if req.keep_instance {
-            let kept = cx.instance.lock().expect("instance lock").take();
-            if let Some(i) = &kept {
-                let how = keep_instructions(&self.data_dir, i, &cx.keys)
-                    .unwrap_or_else(|e| format!("(cannot save its login key: {e})"));
-                cx.emit(Event::Notice(format!(
-                    "--no-destroy: keeping instance {}; log in with: {how}; \
-                     remove it with `ferrotron reap` once its run is over",
-                    i.id
-                )));
-            }
-            return kept;
+        if keep {
+            let kept = cx.instance.lock().expect("instance lock").take()?;
+            let how = keep_instructions(&self.data_dir, &kept, &cx.keys)
+                .unwrap_or_else(|e| format!("(cannot save its login key: {e})"));
+            let why = if req.keep_instance {
+                "--no-destroy"
+            } else {
+                "held (the task failed)"
+            };
+            cx.emit(Event::Notice(format!(
+                "{why}: keeping instance {}; log in with: {how}; \
+                 remove it with `ferrotron reap` once its run is over",
+                kept.id
+            )));
+            return Some((kept, how));
         }
         self.destroy(cx).await;
         None

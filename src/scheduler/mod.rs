@@ -185,6 +185,9 @@ pub struct Scheduler {
     /// Whether the last dispatch round found the data directory short of space (logged
     /// when it changes, not every round).
     disk_low: AtomicBool,
+    /// Tasks with a hold waiting for their next failing run (refreshed each heartbeat): a
+    /// run of one of them keeps its instance if the task fails.
+    pending_holds: Mutex<HashSet<String>>,
     stop: watch::Sender<bool>,
     ended: Notify,
     /// This process's registration of `daemon_id` (see [`Store::register_daemon`]).
@@ -277,6 +280,7 @@ impl Scheduler {
             active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
+            pending_holds: Mutex::default(),
             stop,
             ended: Notify::new(),
             instance: Uuid::new_v4().to_string(),
@@ -654,6 +658,11 @@ impl Scheduler {
                     artifacts_cap: task.artifacts_cap,
                     limits: task.limits,
                     keep_instance: false,
+                    keep_if_failed: self
+                        .pending_holds
+                        .lock()
+                        .expect("holds lock")
+                        .contains(&job.task),
                     links: Some(crate::runner::RunLinks {
                         page: format!("{}/runs/{run}", self.public_url),
                         artifacts: format!("{}/runs/{run}/artifacts", self.public_url),
@@ -683,6 +692,12 @@ impl Scheduler {
                 job.task
             ))),
         };
+        if let Ok(report) = &result
+            && let Some(kept) = &report.kept_instance
+        {
+            self.hand_to_hold(&slot, &job.task, run, kept, report.kept_login.as_deref())
+                .await;
+        }
         slot.in_flight.fetch_sub(1, Ordering::SeqCst);
 
         // A run whose end the store missed is recorded before the job may end.
@@ -748,6 +763,61 @@ impl Scheduler {
         self.active.fetch_sub(1, Ordering::SeqCst);
         self.ended.notify_waiters();
         self.wake.notify_one();
+    }
+
+    /// A failing run kept its instance because a hold was pending on its task: the hold
+    /// takes it (its login and expiry recorded, the reaper leaves it alone until then), or,
+    /// when no hold is left for it (another run took it first, or it was released), the
+    /// instance is destroyed now.
+    async fn hand_to_hold(
+        &self,
+        slot: &ProviderSlot,
+        task: &str,
+        run: Uuid,
+        kept: &crate::provider::Instance,
+        login: Option<&str>,
+    ) {
+        let login = login.unwrap_or("(no login recorded)");
+        let taken = match self.store.pending_hold(task).await {
+            Ok(Some(h)) => match self.store.take_hold(h.id, run, login).await {
+                Ok(true) => Some(h),
+                Ok(false) => None,
+                Err(e) => {
+                    tracing::warn!(run = %run, "taking hold {}: {e}", h.id);
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(run = %run, "reading the holds of {task}: {e}");
+                None
+            }
+        };
+        match taken {
+            Some(h) => {
+                self.pending_holds.lock().expect("holds lock").remove(task);
+                tracing::info!(run = %run, instance = %kept.id, hold = h.id, "held for {}: log in with: {login}", crate::util::human_duration(Duration::from_secs(h.hold_s)));
+            }
+            None => {
+                if let Err(e) = slot.provider.delete(&kept.id).await {
+                    tracing::warn!(run = %run, instance = %kept.id, "destroying an instance no hold took: {e}; the reaper will remove it");
+                }
+            }
+        }
+    }
+
+    /// Which tasks have a hold waiting for a failing run, for the runs that start next.
+    async fn refresh_pending_holds(&self) {
+        match self.store.holds(true).await {
+            Ok(holds) => {
+                *self.pending_holds.lock().expect("holds lock") = holds
+                    .into_iter()
+                    .filter(|h| h.run_uuid.is_none())
+                    .map(|h| h.task)
+                    .collect();
+            }
+            Err(e) => tracing::debug!("reading holds: {e}"),
+        }
     }
 
     /// How the job ends after this attempt, and what to tell the bus.
@@ -1035,6 +1105,7 @@ impl Scheduler {
             tick.tick().await;
             self.flush_states(STORE_CALL).await;
             let _ = tokio::time::timeout(STORE_CALL, self.act_on_cancel_requests()).await;
+            let _ = tokio::time::timeout(STORE_CALL, self.refresh_pending_holds()).await;
             match tokio::time::timeout(
                 STORE_CALL,
                 self.store.renew_daemon(&self.daemon_id, &self.instance),
@@ -1229,7 +1300,23 @@ impl Scheduler {
                     continue;
                 }
             };
+            // A run this daemon is still ending may have just kept its instance for a hold.
+            let ending: HashSet<Uuid> = self
+                .running
+                .lock()
+                .expect("running lock")
+                .values()
+                .map(|r| r.run)
+                .collect();
             for f in &mut findings {
+                if f.verdict == Verdict::Leaked
+                    && f.instance
+                        .meta
+                        .as_ref()
+                        .is_some_and(|m| ending.contains(&m.run_uuid))
+                {
+                    f.verdict = Verdict::Live;
+                }
                 let ours = f
                     .instance
                     .meta
@@ -1316,7 +1403,7 @@ mod size {
                     data_dir: tmp.path().into(),
                     sink: std::sync::Arc::new(|_: &crate::runner::Event| {}),
                 };
-                let req = crate::runner::RunRequest { uuid: uuid::Uuid::now_v7(), formula, item: String::new(), item_type: String::new(), arch: String::new(), jobid: String::new(), owner: String::new(), image: String::new(), task_timeout: std::time::Duration::from_secs(1), spawn_attempts: 1, artifacts_cap: 1, limits: Default::default(), keep_instance: false, links: None };
+                let req = crate::runner::RunRequest { uuid: uuid::Uuid::now_v7(), formula, item: String::new(), item_type: String::new(), arch: String::new(), jobid: String::new(), owner: String::new(), image: String::new(), task_timeout: std::time::Duration::from_secs(1), spawn_attempts: 1, artifacts_cap: 1, limits: Default::default(), keep_instance: false, keep_if_failed: false, links: None };
                 let (_tx, rx) = tokio::sync::watch::channel(false);
                 let f = runner.run(req, rx);
                 std::mem::size_of_val(&f)

@@ -157,6 +157,14 @@ impl Daemon {
             );
         }
 
+        for (name, t) in &config.tasks {
+            if let Some(h) = t.hold_failed_h {
+                let hold = crate::store::hold_duration(h)
+                    .map_err(|e| anyhow!("{cfg_path}: tasks.{name}.hold_failed_h: {e}"))?;
+                ensure_hold(&store, name, hold).await?;
+            }
+        }
+
         let rules = config.rule_set()?;
         let intake = Arc::new(Intake {
             rules,
@@ -427,6 +435,33 @@ async fn wait_for_any(
 /// Loads the config for `serve`, with a message naming the file.
 pub fn load_config(path: &Path) -> Result<Config> {
     Config::load(path).map_err(|e| anyhow!("{e}"))
+}
+
+/// A hold from the config (`tasks.NAME.hold_failed_h`): made unless the task already has a
+/// pending or active one, so that restarting the daemon does not pile them up.
+async fn ensure_hold(store: &Store, task: &str, hold: Duration) -> anyhow::Result<()> {
+    let live = store
+        .holds(true)
+        .await
+        .with_context(|| format!("reading the holds of {task}"))?;
+    if live.iter().any(|h| h.task == task) {
+        return Ok(());
+    }
+    let h = store
+        .create_hold(&crate::store::NewHold {
+            task: task.to_string(),
+            hold,
+            reason: "tasks.hold_failed_h in the daemon's config".into(),
+        })
+        .await
+        .with_context(|| format!("making the hold of {task}"))?;
+    tracing::info!(
+        task,
+        hold = h.id,
+        "holding the next failing run of {task} for {}",
+        crate::util::human_duration(hold)
+    );
+    Ok(())
 }
 
 #[cfg(test)]

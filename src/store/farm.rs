@@ -26,6 +26,26 @@ pub struct JobFilter {
     pub limit: u32,
 }
 
+/// The longest hold one may ask for: a forgotten hold costs a machine that long.
+pub const MAX_HOLD: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `hours` as a duration: positive, finite, at most [`MAX_HOLD`].
+pub fn hold_duration(hours: f64) -> Result<Duration, String> {
+    if !hours.is_finite() || hours <= 0.0 {
+        return Err(format!(
+            "hours: `{hours}` is not a positive number of hours"
+        ));
+    }
+    let d = Duration::from_secs_f64((hours * 3600.0).min(MAX_HOLD.as_secs_f64() + 1.0));
+    if d > MAX_HOLD {
+        return Err(format!(
+            "hours: {hours} is longer than the longest hold, {} hours",
+            MAX_HOLD.as_secs() / 3600
+        ));
+    }
+    Ok(d.max(Duration::from_secs(1)))
+}
+
 /// A hold request as the API or the config makes it.
 #[derive(Debug, Clone)]
 pub struct NewHold {
@@ -326,6 +346,19 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hold_durations_are_bounded_and_named() {
+        assert_eq!(hold_duration(2.0), Ok(Duration::from_secs(7200)));
+        assert_eq!(hold_duration(0.0001), Ok(Duration::from_secs(1)));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                hold_duration(bad).unwrap_err().starts_with("hours: "),
+                "{bad}"
+            );
+        }
+        assert!(hold_duration(24.0 * 8.0).unwrap_err().contains("168 hours"));
+    }
 
     fn job(task: &str) -> NewJob {
         NewJob {

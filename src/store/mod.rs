@@ -36,7 +36,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
 use time::OffsetDateTime;
 
-pub use farm::{Hold, JobFilter, NewHold};
+pub use farm::{Hold, JobFilter, MAX_HOLD, NewHold, hold_duration};
 pub use outbox::{OutboxEntry, OutboxKind, OutboxPolicy};
 pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod farm;
 pub mod files;
+pub mod holds_api;
 pub mod jobs_api;
 pub mod pages;
 pub mod params;
@@ -113,6 +114,7 @@ pub fn router(state: WebState) -> Router {
         .merge(resultsdb::routes())
         .merge(runs_api::routes())
         .merge(jobs_api::routes())
+        .merge(holds_api::routes())
         .merge(pages::routes())
         .fallback(error::not_found_fallback)
         .with_state(state)

@@ -80,6 +80,44 @@ pub async fn page(State(st): State<WebState>, Path(uuid): Path<String>) -> Respo
         );
     }
 
+    if let Ok(Some(h)) = st.store.hold_of_run(uuid).await {
+        let now = time::OffsetDateTime::now_utc();
+        let status = h.status(now);
+        let _ = write!(
+            b,
+            "<h2>Held</h2><p id=\"hold\"><span class=\"badge\">{status}</span> hold {id} on \
+             {task}{until}{reason}</p>",
+            id = h.id,
+            task = esc(&h.task),
+            until = h
+                .expires_at
+                .map(|t| format!(", until {}", when(t)))
+                .unwrap_or_default(),
+            reason = if h.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", esc(&h.reason))
+            },
+        );
+        if status == "active" {
+            let _ = write!(
+                b,
+                "<p>Its instance is kept; log in from the farm's host with:</p>\
+                 <code class=\"cmd\" id=\"hold-login\">{}</code>",
+                esc(h.login.as_deref().unwrap_or(""))
+            );
+            if st.farm.is_some() {
+                let _ = write!(
+                    b,
+                    "<p class=\"actions\"><form class=\"inline\" method=\"post\" \
+                     action=\"/api/v1/holds/{}/release\"><button type=\"submit\" \
+                     id=\"release\">release</button></form></p>",
+                    h.id
+                );
+            }
+        }
+    }
+
     b.push_str("<h2>Parameters</h2><dl class=\"kv\">");
     let mut kv = |k: &str, v: String| {
         let _ = write!(b, "<dt>{}</dt><dd>{v}</dd>", esc(k));
