@@ -302,12 +302,11 @@ async fn a_failing_provider_is_retried_with_backoff_then_crashed() {
         j.error.as_deref().unwrap().contains("attempt 2 of 2"),
         "{j:?}"
     );
-    for a in 1..=2 {
-        let run = store
-            .run(ferrotron::store::run_uuid(j.uuid, a))
-            .await
-            .unwrap()
-            .unwrap();
+    let runs = store.job_runs(j.id).await.unwrap();
+    assert_eq!(runs.len(), 2, "one run per attempt");
+    assert_ne!(runs[0], runs[1]);
+    for uuid in runs {
+        let run = store.run(uuid).await.unwrap().unwrap();
         assert_eq!(run.state, RunState::Crashed);
     }
 }
@@ -966,7 +965,11 @@ async fn sigterm_while_the_store_is_down_still_stops_the_daemon() {
         explain(&store).await,
         d.log()
     );
-    let first = store.run(run_of(&jobs[0], 1)).await.unwrap().unwrap();
+    let first = store
+        .run(run_of(&store, &jobs[0], 1).await)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.state, RunState::Crashed, "{first:?}");
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
@@ -974,8 +977,8 @@ async fn sigterm_while_the_store_is_down_still_stops_the_daemon() {
     drop_pg(&admin, &name).await;
 }
 
-fn run_of(job: &Job, attempt: u32) -> uuid::Uuid {
-    ferrotron::store::run_uuid(job.uuid, attempt)
+async fn run_of(store: &Store, job: &Job, attempt: usize) -> uuid::Uuid {
+    store.job_runs(job.id).await.unwrap()[attempt - 1]
 }
 
 #[tokio::test]

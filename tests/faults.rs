@@ -23,7 +23,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferrotron::store::{Job, RunState, Store, run_uuid};
+use ferrotron::store::{Job, RunState, Store};
 use serde_json::json;
 
 use common::daemon::*;
@@ -102,11 +102,13 @@ async fn wait_log(store: &Store, needle: &str, limit: Duration) -> bool {
     false
 }
 
-/// Every run uuid the jobs have had.
-fn runs_of(jobs: &[Job]) -> Vec<uuid::Uuid> {
-    jobs.iter()
-        .flat_map(|j| (1..=j.attempts).map(|a| run_uuid(j.uuid, a)))
-        .collect()
+/// Every run the jobs have had.
+async fn runs_of(store: &Store, jobs: &[Job]) -> Vec<uuid::Uuid> {
+    let mut runs = Vec::new();
+    for j in jobs {
+        runs.extend(store.job_runs(j.id).await.unwrap());
+    }
+    runs
 }
 
 /// What is left of `runs` on this host: domains, processes naming them, instance
@@ -165,16 +167,18 @@ async fn settle(data: &Path, runs: &[uuid::Uuid], limit: Duration) -> Vec<String
 async fn ended_once(store: &Store, jobs: &[Job], attempts: u32, want: RunState) -> usize {
     let mut ok = 0;
     for j in jobs {
-        let last = store.run(run_uuid(j.uuid, j.attempts)).await.ok().flatten();
-        let extra = store
-            .run(run_uuid(j.uuid, j.attempts + 1))
-            .await
-            .ok()
-            .flatten();
+        let runs = store.job_runs(j.id).await.unwrap_or_default();
+        let last = match j.current_run() {
+            Some(r) => store.run(r).await.ok().flatten(),
+            None => None,
+        };
+        // At most one run per attempt (a daemon killed before it wrote one has none), the
+        // job's current run the last of them.
         if j.state == want
             && j.attempts == attempts
             && last.is_some_and(|r| r.state == want)
-            && extra.is_none()
+            && runs.len() <= attempts as usize
+            && runs.last() == j.current_run().as_ref()
         {
             ok += 1;
         }
@@ -230,7 +234,8 @@ async fn kill_in_phase(phase: &str) -> Row {
         .await
         .unwrap()
         .is_some_and(|r| r.state == RunState::Crashed);
-    let left = settle(&f.data, &runs_of(&jobs), Duration::from_secs(60)).await;
+    let runs = runs_of(&store, &jobs).await;
+    let left = settle(&f.data, &runs, Duration::from_secs(60)).await;
     // The restarted daemon ran the job again: that is its health check.
     let ok = jobs[0].state == RunState::Finished;
     let note = format!(
@@ -258,7 +263,7 @@ async fn kill_in_phase(phase: &str) -> Row {
     Row {
         fault: format!("SIGKILL in {phase}"),
         jobs: 1,
-        runs: runs_of(&jobs).len(),
+        runs: runs.len(),
         survived: if crashed && ok { survived } else { 0 },
         leaked: left.len(),
         note,
@@ -350,7 +355,8 @@ async fn libvirtd_restart() -> Row {
     );
     let jobs = wait_jobs(&store, Duration::from_secs(240), |j| all_terminal(j, 1)).await;
     let survived = ended_once(&store, &jobs, 1, RunState::Finished).await;
-    let left = settle(&f.data, &runs_of(&jobs), Duration::from_secs(60)).await;
+    let runs = runs_of(&store, &jobs).await;
+    let left = settle(&f.data, &runs, Duration::from_secs(60)).await;
     let ok = healthy(&d, &store, 1).await;
     let note = format!(
         "libvirtd restarted in the action ({:.1} s away, {} running domains before, all still running after); job {} after {} attempt(s){}{}",
@@ -373,7 +379,7 @@ async fn libvirtd_restart() -> Row {
     Row {
         fault: "libvirtd restart in action".into(),
         jobs: 1,
-        runs: runs_of(&jobs).len(),
+        runs: runs.len(),
         survived: if ok { survived } else { 0 },
         leaked: left.len(),
         note,
@@ -415,7 +421,8 @@ async fn store_outage() -> Row {
     proxy.restore();
     let jobs = wait_jobs(&store, Duration::from_secs(180), |j| all_terminal(j, 2)).await;
     let survived = ended_once(&store, &jobs, 1, RunState::Finished).await;
-    let left = settle(&f.data, &runs_of(&jobs), Duration::from_secs(60)).await;
+    let runs = runs_of(&store, &jobs).await;
+    let left = settle(&f.data, &runs, Duration::from_secs(60)).await;
     let ok = healthy(&d, &store, 2).await;
     let retried = d.log().matches("trying again").count();
     let note = format!(
@@ -439,7 +446,7 @@ async fn store_outage() -> Row {
     Row {
         fault: "store unavailable 15 s".into(),
         jobs: 2,
-        runs: runs_of(&jobs).len(),
+        runs: runs.len(),
         survived: if ok { survived } else { 0 },
         leaked: left.len(),
         note,
@@ -506,7 +513,8 @@ async fn full_disk() -> Option<Row> {
     // Collection may have failed on the full disk (an infrastructure failure: retried).
     let attempts = jobs[0].attempts;
     let survived = ended_once(&store, &jobs, attempts, RunState::Finished).await;
-    let left = settle(&f.data, &runs_of(&jobs), Duration::from_secs(60)).await;
+    let runs = runs_of(&store, &jobs).await;
+    let left = settle(&f.data, &runs, Duration::from_secs(60)).await;
     let ok = healthy(&d, &store, 1).await;
     let retried = d.log().matches("trying again").count();
     // While the disk was full the daemon claimed nothing (a retry would fail at once and
@@ -514,9 +522,15 @@ async fn full_disk() -> Option<Row> {
     let log = d.log();
     let gated = log.contains("short of space") && log.contains("has room again");
     let mut first = Vec::new();
-    for a in 1..=attempts {
-        if let Some(r) = store.run(run_uuid(jobs[0].uuid, a)).await.unwrap() {
-            first.push((a, r.state, r.error));
+    for (a, run) in store
+        .job_runs(jobs[0].id)
+        .await
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(r) = store.run(run).await.unwrap() {
+            first.push((a + 1, r.state, r.error));
         }
     }
     let note = format!(
@@ -553,7 +567,7 @@ async fn full_disk() -> Option<Row> {
     Some(Row {
         fault: "data directory full 15 s".into(),
         jobs: 1,
-        runs: runs_of(&jobs).len(),
+        runs: runs.len(),
         survived: if ok && gated { survived } else { 0 },
         leaked: left.len(),
         note,

@@ -284,7 +284,7 @@ async fn one(opts: &Options, backend: &str, db: &str, dir: &std::path::Path) -> 
     let retried: Vec<&crate::store::Job> = jobs.iter().filter(|j| j.attempts > 1).collect();
     let mut retry_reason = None;
     if let Some(j) = retried.first()
-        && let Ok(Some(run)) = daemon.store.run(crate::store::run_uuid(j.uuid, 1)).await
+        && let Ok(Some(run)) = daemon.store.run(j.current_run().unwrap_or_default()).await
     {
         retry_reason = run.error;
     }

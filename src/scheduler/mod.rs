@@ -12,7 +12,7 @@
 //! (every write about it carries the claim's lease token, [`Fence`]; the heartbeat renews
 //! exactly the claims this daemon still works on); a job ends exactly once, its final writes
 //! retried until the store answers; one daemon id is one live process;
-//! every attempt is its own run ([`crate::store::run_uuid`]); a failing task is final, a
+//! every attempt is its own run (a uuid its claim draws at random); a failing task is final, a
 //! failing infrastructure is retried with exponential backoff and jitter, a provider that
 //! keeps failing is given a rest by its circuit breaker (no relaunch storm).
 
@@ -39,7 +39,7 @@ use crate::provider::Provider;
 use crate::reaper::{self, Verdict};
 use crate::runner::{Event, RunReport, RunRequest, Runner, RunnerError, exit};
 use crate::store::{
-    DaemonRecord, Fence, Job, JobEnd, Registration, RunState, Store, StoreError, TaskLoad, run_uuid,
+    DaemonRecord, Fence, Job, JobEnd, Registration, RunState, Store, StoreError, TaskLoad,
 };
 use crate::task::Formula;
 
@@ -615,7 +615,7 @@ impl Scheduler {
             Running {
                 launched: Instant::now(),
                 job: job.uuid,
-                run: run_uuid(job.uuid, job.attempts),
+                run: job.current_run().unwrap_or_default(),
                 fence: fence.clone(),
                 cancel: tx,
                 reason: None,
@@ -638,7 +638,8 @@ impl Scheduler {
         fence: Fence,
         cancel: watch::Receiver<bool>,
     ) {
-        let run = run_uuid(job.uuid, job.attempts);
+        // Drawn by the claim; never missing on a claimed job.
+        let run = job.current_run().unwrap_or_default();
         // Every write the runner makes about this run carries the claim.
         let store = self.store.fenced(fence.clone());
         let result = match self.tasks.get(&job.task) {

@@ -43,7 +43,7 @@ pub use query::{
     like_pattern,
 };
 pub use queue::{
-    DaemonRecord, Enqueued, Fence, Job, JobEnd, NewJob, Recovered, Registration, TaskLoad, run_uuid,
+    DaemonRecord, Enqueued, Fence, Job, JobEnd, NewJob, Recovered, Registration, TaskLoad,
 };
 pub use results::{NewGroup, NewResult, StoredResult};
 pub use runs::{

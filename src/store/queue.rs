@@ -27,12 +27,27 @@ pub(super) const IN_FLIGHT: &str = "state IN ('provisioning', 'running', 'collec
 pub(super) const JOB_COLUMNS: &str = "id, uuid, message_id, topic, rule, task, item, item_type, \
     arch, pool, provider, priority, state, attempts, max_attempts, claimed_by, lease_until, \
     not_before, received_at, created_at, claimed_at, finished_at, error, outcome, lease_token, \
-    image";
+    image, run_uuid";
 
-/// The run of attempt `attempt` (1-based) of job `job`: the job's uuid with the attempt
-/// number folded into its random low bits (still a valid v7 uuid, still time-ordered).
-pub fn run_uuid(job: Uuid, attempt: u32) -> Uuid {
+/// The run uuid of attempt `attempt` of `job` as stores before schema 14 derived it (the
+/// job's uuid with the attempt folded into its low bits). Only rows claimed before that
+/// migration use it; since, every claim draws its run's uuid at random
+/// ([`Job::current_run`]): a job's uuid is public, and its retries' runs must not be
+/// guessable from it.
+fn legacy_run_uuid(job: Uuid, attempt: u32) -> Uuid {
     Uuid::from_u128(job.as_u128() ^ u128::from(attempt))
+}
+
+/// SQL that draws a random v4 uuid, per row, in each dialect.
+fn random_uuid_sql(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => "CAST(gen_random_uuid() AS TEXT)",
+        Dialect::Sqlite => {
+            "lower(hex(randomblob(4)) || '-' || hex(randomblob(2)) || '-4' || \
+             substr(hex(randomblob(2)), 2) || '-' || substr('89ab', 1 + (abs(random()) % 4), 1) || \
+             substr(hex(randomblob(2)), 2) || '-' || hex(randomblob(6)))"
+        }
+    }
 }
 
 /// A job as the trigger rules produce it.
@@ -94,12 +109,15 @@ pub struct Job {
     /// The token of the current (or last) claim; `None` before the first claim and after
     /// a takeover.
     pub lease_token: Option<String>,
+    /// The run of the current (or last) attempt, drawn at random by its claim.
+    pub run_uuid: Option<Uuid>,
 }
 
 impl Job {
     /// The run of the current (or last) attempt; `None` before the first claim.
     pub fn current_run(&self) -> Option<Uuid> {
-        (self.attempts > 0).then(|| run_uuid(self.uuid, self.attempts))
+        self.run_uuid
+            .or_else(|| (self.attempts > 0).then(|| legacy_run_uuid(self.uuid, self.attempts)))
     }
 
     /// What a holder of this claim presents with every write about the job.
@@ -209,6 +227,9 @@ fn job_from_row(row: &AnyRow) -> Result<Job, String> {
         outcome: col(row, "outcome")?,
         image: col(row, "image")?,
         lease_token: col(row, "lease_token")?,
+        run_uuid: col::<Option<String>>(row, "run_uuid")?
+            .map(|r| Uuid::parse_str(&r).map_err(|e| format!("run uuid `{r}`: {e}")))
+            .transpose()?,
     })
 }
 
@@ -453,10 +474,11 @@ impl Store {
         let sql = format!(
             "UPDATE jobs SET state = 'provisioning', claimed_by = $1, provider = $2, \
              lease_until = $3, claimed_at = $4, attempts = attempts + 1, error = NULL, \
-             lease_token = CAST($5 AS TEXT) || ':' || CAST(id AS TEXT) \
+             lease_token = CAST($5 AS TEXT) || ':' || CAST(id AS TEXT), run_uuid = {run} \
              WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND pool = $6 AND task = $7 \
              AND not_before <= $4 ORDER BY priority DESC, id LIMIT $8{lock}) \
-             RETURNING {JOB_COLUMNS}"
+             RETURNING {JOB_COLUMNS}",
+            run = random_uuid_sql(self.dialect()),
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(owner)
@@ -1050,8 +1072,23 @@ mod tests {
             (j.state, j.error.as_deref()),
             (RunState::Queued, Some("boom"))
         );
-        assert_eq!(j.current_run(), Some(run_uuid(j.uuid, 1)));
-        assert_ne!(run_uuid(j.uuid, 1), run_uuid(j.uuid, 2));
+        // The run of attempt 1 is the claim's, kept while the job waits, and not derivable
+        // from the job's (public) uuid.
+        let first = j.current_run().unwrap();
+        assert_ne!(first, legacy_run_uuid(j.uuid, 1));
+        assert_eq!(first.get_version_num(), 4);
+        // The next claim draws another.
+        let mut c = s.claim("vm", "t", "p", "d1", 1, lease).await.unwrap();
+        assert!(c.is_empty(), "not before its time");
+        sqlx::query("UPDATE jobs SET not_before = 0")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        c = s.claim("vm", "t", "p", "d1", 1, lease).await.unwrap();
+        let second = c[0].current_run().unwrap();
+        assert_eq!(c[0].attempts, 2);
+        assert!(second != first && second != legacy_run_uuid(j.uuid, 2));
+        assert_eq!(second.get_version_num(), 4);
     }
 
     #[tokio::test]

@@ -317,8 +317,8 @@ impl Store {
         .map_err(db(op))?;
         sqlx::query(
             "INSERT INTO runs (uuid, task, item, item_type, arch, backend, state, params, \
-             log_path, artifacts_dir, owner, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             log_path, artifacts_dir, owner, created_at, job_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&uuid)
         .bind(&run.task)
@@ -332,10 +332,31 @@ impl Store {
         .bind(&run.artifacts_dir)
         .bind(run.owner.as_deref())
         .bind(now_micros())
+        // A farm run's store handle is fenced by its job's claim: that names the job.
+        .bind(self.fence.as_ref().map(|f| f.job))
         .execute(&mut *tx)
         .await
         .map_err(db(op))?;
         tx.commit().await.map_err(db(op))
+    }
+
+    /// The runs of job `job_id` (one per attempt that got as far as a run), oldest first.
+    pub async fn job_runs(&self, job_id: i64) -> Result<Vec<Uuid>, StoreError> {
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT uuid FROM runs WHERE job_id = $1 ORDER BY id")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db(|| format!("reading the runs of job {job_id}")))?;
+        found
+            .iter()
+            .map(|u| {
+                Uuid::parse_str(u).map_err(|e| StoreError::Corrupt {
+                    op: format!("reading the runs of job {job_id}"),
+                    message: format!("run uuid `{u}`: {e}"),
+                })
+            })
+            .collect()
     }
 
     /// Moves a run to `state`. `started_at` is set (once) by the first state other than

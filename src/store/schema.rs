@@ -245,6 +245,17 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX outbox_due ON outbox (next_at, id)",
         ],
     },
+    // Run uuids drawn at random per claim (store/queue.rs), not derived from the job's (a
+    // public value) and the attempt number; each run names the job it is an attempt of.
+    Migration {
+        version: 14,
+        name: "random run uuids, runs of a job",
+        statements: &[
+            "ALTER TABLE jobs ADD COLUMN run_uuid TEXT",
+            "ALTER TABLE runs ADD COLUMN job_id BIGINT",
+            "CREATE INDEX runs_job ON runs (job_id)",
+        ],
+    },
 ];
 
 /// The newest schema version this binary knows.

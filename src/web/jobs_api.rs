@@ -432,6 +432,7 @@ mod tests {
             error: None,
             outcome: None,
             lease_token: None,
+            run_uuid: None,
             image: None,
         }
     }

@@ -229,8 +229,8 @@ pub async fn explain(store: &Store) -> String {
             "job {} {} {}: {:?}\n",
             j.uuid, j.task, j.state, j.error
         ));
-        for a in 1..=j.attempts {
-            if let Ok(Some(r)) = store.run(ferrotron::store::run_uuid(j.uuid, a)).await {
+        for run in store.job_runs(j.id).await.unwrap_or_default() {
+            if let Ok(Some(r)) = store.run(run).await {
                 why.push_str(&format!("  run {}: {} {:?}\n", r.uuid, r.state, r.error));
             }
         }
