@@ -274,6 +274,19 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_ssh_keygen_hashed() {
+        // `ssh-keygen -H` over `[10.0.0.5]:2222 ssh-ed25519 …` (OpenSSH 10.0).
+        let text = "|1|WHPifD/i0mcJAFwAlE8830NXYQk=|9y1Yt4eNYdwzOQoRCoR5LVfBIOk= ssh-ed25519 \
+                    AAAAC3NzaC1lZDI1NTE5AAAAIKCBmuRaANh3IzMbmHGMfTpdUvcqJhxkU3uV8GiLgba1\n";
+        let k = PublicKey::from_openssh(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKCBmuRaANh3IzMbmHGMfTpdUvcqJhxkU3uV8GiLgba1",
+        )
+        .unwrap();
+        assert_eq!(check(text, "10.0.0.5", 2222, &k), Verdict::Known { line: 1 });
+        assert!(matches!(check(text, "10.0.0.5", 22, &k), Verdict::Unknown { .. }));
+    }
+
+    #[test]
     fn wildcards_and_negation() {
         let k = key();
         let text = line("*.lab,!bad.lab", &k);

@@ -15,7 +15,8 @@ use russh::keys::{
 use russh::{ChannelMsg, client};
 
 use super::known_hosts::{self, Verdict};
-use super::{Command, GuestError, OutputSink, Session, Stream, shell_quote};
+use super::{Command, GuestError, OutputSink, Session, Stream};
+use crate::util::shell_word;
 use crate::access::{HostKey, SshTarget};
 
 /// How long a connected socket may stay silent after we spoke before we call the server not
@@ -133,8 +134,8 @@ impl Policy {
                             line,
                             why: format!("revokes this {kind} key (@revoked)"),
                             help: format!(
-                                "  the server offers {kind} key {fp}\n  nothing was run and \
-                                 nothing was sent to it; a revoked key is never used"
+                                "  the server offers {kind} key {fp}\n  nothing was run there \
+                                 and no login was attempted; a revoked key is never used"
                             ),
                         });
                     }
@@ -195,15 +196,19 @@ fn unknown_help(
     user: &str,
     file: &str,
 ) -> String {
-    let (h, f) = (shell_quote(host), shell_quote(file));
+    let (h, f, login) = (
+        shell_word(host),
+        shell_word(file),
+        shell_word(&format!("{user}@{host}")),
+    );
     format!(
         "  the server offers {kind} key {fp}\n  \
-         nothing was run and nothing was sent to it. If that is the machine's key (its owner \
-         can check with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub`), either\n  \
+         nothing was run there and no login was attempted. If that is the machine's key (its \
+         owner can check with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub`), either\n  \
          - run again with --learn-host-key (`learn_host_key: true` in a serve provider) to \
          add it to {file}, or\n  \
          - add it yourself: `ssh-keyscan -p {port} {h} >> {f}`, or log in once with \
-         `ssh -p {port} -o UserKnownHostsFile={f} {user}@{h}`"
+         `ssh -p {port} -o UserKnownHostsFile={f} {login}`"
     )
 }
 
@@ -211,11 +216,11 @@ fn changed_help(kind: &str, fp: &impl std::fmt::Display, name: &str, file: &str,
     format!(
         "  the server now offers {kind} key {fp}\n  \
          someone may be intercepting the connection, or the machine was reinstalled. Nothing \
-         was run and nothing was sent to it; --learn-host-key never replaces a key.\n  \
+         was run there and no login was attempted; --learn-host-key never replaces a key.\n  \
          if the machine's owner confirms the new key, remove the old entry (line {line}, or \
          `ssh-keygen -R {} -f {}`) and add the new one",
-        shell_quote(name),
-        shell_quote(file)
+        shell_word(name),
+        shell_word(file)
     )
 }
 

@@ -728,8 +728,14 @@ impl Runner {
             match result {
                 Ok(session) => return Ok(session),
                 Err((e, retry)) => {
+                    // A refusal that ends the run is shown whole once, at its end.
+                    let shown = if retry {
+                        e.as_str()
+                    } else {
+                        e.lines().next().unwrap_or_default()
+                    };
                     cx.emit(Event::Notice(format!(
-                        "spawn attempt {attempt}/{attempts} failed: {e}"
+                        "spawn attempt {attempt}/{attempts} failed: {shown}"
                     )));
                     last_error = e;
                     // A half-made instance is torn down before the next try.
