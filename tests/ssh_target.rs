@@ -29,7 +29,16 @@ impl Drop for Sshd {
 
 fn keygen(path: &Path) {
     let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "ferrotron-test", "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "ferrotron-test",
+            "-f",
+        ])
         .arg(path)
         .status()
         .expect("ssh-keygen runs")
@@ -39,7 +48,11 @@ fn keygen(path: &Path) {
 
 /// `SHA256:…` as `ssh-keygen -lf` prints it: the fingerprint a person compares.
 fn fingerprint(public: &Path) -> String {
-    let out = Command::new("ssh-keygen").arg("-lf").arg(public).output().unwrap();
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(public)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "ssh-keygen -lf {}", public.display());
     let text = String::from_utf8(out.stdout).unwrap();
     let fp = text.split_whitespace().nth(1).unwrap().to_string();
@@ -95,7 +108,10 @@ fn start_sshd(dir: &Path, host_key: &Path, authorized: &Path, port: u16) -> Sshd
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        assert!(t0.elapsed() < Duration::from_secs(15), "sshd never listened");
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "sshd never listened"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Sshd { child, port, log }
@@ -255,7 +271,10 @@ fn ssh_host_keys_are_checked_against_known_hosts() {
         assert_eq!(ran(), 2, "the task ran despite a changed key:\n{text}");
         let at = format!("{}:1", known_hosts.display());
         for needle in [at.as_str(), "CHANGED", fp_b.as_str(), "ssh-keygen -R"] {
-            assert!(text.contains(needle), "{extra:?}: no `{needle}` in:\n{text}");
+            assert!(
+                text.contains(needle),
+                "{extra:?}: no `{needle}` in:\n{text}"
+            );
         }
         assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), entry);
     }

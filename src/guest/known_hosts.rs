@@ -140,7 +140,9 @@ fn hashed_matches(entry: &str, name: &str) -> bool {
     let Ok(mac) = Hmac::<sha1::Sha1>::new_from_slice(&salt) else {
         return false;
     };
-    mac.chain_update(name.as_bytes()).verify_slice(&hash).is_ok()
+    mac.chain_update(name.as_bytes())
+        .verify_slice(&hash)
+        .is_ok()
 }
 
 /// `*` any run of characters, `?` one; everything else literal.
@@ -170,13 +172,14 @@ fn glob(pattern: &str, text: &str) -> bool {
 /// would. One write of one whole line, so a concurrent reader sees all of it or none.
 pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     // A hand-edited file may lack its final newline: ours must not join its last line.
     let needs_newline = match std::fs::read(path) {
@@ -236,7 +239,10 @@ mod tests {
         let text = line("[box]:2222", &k);
         assert_eq!(check(&text, "box", 2222, &k), Verdict::Known { line: 1 });
         // The same host on port 22 is another entry altogether.
-        assert!(matches!(check(&text, "box", 22, &k), Verdict::Unknown { .. }));
+        assert!(matches!(
+            check(&text, "box", 22, &k),
+            Verdict::Unknown { .. }
+        ));
         assert_eq!(
             check(&line("box", &k), "BOX", 22, &k),
             Verdict::Known { line: 1 }
@@ -282,8 +288,14 @@ mod tests {
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKCBmuRaANh3IzMbmHGMfTpdUvcqJhxkU3uV8GiLgba1",
         )
         .unwrap();
-        assert_eq!(check(text, "10.0.0.5", 2222, &k), Verdict::Known { line: 1 });
-        assert!(matches!(check(text, "10.0.0.5", 22, &k), Verdict::Unknown { .. }));
+        assert_eq!(
+            check(text, "10.0.0.5", 2222, &k),
+            Verdict::Known { line: 1 }
+        );
+        assert!(matches!(
+            check(text, "10.0.0.5", 22, &k),
+            Verdict::Unknown { .. }
+        ));
     }
 
     #[test]

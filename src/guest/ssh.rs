@@ -16,8 +16,8 @@ use russh::{ChannelMsg, client};
 
 use super::known_hosts::{self, Verdict};
 use super::{Command, GuestError, OutputSink, Session, Stream};
-use crate::util::shell_word;
 use crate::access::{HostKey, SshTarget};
+use crate::util::shell_word;
 
 /// How long a connected socket may stay silent after we spoke before we call the server not
 /// ready. Port forwarders (passt, slirp) accept the TCP connection before the guest listens
@@ -212,7 +212,13 @@ fn unknown_help(
     )
 }
 
-fn changed_help(kind: &str, fp: &impl std::fmt::Display, name: &str, file: &str, line: usize) -> String {
+fn changed_help(
+    kind: &str,
+    fp: &impl std::fmt::Display,
+    name: &str,
+    file: &str,
+    line: usize,
+) -> String {
     format!(
         "  the server now offers {kind} key {fp}\n  \
          someone may be intercepting the connection, or the machine was reinstalled. Nothing \

@@ -342,7 +342,8 @@ mod tests {
         let e = parse("{kind: sim, uri: x}").unwrap_err();
         assert!(e.contains("unknown field `uri`"), "{e}");
         assert!(e.contains("create_ms"), "the known keys are listed: {e}");
-        let s = parse("{kind: ssh, target: me@box, known_hosts: /k, learn_host_key: true}").unwrap();
+        let s =
+            parse("{kind: ssh, target: me@box, known_hosts: /k, learn_host_key: true}").unwrap();
         assert_eq!(
             s,
             Spec::Ssh(SshSpec {
