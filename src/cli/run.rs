@@ -53,9 +53,8 @@ pub struct RunArgs {
     /// Private key for --ssh [default: the SSH agent is not used; ~/.ssh/id_ed25519].
     #[arg(long, value_name = "PATH", requires = "ssh")]
     pub ssh_privkey: Option<PathBuf>,
-    /// The known_hosts file the --ssh machine's host key must be in, checked before
-    /// anything is sent to it [default: ~/.ssh/known_hosts]. An unknown or changed key
-    /// stops the run.
+    /// The known_hosts file the --ssh machine's host key must be in, checked before logging
+    /// in [default: ~/.ssh/known_hosts]. An unknown or changed key stops the run.
     #[arg(long, value_name = "FILE", requires = "ssh")]
     pub known_hosts: Option<PathBuf>,
     /// Add the --ssh machine's host key to the known_hosts file if it has none for it
