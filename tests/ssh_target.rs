@@ -251,7 +251,17 @@ fn ssh_host_keys_are_checked_against_known_hosts() {
     let log = std::fs::read_to_string(&sshd.log).unwrap();
     assert!(log.contains("Accepted publickey"), "{log}");
 
-    // (c) Known now: runs without the flag, and the file is left alone.
+    // (c) Known now: runs without the flag, and the file is left alone. Hashed the way
+    // Debian's ssh writes it by default (`HashKnownHosts yes`), it reads the same.
+    let hashed = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&known_hosts)
+        .output()
+        .unwrap();
+    assert!(hashed.status.success(), "ssh-keygen -H");
+    let entry = std::fs::read_to_string(&known_hosts).unwrap();
+    assert!(entry.starts_with("|1|"), "{entry}");
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
     assert_eq!(ran(), 2);

@@ -71,7 +71,9 @@ impl client::Handler for Verifier {
         };
         match verdict {
             Ok(learned) => {
-                *self.learned.lock().expect("learned lock") = learned;
+                if learned.is_some() {
+                    *self.learned.lock().expect("learned lock") = learned;
+                }
                 Ok(true)
             }
             Err(e) => {
@@ -314,6 +316,8 @@ impl SshSession {
             preferred,
             ..Default::default()
         });
+        // Across attempts: a key learned on one whose login then failed is still news.
+        let learned = Arc::new(Mutex::new(None));
         let start = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut silence = SILENCE;
@@ -321,16 +325,17 @@ impl SshSession {
         loop {
             let remaining = deadline.saturating_sub(start.elapsed());
             if remaining.is_zero() {
+                let learned = learned.lock().expect("learned lock").take();
                 return Err(GuestError::Unreachable {
                     target: shown,
                     reason: format!(
-                        "no SSH login within {}s (last error: {last})",
-                        deadline.as_secs()
+                        "no SSH login within {}s (last error: {last}){}",
+                        deadline.as_secs(),
+                        learned.map(|l| format!("; {l}")).unwrap_or_default()
                     ),
                 });
             }
             let refused = Arc::new(Mutex::new(None));
-            let learned = Arc::new(Mutex::new(None));
             let handler = Verifier {
                 policy: policy.clone(),
                 refused: refused.clone(),
