@@ -68,8 +68,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts sshd with `host_key`, letting in the key of `authorized`.
-fn start_sshd(dir: &Path, host_key: &Path, authorized: &Path, port: u16) -> Sshd {
+/// Starts sshd with `host_keys`, letting in the key of `authorized`.
+fn start_sshd(dir: &Path, host_keys: &[&Path], authorized: &Path, port: u16) -> Sshd {
     // sshd's privilege separation directory; a fresh host may not have it.
     std::fs::create_dir_all("/run/sshd").unwrap();
     let config = dir.join("sshd_config");
@@ -77,7 +77,7 @@ fn start_sshd(dir: &Path, host_key: &Path, authorized: &Path, port: u16) -> Sshd
         &config,
         format!(
             "ListenAddress 127.0.0.1\n\
-             HostKey {}\n\
+             {}\
              AuthorizedKeysFile {}\n\
              UsePAM no\n\
              StrictModes no\n\
@@ -85,7 +85,10 @@ fn start_sshd(dir: &Path, host_key: &Path, authorized: &Path, port: u16) -> Sshd
              PermitRootLogin prohibit-password\n\
              PasswordAuthentication no\n\
              KbdInteractiveAuthentication no\n",
-            host_key.display(),
+            host_keys
+                .iter()
+                .map(|k| format!("HostKey {}\n", k.display()))
+                .collect::<String>(),
             authorized.display()
         ),
     )
@@ -162,7 +165,7 @@ fn ssh_host_keys_are_checked_against_known_hosts() {
     )
     .unwrap();
 
-    let sshd = start_sshd(d, &host_a, &authorized, free_port());
+    let sshd = start_sshd(d, &[&host_a], &authorized, free_port());
     let target = format!("root@127.0.0.1:{}", sshd.port);
     let run = |extra: &[&str]| {
         let mut args = vec![
@@ -271,7 +274,7 @@ fn ssh_host_keys_are_checked_against_known_hosts() {
     // file and the line of the old entry; the file keeps the old key.
     let port = sshd.port;
     drop(sshd);
-    let sshd = start_sshd(d, &host_b, &authorized, port);
+    let sshd = start_sshd(d, &[&host_b], &authorized, port);
     let fp_b = fingerprint(&host_b.with_extension("pub"));
     for extra in [&[][..], &["--learn-host-key"][..]] {
         let out = run(extra);
@@ -288,9 +291,57 @@ fn ssh_host_keys_are_checked_against_known_hosts() {
         }
         assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), entry);
     }
+
+    // (e) Known only by a key type the server no longer offers (ferrotron asks for ECDSA
+    // first, the server has only Ed25519): as suspect as a changed key, never learned over.
+    let ecdsa = d.join("other_ecdsa");
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
+        .arg(&ecdsa)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ssh-keygen -t ecdsa");
+    let old_type = d.join("known_hosts_ecdsa");
+    let public = std::fs::read_to_string(ecdsa.with_extension("pub")).unwrap();
+    std::fs::write(
+        &old_type,
+        format!("# other type\n[127.0.0.1]:{port} {public}"),
+    )
+    .unwrap();
+    let mut args = vec![
+        "run",
+        "--ssh",
+        &target,
+        "--ssh-privkey",
+        client.to_str().unwrap(),
+        "--known-hosts",
+        old_type.to_str().unwrap(),
+        "--learn-host-key",
+    ];
+    args.push(task.to_str().unwrap());
+    let out = common::ferrotron(data.path(), &args);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert_eq!(ran(), 2, "{text}");
+    let at = format!("{}:2", old_type.display());
+    for needle in [at.as_str(), "ecdsa-sha2-nistp256", "CHANGED", fp_b.as_str()] {
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
+    assert_eq!(lines(&old_type), 2, "nothing learned");
+
     let log = std::fs::read_to_string(&sshd.log).unwrap();
     assert!(
         !log.contains("Accepted publickey"),
         "we logged in despite a changed key:\n{log}"
     );
+
+    // (f) The same file, and the server offers that ECDSA key besides an Ed25519 one:
+    // ferrotron asks for the type it knows, so the host is known, not changed.
+    drop(sshd);
+    let _sshd = start_sshd(d, &[&host_b, &ecdsa], &authorized, port);
+    let out = common::ferrotron(data.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
+    assert_eq!(ran(), 3);
+    assert_eq!(lines(&old_type), 2, "nothing learned");
 }

@@ -47,14 +47,17 @@ enum Policy {
         line: String,
         target: String,
     },
-    KnownHosts {
-        file: PathBuf,
-        learn: bool,
-        host: String,
-        port: u16,
-        target: String,
-        user: String,
-    },
+    KnownHosts(KnownHostsCheck),
+}
+
+/// `--ssh`: the key must be in the user's known_hosts file, or be added there on request.
+struct KnownHostsCheck {
+    file: PathBuf,
+    learn: bool,
+    host: String,
+    port: u16,
+    target: String,
+    user: String,
 }
 
 impl client::Handler for Verifier {
@@ -90,86 +93,7 @@ impl Policy {
         match self {
             Policy::Pinned { expected, .. } if key.key_data() == expected.key_data() => Ok(None),
             Policy::Pinned { .. } => Err(self.not_a_key()),
-            Policy::KnownHosts {
-                file,
-                learn,
-                host,
-                port,
-                target,
-                user,
-            } => {
-                let shown = file.display().to_string();
-                let text = match tokio::fs::read_to_string(file).await {
-                    Ok(t) => Some(t),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => {
-                        return Err(GuestError::Io {
-                            context: format!("reading known_hosts file {shown}"),
-                            source: e,
-                        });
-                    }
-                };
-                let name = known_hosts::host_entry_name(host, *port);
-                let kind = key.algorithm().as_str().to_string();
-                let fp = key.fingerprint(HashAlg::Sha256);
-                let why = match known_hosts::check(text.as_deref().unwrap_or(""), host, *port, key)
-                {
-                    Verdict::Known { line } => {
-                        tracing::debug!(target = %target, file = %shown, line, "host key known");
-                        return Ok(None);
-                    }
-                    Verdict::Changed { line } => {
-                        return Err(GuestError::HostKeyChanged {
-                            target: target.clone(),
-                            file: shown.clone(),
-                            line,
-                            why: format!(
-                                "holds a different {kind} key for {name}: the host key has CHANGED"
-                            ),
-                            help: changed_help(&kind, &fp, &name, &shown, line),
-                        });
-                    }
-                    Verdict::Revoked { line } => {
-                        return Err(GuestError::HostKeyChanged {
-                            target: target.clone(),
-                            file: shown.clone(),
-                            line,
-                            why: format!("revokes this {kind} key (@revoked)"),
-                            help: format!(
-                                "  the server offers {kind} key {fp}\n  nothing was run there \
-                                 and no login was attempted; a revoked key is never used"
-                            ),
-                        });
-                    }
-                    Verdict::Unknown { .. } if text.is_none() => "does not exist".to_string(),
-                    Verdict::Unknown { others } if others.is_empty() => {
-                        format!("has no entry for {name}")
-                    }
-                    Verdict::Unknown { others } => format!(
-                        "has no {kind} key for {name} (it records {})",
-                        others
-                            .iter()
-                            .map(|(line, k)| format!("{k} at line {line}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                };
-                if !*learn {
-                    return Err(GuestError::HostKeyUnknown {
-                        target: target.clone(),
-                        file: shown.clone(),
-                        why,
-                        help: unknown_help(&kind, &fp, host, *port, user, &shown),
-                    });
-                }
-                known_hosts::append(file, host, *port, key).map_err(GuestError::io(format!(
-                    "adding the host key of {target} to {shown}"
-                )))?;
-                Ok(Some(format!(
-                    "--learn-host-key: added the host key of {target} ({kind} {fp}) to {shown} \
-                     as `{name}`"
-                )))
-            }
+            Policy::KnownHosts(k) => k.check(key).await,
         }
     }
 
@@ -179,13 +103,106 @@ impl Policy {
                 target: target.clone(),
                 expected: line.clone(),
             },
-            Policy::KnownHosts { target, file, .. } => GuestError::HostKeyUnknown {
-                target: target.clone(),
-                file: file.display().to_string(),
-                why: "cannot vouch for a host certificate".into(),
-                help: "  the server sent a certificate instead of a host key".into(),
-            },
+            Policy::KnownHosts(KnownHostsCheck { target, file, .. }) => {
+                GuestError::HostKeyUnknown {
+                    target: target.clone(),
+                    file: file.display().to_string(),
+                    why: "cannot vouch for a host certificate".into(),
+                    help: "  the server sent a certificate instead of a host key".into(),
+                }
+            }
         }
+    }
+}
+
+impl KnownHostsCheck {
+    /// Ok with what was added to the file, if anything.
+    async fn check(&self, key: &PublicKey) -> Result<Option<String>, GuestError> {
+        let KnownHostsCheck {
+            file,
+            learn,
+            host,
+            port,
+            target,
+            user,
+        } = self;
+        let shown = file.display().to_string();
+        let text = match tokio::fs::read_to_string(file).await {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(GuestError::Io {
+                    context: format!("reading known_hosts file {shown}"),
+                    source: e,
+                });
+            }
+        };
+        let name = known_hosts::host_entry_name(host, *port);
+        let kind = key.algorithm().as_str().to_string();
+        let fp = key.fingerprint(HashAlg::Sha256);
+        let why = match known_hosts::check(text.as_deref().unwrap_or(""), host, *port, key) {
+            Verdict::Known { line } => {
+                tracing::debug!(target = %target, file = %shown, line, "host key known");
+                return Ok(None);
+            }
+            Verdict::Changed { line } => {
+                return Err(GuestError::HostKeyChanged {
+                    target: target.clone(),
+                    file: shown.clone(),
+                    line,
+                    why: format!(
+                        "holds a different {kind} key for {name}: the host key has CHANGED"
+                    ),
+                    help: changed_help(&kind, &fp, &name, &shown, line),
+                });
+            }
+            Verdict::Revoked { line } => {
+                return Err(GuestError::HostKeyChanged {
+                    target: target.clone(),
+                    file: shown.clone(),
+                    line,
+                    why: format!("revokes this {kind} key (@revoked)"),
+                    help: format!(
+                        "  the server offers {kind} key {fp}\n  nothing was run there \
+                         and no login was attempted; a revoked key is never used"
+                    ),
+                });
+            }
+            Verdict::Unknown { .. } if text.is_none() => "does not exist".to_string(),
+            Verdict::Unknown { others } if others.is_empty() => {
+                format!("has no entry for {name}")
+            }
+            // We asked for the recorded types first and the server offers none of them: as
+            // suspect as a changed key, so never learned over either.
+            Verdict::Unknown { others } => {
+                let (line, old) = &others[0];
+                return Err(GuestError::HostKeyChanged {
+                    target: target.clone(),
+                    file: shown.clone(),
+                    line: *line,
+                    why: format!(
+                        "holds a {old} key for {name}, and the server no longer offers one \
+                         (it offers {kind}): the host key has CHANGED"
+                    ),
+                    help: changed_help(&kind, &fp, &name, &shown, *line),
+                });
+            }
+        };
+        if !*learn {
+            return Err(GuestError::HostKeyUnknown {
+                target: target.clone(),
+                file: shown.clone(),
+                why,
+                help: unknown_help(&kind, &fp, host, *port, user, &shown),
+            });
+        }
+        known_hosts::append(file, host, *port, key).map_err(GuestError::io(format!(
+            "adding the host key of {target} to {shown}"
+        )))?;
+        Ok(Some(format!(
+            "--learn-host-key: added the host key of {target} ({kind} {fp}) to {shown} \
+             as `{name}`"
+        )))
     }
 }
 
@@ -296,14 +313,14 @@ impl SshSession {
                 // Unreadable is the handler's to report; here it only orders preferences.
                 let text = tokio::fs::read_to_string(file).await.unwrap_or_default();
                 (
-                    Policy::KnownHosts {
+                    Policy::KnownHosts(KnownHostsCheck {
                         file: file.clone(),
                         learn: *learn,
                         host: target.host.clone(),
                         port: target.port,
                         target: shown.clone(),
                         user: target.user.clone(),
-                    },
+                    }),
                     preferred_for(&text, &target.host, target.port),
                 )
             }
