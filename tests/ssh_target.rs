@@ -222,6 +222,27 @@ fn ssh_host_keys_are_checked_against_known_hosts() {
         "we logged in to an unknown host:\n{log}"
     );
 
+    // A file that cannot be read is not "no entry": refused at once, learning or not.
+    let mut args = vec![
+        "run",
+        "--ssh",
+        &target,
+        "--ssh-privkey",
+        client.to_str().unwrap(),
+        "--known-hosts",
+        d.to_str().unwrap(),
+        "--learn-host-key",
+    ];
+    args.push(task.to_str().unwrap());
+    let out = common::ferrotron(data.path(), &args);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains("cannot be read") && text.contains("not retried"),
+        "{text}"
+    );
+    assert_eq!(ran(), 0, "{text}");
+
     // (b) --learn-host-key: added (one line, the bracketed port form), said so, and run.
     let out = run(&["--learn-host-key"]);
     let text = all_output(&out);

@@ -130,10 +130,15 @@ impl KnownHostsCheck {
         let text = match tokio::fs::read_to_string(file).await {
             Ok(t) => Some(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // Not a connection problem: no retry reads it better, so refuse as unknown.
             Err(e) => {
-                return Err(GuestError::Io {
-                    context: format!("reading known_hosts file {shown}"),
-                    source: e,
+                return Err(GuestError::HostKeyUnknown {
+                    target: target.clone(),
+                    file: shown.clone(),
+                    why: format!("cannot be read: {e}"),
+                    help: "  nothing was run there and no login was attempted: the host key \
+                           cannot be checked without the file"
+                        .into(),
                 });
             }
         };

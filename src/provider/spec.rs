@@ -247,13 +247,15 @@ impl Spec {
     }
 }
 
-/// `~/.ssh/known_hosts` of the user running ferrotron, as `ssh` reads it.
+/// `~/.ssh/known_hosts` of the user running ferrotron: `$HOME`, else their passwd entry
+/// (a daemon's service manager may not set HOME).
 fn default_known_hosts() -> Result<PathBuf, ProviderError> {
-    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-        Some(home) => Ok(PathBuf::from(home).join(".ssh").join("known_hosts")),
+    match std::env::home_dir().filter(|h| !h.as_os_str().is_empty()) {
+        Some(home) => Ok(home.join(".ssh").join("known_hosts")),
         None => Err(ProviderError::Permanent(
-            "ssh: HOME is not set, so there is no ~/.ssh/known_hosts to check the host key \
-             against; name a file with --known-hosts (known_hosts: in a providers: entry)"
+            "ssh: no home directory (HOME unset, no passwd entry), so no ~/.ssh/known_hosts \
+             to check the host key against; name a file with --known-hosts (known_hosts: in \
+             a providers: entry)"
                 .into(),
         )),
     }
