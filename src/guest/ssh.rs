@@ -107,8 +107,8 @@ impl Policy {
                 GuestError::HostKeyUnknown {
                     target: target.clone(),
                     file: file.display().to_string(),
-                    why: "cannot vouch for a host certificate".into(),
-                    help: "  the server sent a certificate instead of a host key".into(),
+                    why: "vouches for host keys only, and the server sent a certificate".into(),
+                    help: "  nothing was run there and no login was attempted".into(),
                 }
             }
         }
