@@ -3,7 +3,7 @@
 # Idempotent: safe to run on every CI run and every demo. Needs root.
 #
 #   provisioning/host-setup.sh            # build + VM packages, libvirtd running
-#   provisioning/host-setup.sh --test     # also PostgreSQL, RabbitMQ, Chromium for the test suite
+#   provisioning/host-setup.sh --test     # also PostgreSQL, RabbitMQ, Chromium, sshd for the test suite
 set -euo pipefail
 
 want_test=0
@@ -36,7 +36,8 @@ vm_pkgs=(pkg-config libvirt-dev qemu-system-x86 qemu-utils libvirt-daemon-system
   libvirt-daemon-driver-qemu libvirt-clients genisoimage passt dropbear-bin openssh-client
   openssh-sftp-server busybox-static linux-image-cloud-amd64 debootstrap zstd cpio
   e2fsprogs python3 shellcheck lz4 xz-utils)
-test_pkgs=(postgresql rabbitmq-server chromium chromium-driver)
+# openssh-server: tests/ssh_target.rs starts its own sshd on a port of its own (no service).
+test_pkgs=(postgresql rabbitmq-server chromium chromium-driver openssh-server)
 
 pkgs=("${vm_pkgs[@]}")
 ((want_test)) && pkgs+=("${test_pkgs[@]}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check ferrotron has, on a fresh Debian 12 machine or an old one: installs and
-# starts what the tests need (libvirtd, PostgreSQL, RabbitMQ, Chromium), builds the guest
-# images the tests boot (cached in $FERROTRON_TEST_IMAGES), then format, lint and tests.
+# starts what the tests need (libvirtd, PostgreSQL, RabbitMQ, Chromium; sshd is only installed,
+# tests/ssh_target.rs starts its own), builds the guest images the tests boot (cached in
+# $FERROTRON_TEST_IMAGES), then format, lint and tests.
 #
 #   provisioning/test.sh              # everything
 #   provisioning/test.sh -- libvirt   # pass a filter through to cargo test

@@ -271,7 +271,10 @@ fn retries_with_backoff_quota_and_error_servers() {
             ferrotron::provider::Access::Ssh(t) => {
                 assert_eq!(Some(&t.host), server.fixed_ip.as_ref());
                 assert_eq!(t.port, d.ssh_port);
-                assert!(t.host_key.is_some());
+                assert!(matches!(
+                    t.host_key,
+                    ferrotron::provider::HostKey::Pinned(_)
+                ));
             }
             other => panic!("{other:?}"),
         }

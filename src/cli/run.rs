@@ -46,12 +46,21 @@ pub struct RunArgs {
     /// Nova server booted from the Glance image --image names (see --cloud).
     #[arg(long, value_enum, default_value_t = Backend::Local)]
     pub backend: Backend,
-    /// Run on an existing machine over SSH instead (nothing is created or destroyed).
+    /// Run on an existing machine over SSH instead (nothing is created or destroyed). Its
+    /// host key is checked against --known-hosts first, as `ssh` does.
     #[arg(long, value_name = "USER@HOST[:PORT]", conflicts_with = "backend")]
     pub ssh: Option<String>,
     /// Private key for --ssh [default: the SSH agent is not used; ~/.ssh/id_ed25519].
     #[arg(long, value_name = "PATH", requires = "ssh")]
     pub ssh_privkey: Option<PathBuf>,
+    /// The known_hosts file the --ssh machine's host key must be in, checked before logging
+    /// in [default: ~/.ssh/known_hosts]. An unknown or changed key stops the run.
+    #[arg(long, value_name = "FILE", requires = "ssh")]
+    pub known_hosts: Option<PathBuf>,
+    /// Add the --ssh machine's host key to the known_hosts file if it has none for it
+    /// (check the fingerprint it prints). A key that changed is refused all the same.
+    #[arg(long, requires = "ssh")]
+    pub learn_host_key: bool,
     /// Base image for VM backends: an image file, a recipe name from images/ (its newest
     /// build, built on first use), or DISTRO-RELEASE-FLAVOR[-ARCH]. For openstack: a
     /// Glance image id, name, or DISTRO[-RELEASE…] prefix of ferrotron's image names
@@ -119,6 +128,8 @@ fn provider_spec(args: &RunArgs) -> Spec {
         return Spec::Ssh(SshSpec {
             target: target.clone(),
             identity,
+            known_hosts: args.known_hosts.clone(),
+            learn_host_key: args.learn_host_key,
         });
     }
     match args.backend {

@@ -6,6 +6,7 @@
 //! share every byte of that logic, including its safety checks.
 
 pub mod keys;
+pub mod known_hosts;
 pub mod local;
 pub mod ssh;
 pub mod transfer;
@@ -62,6 +63,25 @@ pub enum GuestError {
     Unreachable { target: String, reason: String },
     #[error("host key of {target} does not match the pinned key (expected {expected})")]
     HostKeyMismatch { target: String, expected: String },
+    /// `--ssh`: the server's key is in no entry of the known_hosts file. Nothing was sent
+    /// to it; `help` says how to vouch for the key.
+    #[error("host key of {target} is not known: {file} {why}\n{help}")]
+    HostKeyUnknown {
+        target: String,
+        file: String,
+        why: String,
+        help: String,
+    },
+    /// `--ssh`: the file holds another key of the same type for this host, or revokes this
+    /// one. Never learned over: someone may be in the middle.
+    #[error("host key of {target} REFUSED: {file}:{line} {why}\n{help}")]
+    HostKeyChanged {
+        target: String,
+        file: String,
+        line: usize,
+        why: String,
+        help: String,
+    },
     #[error("connection to {target} lost: {reason}")]
     Disconnected { target: String, reason: String },
     #[error("{0}")]
@@ -79,6 +99,15 @@ pub enum GuestError {
 }
 
 impl GuestError {
+    /// Whether trying again (another spawn attempt) cannot change the answer: the host key
+    /// was refused by the user's known_hosts, which only the user can change.
+    pub fn retrying_cannot_help(&self) -> bool {
+        matches!(
+            self,
+            GuestError::HostKeyUnknown { .. } | GuestError::HostKeyChanged { .. }
+        )
+    }
+
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestError {
         let context = context.into();
         move |source| GuestError::Io { context, source }
@@ -102,6 +131,12 @@ pub trait Session: Send + Sync {
     /// Runs `cmd`, streaming output into `out`, and returns its exit status (128+N when the
     /// command was killed by signal N). Dropping the future stops the command.
     async fn exec(&self, cmd: &Command, out: &mut OutputSink<'_>) -> Result<i32, GuestError>;
+
+    /// What connecting did that the person running the task must hear of (a host key
+    /// added to their known_hosts).
+    fn notices(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 pub use crate::util::shell_quote;

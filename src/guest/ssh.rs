@@ -1,17 +1,23 @@
-//! A session on an instance over SSH (russh): connect with a deadline, pin the host key,
-//! run commands with streamed output, stdin and exit status.
+//! A session on an instance over SSH (russh): connect with a deadline, check the host key
+//! (pinned for instances we made, the user's known_hosts for machines they name), run
+//! commands with streamed output, stdin and exit status.
 
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::keys::{
+    Algorithm, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate,
+};
 use russh::{ChannelMsg, client};
 
+use super::known_hosts::{self, Verdict};
 use super::{Command, GuestError, OutputSink, Session, Stream};
-use crate::access::SshTarget;
+use crate::access::{HostKey, SshTarget};
+use crate::util::shell_word;
 
 /// How long a connected socket may stay silent after we spoke before we call the server not
 /// ready. Port forwarders (passt, slirp) accept the TCP connection before the guest listens
@@ -25,36 +31,257 @@ const SILENCE: Duration = Duration::from_millis(400);
 const KEEPALIVE: Duration = Duration::from_secs(5);
 const KEEPALIVE_MAX: usize = 4;
 
-struct Pinned {
-    expected: Option<PublicKey>,
-    mismatch: Arc<Mutex<bool>>,
+/// Checks the server's key as the target's [`HostKey`] says, once the key exchange proved
+/// the server holds it, and before we authenticate or run anything.
+struct Verifier {
+    policy: Arc<Policy>,
+    /// Why the key was refused: russh itself reports only "unknown key".
+    refused: Arc<Mutex<Option<GuestError>>>,
+    /// What was added to the known_hosts file, said to the user.
+    learned: Arc<Mutex<Option<String>>>,
 }
 
-impl client::Handler for Pinned {
+enum Policy {
+    Pinned {
+        expected: PublicKey,
+        line: String,
+        target: String,
+    },
+    KnownHosts(KnownHostsCheck),
+}
+
+/// `--ssh`: the key must be in the user's known_hosts file, or be added there on request.
+struct KnownHostsCheck {
+    file: PathBuf,
+    learn: bool,
+    host: String,
+    port: u16,
+    target: String,
+    user: String,
+}
+
+impl client::Handler for Verifier {
     type Error = russh::Error;
 
     async fn check_server_key(
         &mut self,
         server: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let Some(expected) = &self.expected else {
-            return Ok(true); // --ssh to a machine the user named: they vouch for it
+        let verdict = match server {
+            PublicKeyOrCertificate::PublicKey { key, .. } => self.policy.check(key).await,
+            // We never ask for certificates; a server that sends one anyway is not trusted.
+            PublicKeyOrCertificate::Certificate(_) => Err(self.policy.not_a_key()),
         };
-        let ok = match server {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data() == expected.key_data(),
-            PublicKeyOrCertificate::Certificate(_) => false,
-        };
-        if !ok {
-            *self.mismatch.lock().expect("mismatch lock") = true;
+        match verdict {
+            Ok(learned) => {
+                if learned.is_some() {
+                    *self.learned.lock().expect("learned lock") = learned;
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                *self.refused.lock().expect("refused lock") = Some(e);
+                Ok(false)
+            }
         }
-        Ok(ok)
+    }
+}
+
+impl Policy {
+    /// Ok with what was learned, if anything; Err with the refusal for the user.
+    async fn check(&self, key: &PublicKey) -> Result<Option<String>, GuestError> {
+        match self {
+            Policy::Pinned { expected, .. } if key.key_data() == expected.key_data() => Ok(None),
+            Policy::Pinned { .. } => Err(self.not_a_key()),
+            Policy::KnownHosts(k) => k.check(key).await,
+        }
+    }
+
+    fn not_a_key(&self) -> GuestError {
+        match self {
+            Policy::Pinned { line, target, .. } => GuestError::HostKeyMismatch {
+                target: target.clone(),
+                expected: line.clone(),
+            },
+            Policy::KnownHosts(KnownHostsCheck { target, file, .. }) => {
+                GuestError::HostKeyUnknown {
+                    target: target.clone(),
+                    file: file.display().to_string(),
+                    why: "vouches for host keys only, and the server sent a certificate".into(),
+                    help: "  nothing was run there and no login was attempted".into(),
+                }
+            }
+        }
+    }
+}
+
+impl KnownHostsCheck {
+    /// Ok with what was added to the file, if anything.
+    async fn check(&self, key: &PublicKey) -> Result<Option<String>, GuestError> {
+        let KnownHostsCheck {
+            file,
+            learn,
+            host,
+            port,
+            target,
+            user,
+        } = self;
+        let shown = file.display().to_string();
+        let text = match tokio::fs::read_to_string(file).await {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // Not a connection problem: no retry reads it better, so refuse as unknown.
+            Err(e) => {
+                return Err(GuestError::HostKeyUnknown {
+                    target: target.clone(),
+                    file: shown.clone(),
+                    why: format!("cannot be read: {e}"),
+                    help: "  nothing was run there and no login was attempted: the host key \
+                           cannot be checked without the file"
+                        .into(),
+                });
+            }
+        };
+        let name = known_hosts::host_entry_name(host, *port);
+        let kind = key.algorithm().as_str().to_string();
+        let fp = key.fingerprint(HashAlg::Sha256);
+        let why = match known_hosts::check(text.as_deref().unwrap_or(""), host, *port, key) {
+            Verdict::Known { line } => {
+                tracing::debug!(target = %target, file = %shown, line, "host key known");
+                return Ok(None);
+            }
+            Verdict::Changed { line } => {
+                return Err(GuestError::HostKeyChanged {
+                    target: target.clone(),
+                    file: shown.clone(),
+                    line,
+                    why: format!(
+                        "holds a different {kind} key for {name}: the host key has CHANGED"
+                    ),
+                    help: changed_help(&kind, &fp, &name, &shown, line),
+                });
+            }
+            Verdict::Revoked { line } => {
+                return Err(GuestError::HostKeyChanged {
+                    target: target.clone(),
+                    file: shown.clone(),
+                    line,
+                    why: format!("revokes this {kind} key (@revoked)"),
+                    help: format!(
+                        "  the server offers {kind} key {fp}\n  nothing was run there \
+                         and no login was attempted; a revoked key is never used"
+                    ),
+                });
+            }
+            Verdict::Unknown { .. } if text.is_none() => "does not exist".to_string(),
+            Verdict::Unknown { others } if others.is_empty() => {
+                format!("has no entry for {name}")
+            }
+            // We asked for the recorded types first and the server offers none of them: as
+            // suspect as a changed key, so never learned over either.
+            Verdict::Unknown { others } => {
+                let (line, old) = &others[0];
+                return Err(GuestError::HostKeyChanged {
+                    target: target.clone(),
+                    file: shown.clone(),
+                    line: *line,
+                    why: format!(
+                        "holds a {old} key for {name}, and the server no longer offers one \
+                         (it offers {kind}): the host key has CHANGED"
+                    ),
+                    help: changed_help(&kind, &fp, &name, &shown, *line),
+                });
+            }
+        };
+        if !*learn {
+            return Err(GuestError::HostKeyUnknown {
+                target: target.clone(),
+                file: shown.clone(),
+                why,
+                help: unknown_help(&kind, &fp, host, *port, user, &shown),
+            });
+        }
+        known_hosts::append(file, host, *port, key).map_err(GuestError::io(format!(
+            "adding the host key of {target} to {shown}"
+        )))?;
+        Ok(Some(format!(
+            "--learn-host-key: added the host key of {target} ({kind} {fp}) to {shown} \
+             as `{name}`"
+        )))
+    }
+}
+
+/// How a person gets out of "unknown host", for the terminal.
+fn unknown_help(
+    kind: &str,
+    fp: &impl std::fmt::Display,
+    host: &str,
+    port: u16,
+    user: &str,
+    file: &str,
+) -> String {
+    let (h, f, login) = (
+        shell_word(host),
+        shell_word(file),
+        shell_word(&format!("{user}@{host}")),
+    );
+    format!(
+        "  the server offers {kind} key {fp}\n  \
+         nothing was run there and no login was attempted. If that is the machine's key (its \
+         owner can check with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub`), either\n  \
+         - run again with --learn-host-key (`learn_host_key: true` in a serve provider) to \
+         add it to {file}, or\n  \
+         - add it yourself: `ssh-keyscan -p {port} {h} >> {f}`, or log in once with \
+         `ssh -p {port} -o UserKnownHostsFile={f} {login}`"
+    )
+}
+
+fn changed_help(
+    kind: &str,
+    fp: &impl std::fmt::Display,
+    name: &str,
+    file: &str,
+    line: usize,
+) -> String {
+    format!(
+        "  the server now offers {kind} key {fp}\n  \
+         someone may be intercepting the connection, or the machine was reinstalled. Nothing \
+         was run there and no login was attempted; --learn-host-key never replaces a key.\n  \
+         if the machine's owner confirms the new key, remove the old entry (line {line}, or \
+         `ssh-keygen -R {} -f {}`) and add the new one",
+        shell_word(name),
+        shell_word(file)
+    )
+}
+
+/// The host key algorithms to ask for: those the known_hosts file records for the host
+/// first, so a host known by one key type is not refused as unknown under another.
+fn preferred_for(text: &str, host: &str, port: u16) -> russh::Preferred {
+    let known = known_hosts::known_types(text, host, port);
+    // One RSA key serves all three RSA signature algorithms.
+    fn family(a: &Algorithm) -> &str {
+        if matches!(a, Algorithm::Rsa { .. }) {
+            "ssh-rsa"
+        } else {
+            a.as_str()
+        }
+    }
+    let is_known = |a: &Algorithm| known.iter().any(|k| family(k) == family(a));
+    let default = russh::Preferred::DEFAULT;
+    let (mut order, rest): (Vec<Algorithm>, Vec<Algorithm>) =
+        default.key.iter().cloned().partition(is_known);
+    order.extend(rest);
+    russh::Preferred {
+        key: order.into(),
+        ..default
     }
 }
 
 pub struct SshSession {
-    handle: client::Handle<Pinned>,
+    handle: client::Handle<Verifier>,
     root: String,
     target: String,
+    learned: Option<String>,
 }
 
 /// The hash an RSA key signs with: the best SHA-2 the server names (`server-sig-algs`),
@@ -78,17 +305,41 @@ impl SshSession {
         deadline: Duration,
     ) -> Result<SshSession, GuestError> {
         let shown = format!("{}@{}:{}", target.user, target.host, target.port);
-        let expected = target
-            .host_key
-            .as_deref()
-            .map(super::keys::parse_public)
-            .transpose()?;
+        let (policy, preferred) = match &target.host_key {
+            HostKey::Pinned(line) => (
+                Policy::Pinned {
+                    expected: super::keys::parse_public(line)?,
+                    line: line.clone(),
+                    target: shown.clone(),
+                },
+                russh::Preferred::DEFAULT,
+            ),
+            HostKey::KnownHosts { file, learn } => {
+                // Unreadable is the handler's to report; here it only orders preferences.
+                let text = tokio::fs::read_to_string(file).await.unwrap_or_default();
+                (
+                    Policy::KnownHosts(KnownHostsCheck {
+                        file: file.clone(),
+                        learn: *learn,
+                        host: target.host.clone(),
+                        port: target.port,
+                        target: shown.clone(),
+                        user: target.user.clone(),
+                    }),
+                    preferred_for(&text, &target.host, target.port),
+                )
+            }
+        };
+        let policy = Arc::new(policy);
         let config = Arc::new(client::Config {
             keepalive_interval: Some(KEEPALIVE),
             keepalive_max: KEEPALIVE_MAX,
             nodelay: true,
+            preferred,
             ..Default::default()
         });
+        // Across attempts: a key learned on one whose login then failed is still news.
+        let learned = Arc::new(Mutex::new(None));
         let start = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let mut silence = SILENCE;
@@ -96,18 +347,21 @@ impl SshSession {
         loop {
             let remaining = deadline.saturating_sub(start.elapsed());
             if remaining.is_zero() {
+                let learned = learned.lock().expect("learned lock").take();
                 return Err(GuestError::Unreachable {
                     target: shown,
                     reason: format!(
-                        "no SSH login within {}s (last error: {last})",
-                        deadline.as_secs()
+                        "no SSH login within {}s (last error: {last}){}",
+                        deadline.as_secs(),
+                        learned.map(|l| format!("; {l}")).unwrap_or_default()
                     ),
                 });
             }
-            let mismatch = Arc::new(Mutex::new(false));
-            let handler = Pinned {
-                expected: expected.clone(),
-                mismatch: mismatch.clone(),
+            let refused = Arc::new(Mutex::new(None));
+            let handler = Verifier {
+                policy: policy.clone(),
+                refused: refused.clone(),
+                learned: learned.clone(),
             };
             let heard = Arc::new(AtomicBool::new(false));
             let attempt = async {
@@ -159,17 +413,16 @@ impl SshSession {
                         handle,
                         root,
                         target: shown,
+                        learned: learned.lock().expect("learned lock").take(),
                     });
                 }
                 Ok(Some(Ok((_, false)))) => {
                     last = format!("user {} refused the run's key", target.user)
                 }
                 Ok(Some(Err(e))) => {
-                    if *mismatch.lock().expect("mismatch lock") {
-                        return Err(GuestError::HostKeyMismatch {
-                            target: shown,
-                            expected: target.host_key.clone().unwrap_or_default(),
-                        });
+                    // A refused key fails at once: retrying would not make it right.
+                    if let Some(refusal) = refused.lock().expect("refused lock").take() {
+                        return Err(refusal);
                     }
                     last = e.to_string();
                 }
@@ -197,6 +450,10 @@ impl Session for SshSession {
 
     fn describe(&self) -> String {
         self.target.clone()
+    }
+
+    fn notices(&self) -> Vec<String> {
+        self.learned.iter().cloned().collect()
     }
 
     async fn exec(&self, cmd: &Command, out: &mut OutputSink<'_>) -> Result<i32, GuestError> {

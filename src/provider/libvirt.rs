@@ -18,8 +18,8 @@ use virt::connect::Connect;
 
 use super::seed;
 use super::{
-    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider, ProviderError,
-    SshTarget,
+    Access, Capacity, HostKey, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider,
+    ProviderError, SshTarget,
 };
 use crate::base_image::BaseImage;
 
@@ -218,7 +218,7 @@ impl LibvirtProvider {
                 host,
                 port,
                 user: image.boot.user.clone(),
-                host_key: Some(spec.host_public_key.clone()),
+                host_key: HostKey::Pinned(spec.host_public_key.clone()),
                 identity: None,
             }),
             boot_timeout,

@@ -54,7 +54,7 @@ pub struct InstanceSpec {
     pub host_public_key: String,
 }
 
-pub use crate::access::{Access, SshTarget};
+pub use crate::access::{Access, HostKey, SshTarget};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {

@@ -17,7 +17,7 @@ use super::openstack::config::AddressKind;
 use super::openstack::{OpenStackProvider, Overrides};
 use super::sim::{SimConfig, SimProvider};
 use super::ssh::SshProvider;
-use super::{Provider, ProviderError};
+use super::{HostKey, Provider, ProviderError};
 
 /// A provider, as configured. `kind` names the backend in YAML and JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +113,14 @@ pub struct SshSpec {
     /// The private key to log in with.
     #[serde(default)]
     pub identity: Option<PathBuf>,
+    /// The OpenSSH known_hosts file the machine's host key must be in [default:
+    /// ~/.ssh/known_hosts of the user running ferrotron].
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+    /// Add the machine's host key to `known_hosts` when the file has none for it. A key
+    /// that differs from the recorded one is refused all the same.
+    #[serde(default)]
+    pub learn_host_key: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -239,6 +247,20 @@ impl Spec {
     }
 }
 
+/// `~/.ssh/known_hosts` of the user running ferrotron: `$HOME`, else their passwd entry
+/// (a daemon's service manager may not set HOME).
+fn default_known_hosts() -> Result<PathBuf, ProviderError> {
+    match std::env::home_dir().filter(|h| !h.as_os_str().is_empty()) {
+        Some(home) => Ok(home.join(".ssh").join("known_hosts")),
+        None => Err(ProviderError::Permanent(
+            "ssh: no home directory (HOME unset, no passwd entry), so no ~/.ssh/known_hosts \
+             to check the host key against; name a file with --known-hosts (known_hosts: in \
+             a providers: entry)"
+                .into(),
+        )),
+    }
+}
+
 /// Builds the provider `spec` describes: the only place that names backend types.
 ///
 /// Nothing is contacted yet (libvirt connects per call, OpenStack authenticates on first
@@ -274,7 +296,20 @@ pub async fn build(spec: &Spec, cx: &Context) -> Result<Arc<dyn Provider>, Provi
                 max_instances: s.max_instances,
             },
         )?),
-        Spec::Ssh(s) => Arc::new(SshProvider::parse(&s.target, s.identity.clone())?),
+        Spec::Ssh(s) => {
+            let known_hosts = match &s.known_hosts {
+                Some(file) => file.clone(),
+                None => default_known_hosts()?,
+            };
+            Arc::new(SshProvider::parse(
+                &s.target,
+                s.identity.clone(),
+                HostKey::KnownHosts {
+                    file: known_hosts,
+                    learn: s.learn_host_key,
+                },
+            )?)
+        }
         Spec::Local(_) => Arc::new(LocalProvider::new(cx.data_dir.join("local"), max)),
         Spec::Sim(s) => Arc::new(SimProvider::new(SimConfig {
             root: cx.data_dir.join("sim").join(&cx.name),
@@ -309,6 +344,19 @@ mod tests {
         let e = parse("{kind: sim, uri: x}").unwrap_err();
         assert!(e.contains("unknown field `uri`"), "{e}");
         assert!(e.contains("create_ms"), "the known keys are listed: {e}");
+        let s =
+            parse("{kind: ssh, target: me@box, known_hosts: /k, learn_host_key: true}").unwrap();
+        assert_eq!(
+            s,
+            Spec::Ssh(SshSpec {
+                target: "me@box".into(),
+                identity: None,
+                known_hosts: Some("/k".into()),
+                learn_host_key: true,
+            })
+        );
+        let e = parse("{kind: ssh, target: box, known_host: /k}").unwrap_err();
+        assert!(e.contains("unknown field `known_host`"), "{e}");
         let e = parse("{kind: cloud}").unwrap_err();
         assert!(e.contains("cloud") && e.contains("openstack"), "{e}");
     }
@@ -340,6 +388,8 @@ mod tests {
             &Spec::Ssh(SshSpec {
                 target: "root@".into(),
                 identity: None,
+                known_hosts: None,
+                learn_host_key: false,
             }),
             &cx,
         )

@@ -1,13 +1,15 @@
 //! The ssh backend: an existing machine the user names (`--ssh user@host[:port]`), as
 //! Taskotron's runtask allowed. Nothing is created or destroyed; each run works in its own
-//! directory on the machine. The user vouches for the machine, so its host key is taken on
-//! first use.
+//! directory on the machine. Its host key must be in a known_hosts file (the user's own by
+//! default), as for `ssh`; it is added there only when the user asks (`--learn-host-key`).
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use super::{Access, Capacity, Instance, InstanceSpec, Listed, Provider, ProviderError, SshTarget};
+use super::{
+    Access, Capacity, HostKey, Instance, InstanceSpec, Listed, Provider, ProviderError, SshTarget,
+};
 
 pub struct SshProvider {
     target: SshTarget,
@@ -17,7 +19,11 @@ pub struct SshProvider {
 
 impl SshProvider {
     /// Parses `user@host[:port]`; the user defaults to root and the port to 22.
-    pub fn parse(spec: &str, identity: Option<PathBuf>) -> Result<SshProvider, ProviderError> {
+    pub fn parse(
+        spec: &str,
+        identity: Option<PathBuf>,
+        host_key: HostKey,
+    ) -> Result<SshProvider, ProviderError> {
         let (user, rest) = spec.split_once('@').unwrap_or(("root", spec));
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
@@ -39,7 +45,7 @@ impl SshProvider {
                 host: host.to_string(),
                 port,
                 user: user.to_string(),
-                host_key: None,
+                host_key,
                 identity,
             },
         })
@@ -92,8 +98,14 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        let t =
-            |s| SshProvider::parse(s, None).map(|p| (p.target.user, p.target.host, p.target.port));
+        let kh = HostKey::KnownHosts {
+            file: "/k".into(),
+            learn: false,
+        };
+        let t = |s| {
+            SshProvider::parse(s, None, kh.clone())
+                .map(|p| (p.target.user, p.target.host, p.target.port))
+        };
         assert_eq!(t("me@box:2222").unwrap(), ("me".into(), "box".into(), 2222));
         assert_eq!(t("box").unwrap(), ("root".into(), "box".into(), 22));
         assert_eq!(t("me@[::1]:22").unwrap(), ("me".into(), "::1".into(), 22));

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::guest::keys::RunKeys;
 use crate::guest::{self, Command, Session, transfer};
-use crate::provider::{Access, Instance, InstanceMeta, InstanceSpec, Provider};
+use crate::provider::{Access, HostKey, Instance, InstanceMeta, InstanceSpec, Provider};
 use crate::results::CheckResult;
 use crate::store::{Attempt, NewRun, Phase, RunCompletion, RunParams, RunState, Store};
 use crate::task::{Formula, Vars};
@@ -742,8 +742,14 @@ impl Runner {
             match result {
                 Ok(session) => return Ok(session),
                 Err((e, retry)) => {
+                    // A refusal that ends the run is shown whole once, at its end.
+                    let shown = if retry {
+                        e.as_str()
+                    } else {
+                        e.lines().next().unwrap_or_default()
+                    };
                     cx.emit(Event::Notice(format!(
-                        "spawn attempt {attempt}/{attempts} failed: {e}"
+                        "spawn attempt {attempt}/{attempts} failed: {shown}"
                     )));
                     last_error = e;
                     // A half-made instance is torn down before the next try.
@@ -799,7 +805,10 @@ impl Runner {
         let session = cx
             .phase("boot", Box::pin(connect(&instance, &cx.keys)))
             .await
-            .map_err(|e| (e.to_string(), true))?;
+            .map_err(|e| (e.to_string(), !e.retrying_cannot_help()))?;
+        for notice in session.notices() {
+            cx.emit(Event::Notice(notice));
+        }
         *cx.session.lock().expect("session lock") = Some(session.clone());
         Ok(session)
     }
@@ -969,15 +978,20 @@ fn keep_instructions(
                 }
             };
             let mut cmd = format!("ssh -i {} -p {}", key.display(), t.port);
-            if let Some(host_key) = &t.host_key {
-                let kh = dir.join(format!("{}.known_hosts", instance.meta.run_uuid));
-                std::fs::write(
-                    &kh,
-                    format!("[{}]:{} {}\n", t.host, t.port, host_key.trim()),
-                )
-                .map_err(guest::GuestError::io(format!("writing {}", kh.display())))?;
-                cmd.push_str(&format!(" -o UserKnownHostsFile={}", kh.display()));
-            }
+            let known_hosts = match &t.host_key {
+                HostKey::Pinned(host_key) => {
+                    let kh = dir.join(format!("{}.known_hosts", instance.meta.run_uuid));
+                    std::fs::write(
+                        &kh,
+                        format!("[{}]:{} {}\n", t.host, t.port, host_key.trim()),
+                    )
+                    .map_err(guest::GuestError::io(format!("writing {}", kh.display())))?;
+                    kh
+                }
+                // The file this run checked the key against: ssh then checks the same.
+                HostKey::KnownHosts { file, .. } => file.clone(),
+            };
+            cmd.push_str(&format!(" -o UserKnownHostsFile={}", known_hosts.display()));
             cmd.push_str(&format!(" {}@{}", t.user, t.host));
             Ok(cmd)
         }

@@ -25,8 +25,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{
-    Access, Capacity, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider, ProviderError,
-    SshTarget,
+    Access, Capacity, HostKey, Instance, InstanceMeta, InstanceSpec, Listed, Loss, Provider,
+    ProviderError, SshTarget,
 };
 use auth::{ApiError, Client};
 use config::{AddressKind, CloudConfig};
@@ -237,7 +237,7 @@ impl OpenStackProvider {
                 host,
                 port: s.ssh_port,
                 user: s.ssh_user.clone(),
-                host_key: Some(spec.host_public_key.clone()),
+                host_key: HostKey::Pinned(spec.host_public_key.clone()),
                 identity: None,
             }),
             boot_timeout: Duration::from_secs(s.boot_timeout),
