@@ -151,7 +151,9 @@ fn run_case(run: &RunRecord) -> Option<Case<'_>> {
         RunState::Finished => return None,
         RunState::Failed | RunState::Crashed | RunState::Cancelled => (
             Verdict::Error,
-            run.error.as_deref().unwrap_or("the run ended without saying why"),
+            run.error
+                .as_deref()
+                .unwrap_or("the run ended without saying why"),
         ),
         _ => (Verdict::Skipped, "the run is not over: results may follow"),
     };
@@ -366,16 +368,24 @@ mod tests {
             )),
             "{x}"
         );
-        assert!(x.contains(r#"<property name="uuid" value="00000000-0000-0000-0000-000000000000"/>"#));
+        assert!(
+            x.contains(r#"<property name="uuid" value="00000000-0000-0000-0000-000000000000"/>"#)
+        );
         assert!(x.contains(r#"<property name="exit_code" value="1"/>"#));
         assert!(!x.contains(RUN_TESTCASE), "a finished run is its results");
 
         let ok = case(&x, "dist.ok");
         assert!(ok.contains(r#"classname="bash-5.2-1.fc41""#), "{ok}");
         assert!(ok.contains(r#"<property name="outcome" value="PASSED"/>"#));
-        assert!(!ok.contains("<system-out>") && !ok.contains("<failure"), "{ok}");
+        assert!(
+            !ok.contains("<system-out>") && !ok.contains("<failure"),
+            "{ok}"
+        );
         let info = case(&x, "dist.info");
-        assert!(info.contains("<system-out>just so you know</system-out>"), "{info}");
+        assert!(
+            info.contains("<system-out>just so you know</system-out>"),
+            "{info}"
+        );
         assert!(info.contains(r#"value="INFO""#));
         let second = case(&x, "dist.second");
         assert!(
@@ -389,7 +399,9 @@ line two</failure>"#
             second.contains(r#"<property name="ref_url" value="https://farm.example/runs/x/artifacts/a.log?x=1&amp;y=2"/>"#),
             "{second}"
         );
-        assert!(case(&x, "dist.look").contains(r#"<failure type="NEEDS_INSPECTION" message="look">"#));
+        assert!(
+            case(&x, "dist.look").contains(r#"<failure type="NEEDS_INSPECTION" message="look">"#)
+        );
         assert!(case(&x, "dist.err").contains(r#"<error type="ERROR"></error>"#));
         assert!(case(&x, "dist.waived").contains(r#"<skipped message="ok&apos;d by qa">"#));
         assert!(case(&x, "dist.abort").contains(r#"<error type="ABORTED" message="stopped">"#));
@@ -413,10 +425,15 @@ line two</failure>"#
             &run(RunState::Crashed, Some("no machine: quota exceeded <4/4>")),
             &[],
         );
-        assert!(x.contains(r#"tests="1" failures="0" errors="1" skipped="0""#), "{x}");
+        assert!(
+            x.contains(r#"tests="1" failures="0" errors="1" skipped="0""#),
+            "{x}"
+        );
         let c = case(&x, RUN_TESTCASE);
         assert!(
-            c.contains(r#"<error type="crashed" message="no machine: quota exceeded &lt;4/4&gt;">"#),
+            c.contains(
+                r#"<error type="crashed" message="no machine: quota exceeded &lt;4/4&gt;">"#
+            ),
             "{c}"
         );
         // Failed after reporting: the results and the run's error both.
@@ -431,7 +448,10 @@ line two</failure>"#
     #[test]
     fn a_run_still_going_is_skipped_and_has_no_time() {
         let x = render(&run(RunState::Running, None), &[]);
-        assert!(x.contains(r#"tests="1" failures="0" errors="0" skipped="1" timestamp"#), "{x}");
+        assert!(
+            x.contains(r#"tests="1" failures="0" errors="0" skipped="1" timestamp"#),
+            "{x}"
+        );
         assert!(case(&x, RUN_TESTCASE).contains("<skipped message=\"the run is not over"));
         assert!(!x.contains("time=\""), "{x}");
     }
@@ -443,9 +463,18 @@ line two</failure>"#
         r.data.insert("item".into(), vec![evil.into()]);
         let x = render(&run(RunState::Finished, None), &[r]);
         let want = "]]&gt;&lt;/failure&gt;&lt;x a=&quot;1&quot;&gt;&amp;amp; \\x00\\x1b[31m&apos;\\u{fffe}";
-        assert!(x.contains(&format!(r#"<testcase name="{want}" classname="{want}">"#)), "{x}");
-        assert!(x.contains(&format!(r#"message="{want}">{want}</failure>"#)), "{x}");
-        assert!(!x.contains("]]>") && !x.contains('\0') && !x.contains('\x1b'), "{x}");
+        assert!(
+            x.contains(&format!(r#"<testcase name="{want}" classname="{want}">"#)),
+            "{x}"
+        );
+        assert!(
+            x.contains(&format!(r#"message="{want}">{want}</failure>"#)),
+            "{x}"
+        );
+        assert!(
+            !x.contains("]]>") && !x.contains('\0') && !x.contains('\x1b'),
+            "{x}"
+        );
         // Line breaks survive in attributes as references, not as spaces.
         let x = render(
             &run(RunState::Finished, None),
@@ -468,7 +497,10 @@ line two</failure>"#
             x.contains(&format!(r#"name="{kept}… [{} more bytes cut]""#, NAME_CAP)),
             "the name is cut"
         );
-        assert!(x.contains(&format!("{}… [{TEXT_CAP} more bytes cut]</failure>", "x".repeat(100))));
+        assert!(x.contains(&format!(
+            "{}… [{TEXT_CAP} more bytes cut]</failure>",
+            "x".repeat(100)
+        )));
     }
 
     /// What a conforming parser would refuse: a forbidden character, or markup in the data.

@@ -297,7 +297,12 @@ fn junit_file_is_written_at_the_end_of_every_run() {
         got[1],
         serde_json::json!([
             ["fixture.two-results", "bash-5.2-1.fc41", "pass", null],
-            ["fixture.second", "bash-5.2-1.fc41", "failure", "one bad thing"],
+            [
+                "fixture.second",
+                "bash-5.2-1.fc41",
+                "failure",
+                "one bad thing"
+            ],
         ])
     );
     // The same document as the runs API's.
@@ -318,19 +323,24 @@ fn junit_file_is_written_at_the_end_of_every_run() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
     let got = parse_junit(&python, &junit);
-    assert_eq!((&got[0]["tests"], &got[0]["errors"]), (&"1".into(), &"1".into()));
+    assert_eq!(
+        (&got[0]["tests"], &got[0]["errors"]),
+        (&"1".into(), &"1".into())
+    );
     assert_eq!(got[1][0][0], "ferrotron.run");
     assert_eq!(got[1][0][2], "error");
-    assert!(
-        got[1][0][3].as_str().unwrap().contains("status 7"),
-        "{got}"
-    );
+    assert!(got[1][0][3].as_str().unwrap().contains("status 7"), "{got}");
 
     // A file that cannot be written: exit 4, and the error names it.
     let bad = data.path().join("no-such-dir/report.xml");
     let out = ferrotron(
         data.path(),
-        &["run", "--junit", bad.to_str().unwrap(), fail.to_str().unwrap()],
+        &[
+            "run",
+            "--junit",
+            bad.to_str().unwrap(),
+            fail.to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(4), "{}", common::stderr(&out));
     let stderr = common::stderr(&out);

@@ -1373,8 +1373,8 @@ async fn runs_api_junit_xml(s: Server) {
     };
     // No NUL here: PostgreSQL cannot store one in text (the unit tests render NULs).
     let hostile = "bad ]]> <b>&amp; \x01 \x1b[31m \"q\" 'a'\nsecond line";
-    let result = |checkname: &str, outcome, note: Option<&str>, artifact: Option<&str>| {
-        CheckResult {
+    let result =
+        |checkname: &str, outcome, note: Option<&str>, artifact: Option<&str>| CheckResult {
             checkname: checkname.into(),
             item: "pkg-a".into(),
             item_type: "koji_build".into(),
@@ -1382,8 +1382,7 @@ async fn runs_api_junit_xml(s: Server) {
             note: note.map(str::to_string),
             artifact: artifact.map(str::to_string),
             data: Default::default(),
-        }
-    };
+        };
     let done = make_run(&s, "dist.rpmlint", "pkg-a", RunState::Finished).await;
     s.store
         .store_results(
@@ -1391,7 +1390,12 @@ async fn runs_api_junit_xml(s: Server) {
             &[
                 result("dist.ok", Outcome::Passed, None, None),
                 result("dist.info", Outcome::Info, Some("fyi"), None),
-                result("dist.bad", Outcome::Failed, Some(hostile), Some("sub/report.txt")),
+                result(
+                    "dist.bad",
+                    Outcome::Failed,
+                    Some(hostile),
+                    Some("sub/report.txt"),
+                ),
                 result("dist.look", Outcome::NeedsInspection, Some("look"), None),
                 result("dist.waived", Outcome::Waived, None, None),
                 result("dist.crash", Outcome::Crashed, Some("segv"), None),
@@ -1407,11 +1411,19 @@ async fn runs_api_junit_xml(s: Server) {
     assert_eq!(suites.len(), 1, "{v}");
     let suite = &suites[0];
     assert_eq!(suite["name"], "dist.rpmlint");
-    for (k, want) in [("tests", "6"), ("failures", "2"), ("errors", "1"), ("skipped", "1")] {
+    for (k, want) in [
+        ("tests", "6"),
+        ("failures", "2"),
+        ("errors", "1"),
+        ("skipped", "1"),
+    ] {
         assert_eq!(suite[k], want, "{k}: {suite}");
         assert_eq!(v["attrs"][k], want, "{k} of testsuites");
     }
-    assert!(suite["time"].as_str().unwrap().parse::<f64>().is_ok(), "{suite}");
+    assert!(
+        suite["time"].as_str().unwrap().parse::<f64>().is_ok(),
+        "{suite}"
+    );
     assert_eq!(suite["timestamp"].as_str().unwrap().len(), 19, "{suite}");
     assert_eq!(suite["props"]["uuid"], done.to_string());
     assert_eq!(suite["props"]["state"], "finished");
@@ -1419,9 +1431,19 @@ async fn runs_api_junit_xml(s: Server) {
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["dist.ok", "dist.info", "dist.bad", "dist.look", "dist.waived", "dist.crash"]
+        [
+            "dist.ok",
+            "dist.info",
+            "dist.bad",
+            "dist.look",
+            "dist.waived",
+            "dist.crash"
+        ]
     );
-    let verdicts: Vec<&str> = cases.iter().map(|c| c["verdict"].as_str().unwrap()).collect();
+    let verdicts: Vec<&str> = cases
+        .iter()
+        .map(|c| c["verdict"].as_str().unwrap())
+        .collect();
     assert_eq!(
         verdicts,
         ["pass", "pass", "failure", "failure", "skipped", "error"]
@@ -1447,12 +1469,21 @@ async fn runs_api_junit_xml(s: Server) {
     // A run that crashed before reporting: one testcase carrying the run's error.
     let crashed = make_run(&s, "dist.rpmlint", "pkg-b", RunState::Running).await;
     s.store
-        .finish_run(crashed, RunState::Crashed, Some(4), Some("no machine: <quota> & more"))
+        .finish_run(
+            crashed,
+            RunState::Crashed,
+            Some(4),
+            Some("no machine: <quota> & more"),
+        )
         .await
         .unwrap();
     let v = parse_junit(&python, &get_junit(&s, crashed).await).await;
     let suite = &v["suites"][0];
-    assert_eq!((&suite["tests"], &suite["errors"]), (&json!("1"), &json!("1")), "{v}");
+    assert_eq!(
+        (&suite["tests"], &suite["errors"]),
+        (&json!("1"), &json!("1")),
+        "{v}"
+    );
     let case = &suite["cases"][0];
     assert_eq!(case["name"], "ferrotron.run");
     assert_eq!(case["verdict"], "error");
@@ -1461,8 +1492,14 @@ async fn runs_api_junit_xml(s: Server) {
     // Unknown runs: the API's JSON 404, naming what was asked for.
     let missing = Uuid::now_v7();
     for (path, named) in [
-        (format!("/api/v1/runs/{missing}/junit.xml"), missing.to_string()),
-        ("/api/v1/runs/nope/junit.xml".to_string(), "nope".to_string()),
+        (
+            format!("/api/v1/runs/{missing}/junit.xml"),
+            missing.to_string(),
+        ),
+        (
+            "/api/v1/runs/nope/junit.xml".to_string(),
+            "nope".to_string(),
+        ),
     ] {
         let (st, v) = get(&s, &path).await;
         assert_eq!(st, 404, "{path}");

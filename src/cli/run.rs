@@ -250,8 +250,7 @@ async fn write_junit(store: &Store, uuid: Uuid, path: &std::path::Path) -> Resul
         .run_results(uuid)
         .await
         .map_err(|e| format!("reading the results of run {uuid}: {e}"))?;
-    std::fs::write(path, crate::junit::render(&run, &results))
-        .map_err(|e| format!("writing: {e}"))
+    std::fs::write(path, crate::junit::render(&run, &results)).map_err(|e| format!("writing: {e}"))
 }
 
 /// The first SIGINT/SIGTERM cancels the run (which still destroys its machine); later ones

@@ -219,7 +219,11 @@ async fn junit(State(st): State<WebState>, Path(uuid): Path<String>) -> ApiResul
     let run = find_run(&st, &uuid).await?;
     let results = st.store.run_results(run.uuid).await?;
     let xml = crate::junit::render(&run, &results);
-    Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], xml).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        xml,
+    )
+        .into_response())
 }
 
 async fn cancel(
