@@ -29,8 +29,6 @@
 
 use std::fmt::Write as _;
 
-use time::{OffsetDateTime, UtcOffset};
-
 use crate::outcome::Outcome;
 use crate::store::{RunRecord, RunState, StoredResult};
 use crate::util;
@@ -99,7 +97,8 @@ pub fn render(run: &RunRecord, results: &[StoredResult]) -> String {
     let _ = writeln!(
         x,
         r#"  <testsuite name="{name}" {counts}{time} timestamp="{}">"#,
-        timestamp(run.started_at.unwrap_or(run.created_at))
+        // UTC without an offset: the form the common JUnit schema declares.
+        util::utc_seconds(run.started_at.unwrap_or(run.created_at), 'T')
     );
     let uuid = run.uuid.to_string();
     let state = run.state.as_str();
@@ -244,20 +243,6 @@ fn attr(s: &str) -> String {
 /// Element content: capped and escaped.
 fn text(s: &str) -> String {
     util::xml_escape(&capped(s, TEXT_CAP))
-}
-
-/// `2026-12-04T04:22:32`: UTC without an offset, the form the common JUnit schema declares.
-fn timestamp(t: OffsetDateTime) -> String {
-    let t = t.to_offset(UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 #[cfg(test)]

@@ -115,6 +115,21 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `t` in UTC to the second, `YYYY-MM-DD{sep}HH:MM:SS`, no offset: ResultsDB's times and
+/// JUnit's timestamps with `T`, the pages' with a space.
+pub fn utc_seconds(t: time::OffsetDateTime, sep: char) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}{sep}{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// The longest prefix of `s` at most `max` bytes long that ends on a character boundary:
 /// for capping text from outside without splitting a character (and so without a panic).
 pub fn truncate_at(s: &str, max: usize) -> &str {
@@ -214,6 +229,13 @@ mod tests {
             base64_decode(&base64_encode(b"\x00\xff")).unwrap(),
             b"\x00\xff"
         );
+    }
+
+    #[test]
+    fn utc_seconds_drop_the_offset_and_the_fraction() {
+        let t = time::macros::datetime!(2026-12-04 06:22:32.5 +2);
+        assert_eq!(utc_seconds(t, 'T'), "2026-12-04T04:22:32");
+        assert_eq!(utc_seconds(t, ' '), "2026-12-04 04:22:32");
     }
 
     #[test]
