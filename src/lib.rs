@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod guest;
 pub mod image;
+pub mod junit;
 pub mod metrics;
 pub mod outcome;
 pub mod provider;

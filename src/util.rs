@@ -115,6 +115,56 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `t` in UTC to the second, `YYYY-MM-DD{sep}HH:MM:SS`, no offset: ResultsDB's times and
+/// JUnit's timestamps with `T`, the pages' with a space.
+pub fn utc_seconds(t: time::OffsetDateTime, sep: char) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}{sep}{:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The longest prefix of `s` at most `max` bytes long that ends on a character boundary:
+/// for capping text from outside without splitting a character (and so without a panic).
+pub fn truncate_at(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `s` for XML 1.0 element content and quoted attribute values: the five markup characters
+/// as entities, and every character XML 1.0 forbids (C0 controls but tab, newline and
+/// carriage return; U+FFFE, U+FFFF) or discourages (DEL, C1 controls) made visible as
+/// `\x1b` / `\u{fffe}`, as the run log shows them: one such character from outside would
+/// make the whole document unreadable to a conforming parser.
+pub fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '\'' => o.push_str("&apos;"),
+            '"' => o.push_str("&quot;"),
+            '\t' | '\n' | '\r' => o.push(c),
+            c if (c as u32) < 0x20 || ('\u{7f}'..='\u{9f}').contains(&c) => {
+                o.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            '\u{fffe}' | '\u{ffff}' => o.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
 /// This machine's host name (`localhost` when the kernel does not say).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -213,6 +263,35 @@ mod tests {
             base64_decode(&base64_encode(b"\x00\xff")).unwrap(),
             b"\x00\xff"
         );
+    }
+
+    #[test]
+    fn utc_seconds_drop_the_offset_and_the_fraction() {
+        let t = time::macros::datetime!(2026-12-04 06:22:32.5 +2);
+        assert_eq!(utc_seconds(t, 'T'), "2026-12-04T04:22:32");
+        assert_eq!(utc_seconds(t, ' '), "2026-12-04 04:22:32");
+    }
+
+    #[test]
+    fn truncation_never_splits_a_character() {
+        assert_eq!(truncate_at("héllo", 2), "h");
+        assert_eq!(truncate_at("héllo", 3), "hé");
+        assert_eq!(truncate_at("abc", 10), "abc");
+        assert_eq!(truncate_at("", 0), "");
+    }
+
+    #[test]
+    fn xml_escaping_leaves_no_markup_and_no_forbidden_characters() {
+        assert_eq!(
+            xml_escape("a<b>&\"c\"'d']]>"),
+            "a&lt;b&gt;&amp;&quot;c&quot;&apos;d&apos;]]&gt;"
+        );
+        assert_eq!(xml_escape("t\tn\nr\r"), "t\tn\nr\r");
+        assert_eq!(
+            xml_escape("nul\0esc\x1b del\x7f csi\u{9b} \u{fffe}\u{ffff}"),
+            "nul\\x00esc\\x1b del\\x7f csi\\x9b \\u{fffe}\\u{ffff}"
+        );
+        assert_eq!(xml_escape("ü 𝄞 \u{e000}"), "ü 𝄞 \u{e000}");
     }
 
     #[tokio::test]

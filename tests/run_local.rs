@@ -236,3 +236,116 @@ fn task_failure_and_timeout_exit_codes() {
         0
     );
 }
+
+/// `FILE` as Python's ElementTree reads it: `[suite attributes, [[name, classname, verdict,
+/// message]…]]` for its one testsuite.
+fn parse_junit(python: &str, file: &Path) -> serde_json::Value {
+    let script = r#"
+import json, sys
+import xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+(suite,) = root.findall("testsuite")
+cases = []
+for c in suite.findall("testcase"):
+    v = [e for e in c if e.tag in ("failure", "error", "skipped")]
+    cases.append([c.get("name"), c.get("classname"), v[0].tag if v else "pass", v[0].get("message") if v else None])
+json.dump([dict(suite.attrib), cases], sys.stdout)
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ElementTree refused {}:\n{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn junit_file_is_written_at_the_end_of_every_run() {
+    let Ok(python) = std::env::var("FERROTRON_TEST_PYTHON") else {
+        eprintln!("SKIPPED: FERROTRON_TEST_PYTHON not set");
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let junit = data.path().join("report.xml");
+    let junit_arg = junit.to_str().unwrap();
+    let (out, v) = json_run(
+        data.path(),
+        &[
+            "--junit",
+            junit_arg,
+            "-i",
+            "bash-5.2-1.fc41",
+            "-t",
+            "koji_build",
+            "tests/fixtures/two-results",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let got = parse_junit(&python, &junit);
+    assert_eq!(got[0]["name"], "fixture.two-results");
+    assert_eq!(
+        (&got[0]["tests"], &got[0]["failures"], &got[0]["errors"]),
+        (&"2".into(), &"1".into(), &"0".into())
+    );
+    assert_eq!(
+        got[1],
+        serde_json::json!([
+            ["fixture.two-results", "bash-5.2-1.fc41", "pass", null],
+            [
+                "fixture.second",
+                "bash-5.2-1.fc41",
+                "failure",
+                "one bad thing"
+            ],
+        ])
+    );
+    // The same document as the runs API's.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(&format!(r#"value="{}""#, v["uuid"].as_str().unwrap())));
+
+    // A task that failed before reporting: the run's error as one error testcase.
+    let dir = tempfile::tempdir().unwrap();
+    let fail = dir.path().join("fail.yml");
+    std::fs::write(
+        &fail,
+        "name: f\ndesc: d\nmaintainer: m\nactions:\n  - name: boom\n    shell: [\"exit 7\"]\n",
+    )
+    .unwrap();
+    let out = ferrotron(
+        data.path(),
+        &["run", "--junit", junit_arg, fail.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
+    let got = parse_junit(&python, &junit);
+    assert_eq!(
+        (&got[0]["tests"], &got[0]["errors"]),
+        (&"1".into(), &"1".into())
+    );
+    assert_eq!(got[1][0][0], "ferrotron.run");
+    assert_eq!(got[1][0][2], "error");
+    assert!(got[1][0][3].as_str().unwrap().contains("status 7"), "{got}");
+
+    // A file that cannot be written: exit 4, and the error names it.
+    let bad = data.path().join("no-such-dir/report.xml");
+    let out = ferrotron(
+        data.path(),
+        &[
+            "run",
+            "--junit",
+            bad.to_str().unwrap(),
+            fail.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", common::stderr(&out));
+    let stderr = common::stderr(&out);
+    assert!(
+        stderr.contains(&format!("error: --junit {}: writing:", bad.display())),
+        "{stderr}"
+    );
+}

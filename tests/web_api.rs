@@ -1303,6 +1303,210 @@ async fn pages_render_and_escape(s: Server) {
     assert_eq!(st, 404);
 }
 
+// --- JUnit XML ---------------------------------------------------------------------------
+
+/// The JUnit document as Python's `xml.etree.ElementTree` reads it: suites' attributes and
+/// properties, and per testcase its attributes, properties and verdict element.
+async fn parse_junit(python: &str, xml: &str) -> Value {
+    let script = r#"
+import json, sys
+import xml.etree.ElementTree as ET
+root = ET.fromstring(sys.stdin.buffer.read())
+props = lambda e: {p.get("name"): p.get("value") for p in e.findall("properties/property")}
+out = {"root": root.tag, "attrs": dict(root.attrib), "suites": []}
+for s in root.findall("testsuite"):
+    cases = []
+    for c in s.findall("testcase"):
+        case = dict(c.attrib, props=props(c), verdict="pass")
+        for tag in ("failure", "error", "skipped"):
+            v = c.find(tag)
+            if v is not None:
+                case.update(verdict=tag, type=v.get("type"), message=v.get("message"), text=v.text)
+        out_ = c.find("system-out")
+        if out_ is not None:
+            case["out"] = out_.text
+        cases.append(case)
+    out["suites"].append(dict(s.attrib, props=props(s), cases=cases))
+json.dump(out, sys.stdout)
+"#;
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt as _;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(xml.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "ElementTree refused the document:\n{}\n{xml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn get_junit(s: &Server, uuid: Uuid) -> String {
+    let r = client()
+        .get(format!("{}/api/v1/runs/{uuid}/junit.xml", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/xml; charset=utf-8"
+    );
+    r.text().await.unwrap()
+}
+
+on_both!(runs_api_junit_xml);
+async fn runs_api_junit_xml(s: Server) {
+    use ferrotron::outcome::Outcome;
+    use ferrotron::results::CheckResult;
+    let Ok(python) = std::env::var("FERROTRON_TEST_PYTHON") else {
+        let _ = writeln!(std::io::stderr(), "SKIPPED: FERROTRON_TEST_PYTHON not set");
+        return;
+    };
+    // No NUL here: PostgreSQL cannot store one in text (the unit tests render NULs).
+    let hostile = "bad ]]> <b>&amp; \x01 \x1b[31m \"q\" 'a'\nsecond line";
+    let result =
+        |checkname: &str, outcome, note: Option<&str>, artifact: Option<&str>| CheckResult {
+            checkname: checkname.into(),
+            item: "pkg-a".into(),
+            item_type: "koji_build".into(),
+            outcome,
+            note: note.map(str::to_string),
+            artifact: artifact.map(str::to_string),
+            data: Default::default(),
+        };
+    let done = make_run(&s, "dist.rpmlint", "pkg-a", RunState::Finished).await;
+    s.store
+        .store_results(
+            done,
+            &[
+                result("dist.ok", Outcome::Passed, None, None),
+                result("dist.info", Outcome::Info, Some("fyi"), None),
+                result(
+                    "dist.bad",
+                    Outcome::Failed,
+                    Some(hostile),
+                    Some("sub/report.txt"),
+                ),
+                result("dist.look", Outcome::NeedsInspection, Some("look"), None),
+                result("dist.waived", Outcome::Waived, None, None),
+                result("dist.crash", Outcome::Crashed, Some("segv"), None),
+            ],
+            Some("https://farm.example/runs/x/artifacts"),
+        )
+        .await
+        .unwrap();
+
+    let v = parse_junit(&python, &get_junit(&s, done).await).await;
+    assert_eq!(v["root"], "testsuites");
+    let suites = v["suites"].as_array().unwrap();
+    assert_eq!(suites.len(), 1, "{v}");
+    let suite = &suites[0];
+    assert_eq!(suite["name"], "dist.rpmlint");
+    for (k, want) in [
+        ("tests", "6"),
+        ("failures", "2"),
+        ("errors", "1"),
+        ("skipped", "1"),
+    ] {
+        assert_eq!(suite[k], want, "{k}: {suite}");
+        assert_eq!(v["attrs"][k], want, "{k} of testsuites");
+    }
+    assert!(
+        suite["time"].as_str().unwrap().parse::<f64>().is_ok(),
+        "{suite}"
+    );
+    assert_eq!(suite["timestamp"].as_str().unwrap().len(), 19, "{suite}");
+    assert_eq!(suite["props"]["uuid"], done.to_string());
+    assert_eq!(suite["props"]["state"], "finished");
+    let cases = suite["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "dist.ok",
+            "dist.info",
+            "dist.bad",
+            "dist.look",
+            "dist.waived",
+            "dist.crash"
+        ]
+    );
+    let verdicts: Vec<&str> = cases
+        .iter()
+        .map(|c| c["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        verdicts,
+        ["pass", "pass", "failure", "failure", "skipped", "error"]
+    );
+    assert!(cases.iter().all(|c| c["classname"] == "pkg-a"), "{v}");
+    assert_eq!(cases[1]["out"], "fyi");
+    assert_eq!(cases[1]["props"]["outcome"], "INFO");
+    // The hostile note arrives as text (its control characters made visible), not as markup.
+    let bad = &cases[2];
+    assert_eq!(bad["type"], "FAILED");
+    assert_eq!(bad["message"], "bad ]]> <b>&amp; \\x01 \\x1b[31m \"q\" 'a'");
+    assert_eq!(
+        bad["text"],
+        "bad ]]> <b>&amp; \\x01 \\x1b[31m \"q\" 'a'\nsecond line"
+    );
+    assert_eq!(
+        bad["props"]["ref_url"],
+        "https://farm.example/runs/x/artifacts/sub/report.txt"
+    );
+    assert_eq!(cases[5]["type"], "CRASHED");
+    assert_eq!(cases[5]["message"], "segv");
+
+    // A run that crashed before reporting: one testcase carrying the run's error.
+    let crashed = make_run(&s, "dist.rpmlint", "pkg-b", RunState::Running).await;
+    s.store
+        .finish_run(
+            crashed,
+            RunState::Crashed,
+            Some(4),
+            Some("no machine: <quota> & more"),
+        )
+        .await
+        .unwrap();
+    let v = parse_junit(&python, &get_junit(&s, crashed).await).await;
+    let suite = &v["suites"][0];
+    assert_eq!(
+        (&suite["tests"], &suite["errors"]),
+        (&json!("1"), &json!("1")),
+        "{v}"
+    );
+    let case = &suite["cases"][0];
+    assert_eq!(case["name"], "ferrotron.run");
+    assert_eq!(case["verdict"], "error");
+    assert_eq!(case["message"], "no machine: <quota> & more");
+
+    // Unknown runs: the API's JSON 404, naming what was asked for.
+    let missing = Uuid::now_v7();
+    for (path, named) in [
+        (
+            format!("/api/v1/runs/{missing}/junit.xml"),
+            missing.to_string(),
+        ),
+        (
+            "/api/v1/runs/nope/junit.xml".to_string(),
+            "nope".to_string(),
+        ),
+    ] {
+        let (st, v) = get(&s, &path).await;
+        assert_eq!(st, 404, "{path}");
+        assert!(message(&v).contains(&named), "{path}: {v}");
+    }
+}
+
 // --- the real resultsdb_api client ----------------------------------------------------------
 
 on_both!(resultsdb_api_python_client);

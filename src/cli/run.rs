@@ -1,4 +1,5 @@
-//! `ferrotron run`: one task, one item, output on the terminal, results in the store.
+//! `ferrotron run`: one task, one item, output on the terminal, results in the store (and,
+//! with `--junit`, in a JUnit XML file).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -103,6 +104,13 @@ pub struct RunArgs {
     /// Largest serial console log kept per VM (libvirt), in MiB; the rest is dropped, marked.
     #[arg(long, value_name = "MIB", default_value_t = 100)]
     pub console_cap: u64,
+    /// Also write the run's results as JUnit XML to FILE at the end, whatever the ending
+    /// (one testsuite for the run, one testcase per result; a run that failed or crashed
+    /// also gets a `ferrotron.run` testcase with its error). Not written when nothing ran.
+    /// The same document as /api/v1/runs/UUID/junit.xml; a FILE that cannot be written
+    /// makes the exit status 4.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -196,7 +204,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
     });
     let runner = Runner {
         provider,
-        store,
+        store: store.clone(),
         data_dir: data_dir.clone(),
         sink,
     };
@@ -234,7 +242,27 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
     } else {
         print_summary(&report);
     }
+    if let Some(path) = &args.junit {
+        write_junit(&store, report.uuid, path)
+            .await
+            .map_err(|e| (exit::INFRA, format!("--junit {}: {e}", path.display())))?;
+    }
     Ok(report.exit_code)
+}
+
+/// The stored run as JUnit XML in `path`: from the store, so that it is the document the
+/// runs API gives for the same run.
+async fn write_junit(store: &Store, uuid: Uuid, path: &std::path::Path) -> Result<(), String> {
+    let run = store
+        .run(uuid)
+        .await
+        .map_err(|e| format!("reading run {uuid}: {e}"))?
+        .ok_or_else(|| format!("run {uuid} is not in the store"))?;
+    let results = store
+        .run_results(uuid)
+        .await
+        .map_err(|e| format!("reading the results of run {uuid}: {e}"))?;
+    std::fs::write(path, crate::junit::render(&run, &results)).map_err(|e| format!("writing: {e}"))
 }
 
 /// The first SIGINT/SIGTERM cancels the run (which still destroys its machine); later ones

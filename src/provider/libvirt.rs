@@ -22,6 +22,7 @@ use super::{
     ProviderError, SshTarget,
 };
 use crate::base_image::BaseImage;
+use crate::util::xml_escape;
 
 const NAMESPACE: &str = "https://ferrotron.dev/xmlns/libvirt/instance/1";
 const PREFIX: &str = "ferrotron-";
@@ -765,21 +766,6 @@ fn start_console_copier(uri: &str, name: &str, log: &Path, cap: u64) -> Result<(
         })
         .map_err(|e| format!("starting the console thread: {e}"))?;
     Ok(())
-}
-
-fn xml_escape(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '\'' => o.push_str("&apos;"),
-            '"' => o.push_str("&quot;"),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 fn xml_unescape(s: &str) -> String {

@@ -168,15 +168,7 @@ pub fn since(v: &str) -> ApiResult<(i64, Option<i64>)> {
 /// ResultsDB's time format: ISO 8601 in UTC without an offset, microseconds when non-zero.
 pub fn fmt_time(t: OffsetDateTime) -> String {
     let t = truncate_to_micros(t).to_offset(UtcOffset::UTC);
-    let base = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    );
+    let base = crate::util::utc_seconds(t, 'T');
     match t.microsecond() {
         0 => base,
         us => format!("{base}.{us:06}"),

@@ -1,10 +1,10 @@
 //! Runs API (`/api/v1/runs`): the list with filters and paging, one run with everything the
-//! run page shows, and cancel requests (recorded in the store; the owning daemon acts, at
+//! run page shows (also as JUnit XML), and cancel requests (recorded in the store; the owning daemon acts, at
 //! once when it is this process). Reruns are in [`super::jobs_api`]: they make a job.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +21,7 @@ pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/api/v1/runs", get(list))
         .route("/api/v1/runs/{uuid}", get(one))
+        .route("/api/v1/runs/{uuid}/junit.xml", get(junit))
         .route("/api/v1/runs/{uuid}/cancel", post(cancel))
 }
 
@@ -124,17 +125,22 @@ pub fn parse_run_uuid(s: &str) -> ApiResult<Uuid> {
         .map_err(|_| ApiError::not_found(format!("Run not found: `{s}` is not a run uuid")))
 }
 
+/// The run the path names; a 404 naming it when there is none.
+async fn find_run(st: &WebState, uuid: &str) -> ApiResult<RunRecord> {
+    let uuid = parse_run_uuid(uuid)?;
+    st.store
+        .run(uuid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Run not found: {uuid}")))
+}
+
 async fn one(
     State(st): State<WebState>,
     headers: HeaderMap,
     Path(uuid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let uuid = parse_run_uuid(&uuid)?;
-    let run = st
-        .store
-        .run(uuid)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("Run not found: {uuid}")))?;
+    let run = find_run(&st, &uuid).await?;
+    let uuid = run.uuid;
     let results = st.store.run_results(uuid).await?;
     let cancel_requested = st.store.cancel_requested(uuid).await?.unwrap_or(false);
     let base = st.base_url(&headers);
@@ -206,6 +212,18 @@ async fn one(
     m.insert("log".into(), json!(format!("{base}/runs/{uuid}/log")));
     m.insert("command".into(), json!(reproduce_command(&run)));
     Ok(Json(v))
+}
+
+/// The run's results as JUnit XML, for CI tools ([`crate::junit`] says how they map).
+async fn junit(State(st): State<WebState>, Path(uuid): Path<String>) -> ApiResult<Response> {
+    let run = find_run(&st, &uuid).await?;
+    let results = st.store.run_results(run.uuid).await?;
+    let xml = crate::junit::render(&run, &results);
+    Ok((
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        xml,
+    )
+        .into_response())
 }
 
 async fn cancel(

@@ -83,11 +83,7 @@ pub fn error_message(body: &str) -> String {
         .join(" ");
     let text = strip_tags(&text);
     if text.len() > 300 {
-        let mut end = 300;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &text[..end])
+        format!("{}…", crate::util::truncate_at(&text, 300))
     } else if text.is_empty() {
         "(empty body)".into()
     } else {

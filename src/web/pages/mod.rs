@@ -102,16 +102,7 @@ pub fn outcome_badge(outcome: &str) -> String {
 
 /// `2025-01-12 11:20:35` (UTC), for people.
 pub fn when(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::util::utc_seconds(t, ' ')
 }
 
 /// Previous/next links for a page of a list.
