@@ -395,6 +395,20 @@ impl Parser<'_> {
             Some(c) if !c.trim().is_empty() => c,
             _ => return Err(self.err(entry_at, &field, ResultsErrorKind::MissingCheckname)),
         };
+        // PostgreSQL's text cannot hold NUL (the whole run's end would be refused, again on
+        // every retry), and no reader wants one: U+FFFD takes its place, as in a lossy decode.
+        let clean = |s: String| {
+            if s.contains('\0') {
+                s.replace('\0', "\u{FFFD}")
+            } else {
+                s
+            }
+        };
+        let (checkname, item, item_type) = (clean(checkname), clean(item), clean(item_type));
+        let mut data: BTreeMap<String, Vec<String>> = data
+            .into_iter()
+            .map(|(k, v)| (clean(k), v.into_iter().map(clean).collect()))
+            .collect();
         data.insert("item".into(), vec![item.clone()]);
         data.insert("type".into(), vec![item_type.clone()]);
         Ok(CheckResult {
@@ -402,8 +416,8 @@ impl Parser<'_> {
             item,
             item_type,
             outcome,
-            note,
-            artifact,
+            note: note.map(clean),
+            artifact: artifact.map(clean),
             data,
         })
     }
@@ -466,6 +480,20 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_become_replacement_characters() {
+        let r = parse(
+            "results:\n  - item: \"a\\0b\"\n    type: koji_build\n    outcome: PASSED\n    \
+             checkname: \"c\\0\"\n    note: \"x\\0y\"\n    \"k\\0\": \"v\\0\"\n",
+        )
+        .unwrap();
+        assert_eq!(r[0].item, "a\u{FFFD}b");
+        assert_eq!(r[0].checkname, "c\u{FFFD}");
+        assert_eq!(r[0].note.as_deref(), Some("x\u{FFFD}y"));
+        assert_eq!(r[0].data["k\u{FFFD}"], ["v\u{FFFD}"]);
+        assert!(!format!("{r:?}").contains("\\0"));
+    }
     use proptest::prelude::*;
 
     const ARTIFACTS: &str = "/var/tmp/ferrotron/0190c3e2/artifacts";

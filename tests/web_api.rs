@@ -429,6 +429,15 @@ async fn resultsdb_errors_and_auth(s: Server) {
             "a:b",
         ),
         (json!([1, 2]), "object"),
+        // PostgreSQL cannot store NUL: refused up front, naming the field, on both stores.
+        (
+            json!({"outcome": "PASSED", "testcase": "t", "note": "a\u{0}b"}),
+            "note: contains a NUL",
+        ),
+        (
+            json!({"outcome": "PASSED", "testcase": "t", "data": {"k": ["ok", "x\u{0}"]}}),
+            "data: contains a NUL",
+        ),
     ] {
         let (st, v) = post(&s, "/api/v2.0/results", b, Some(TOKEN)).await;
         assert_eq!(st, 400, "{v}");

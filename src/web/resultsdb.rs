@@ -313,11 +313,30 @@ fn json_body(body: &Bytes) -> ApiResult<(Map<String, Value>, Option<String>)> {
     let Value::Object(mut m) = v else {
         return Err(ApiError::bad_request("request body must be a JSON object"));
     };
+    // PostgreSQL's text cannot hold NUL: refuse it here, naming the field, rather than fail
+    // in the store with a 500.
+    if let Some(field) = m.iter().find_map(|(k, v)| has_nul(k, v).then(|| k.clone())) {
+        return Err(ApiError::invalid(
+            field.clone(),
+            format!("{field}: contains a NUL character (\\u0000), which cannot be stored"),
+        ));
+    }
     let token = match m.remove("_auth_token") {
         Some(Value::String(t)) => Some(t),
         _ => None,
     };
     Ok((m, token))
+}
+
+/// Whether a key or any string inside a value holds a NUL.
+fn has_nul(key: &str, v: &Value) -> bool {
+    key.contains('\0')
+        || match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(|x| has_nul("", x)),
+            Value::Object(o) => o.iter().any(|(k, x)| has_nul(k, x)),
+            _ => false,
+        }
 }
 
 fn opt_str(m: &Map<String, Value>, key: &str) -> ApiResult<Option<String>> {
