@@ -284,11 +284,22 @@ impl RunLog {
 
 /// Mutable state of one run, kept outside the body future so that a timeout or a signal
 /// (which drops the body) cannot lose the instance or the phases measured so far.
+type Creation = tokio::task::JoinHandle<Result<Instance, crate::provider::ProviderError>>;
+
+/// How long teardown waits for an interrupted creation to finish, to destroy its instance;
+/// past it the instance (it carries the run's metadata) is left to the reaper.
+const CREATION_DRAIN: Duration = Duration::from_secs(300);
+
 struct RunCtx {
     log: Mutex<RunLog>,
     sink: EventSink,
     phases: Mutex<Vec<Phase>>,
     instance: Mutex<Option<Instance>>,
+    /// An instance being made. Its creation runs as a task of its own, so a run cancelled
+    /// (or timed out) half-way through it does not drop a creation that carries on below
+    /// (libvirt's calls run on blocking threads, a cloud keeps building): teardown waits for
+    /// it and destroys what it made.
+    creating: tokio::sync::Mutex<Option<Creation>>,
     session: Mutex<Option<Arc<dyn Session>>>,
     task: Mutex<TaskState>,
     attempts: Mutex<usize>,
@@ -432,6 +443,7 @@ impl Runner {
             sink: self.sink.clone(),
             phases: Mutex::default(),
             instance: Mutex::default(),
+            creating: Default::default(),
             session: Mutex::default(),
             task: Mutex::default(),
             attempts: Mutex::new(0),
@@ -790,13 +802,26 @@ impl Runner {
             host_private_key_openssh: cx.keys.host_private_openssh(),
             host_public_key: cx.keys.host_public(),
         };
+        let provider = self.provider.clone();
+        let mut creating = cx.creating.lock().await;
+        *creating = Some(tokio::spawn(async move { provider.create(&spec).await }));
         let instance = cx
-            .phase("clone", self.provider.create(&spec))
+            .phase("clone", async {
+                let joined = creating.as_mut().expect("just set").await;
+                // Finished: nothing left for teardown to wait for.
+                *creating = None;
+                joined.unwrap_or_else(|e| {
+                    Err(crate::provider::ProviderError::Permanent(format!(
+                        "creating the instance failed: {e}"
+                    )))
+                })
+            })
             .await
             .map_err(|e| {
                 let retry = !matches!(e, crate::provider::ProviderError::Permanent(_));
                 (e.to_string(), retry)
             })?;
+        drop(creating);
         *cx.instance.lock().expect("instance lock") = Some(instance.clone());
         cx.emit(Event::Instance {
             id: instance.id.clone(),
@@ -882,6 +907,7 @@ impl Runner {
         keep: bool,
     ) -> Option<(Instance, String)> {
         cx.session.lock().expect("session lock").take();
+        self.drain_creation(cx).await;
         if keep {
             let kept = cx.instance.lock().expect("instance lock").take()?;
             let how = keep_instructions(&self.data_dir, &kept, &cx.keys)
@@ -900,6 +926,30 @@ impl Runner {
         }
         self.destroy(cx).await;
         None
+    }
+
+    /// Waits for a creation the run stopped waiting for (cancel, timeout) and takes its
+    /// instance, so that teardown destroys it now instead of leaving it to the reaper.
+    async fn drain_creation(&self, cx: &RunCtx) {
+        let Some(handle) = cx.creating.lock().await.take() else {
+            return;
+        };
+        cx.emit(Event::Notice(
+            "the run stopped while its instance was being made: waiting for that to finish, \
+             to destroy it"
+                .into(),
+        ));
+        match tokio::time::timeout(CREATION_DRAIN, handle).await {
+            Ok(Ok(Ok(instance))) => {
+                *cx.instance.lock().expect("instance lock") = Some(instance);
+            }
+            // It failed: the provider cleaned up after itself.
+            Ok(Ok(Err(_))) | Ok(Err(_)) => {}
+            Err(_) => cx.emit(Event::Notice(format!(
+                "the instance was still being made after {}: `ferrotron reap` will remove it",
+                event::human_duration(CREATION_DRAIN)
+            ))),
+        }
     }
 
     async fn destroy(&self, cx: &RunCtx) {
@@ -995,5 +1045,106 @@ fn keep_instructions(
             cmd.push_str(&format!(" {}@{}", t.user, t.host));
             Ok(cmd)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::provider::{Capacity, InstanceSpec, Listed, ProviderError};
+
+    /// The local backend, with a creation that carries on when its caller stops waiting, as
+    /// libvirt's (blocking threads) and a cloud's (the server keeps building) do.
+    struct Detached {
+        inner: Arc<dyn Provider>,
+        created: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Provider for Detached {
+        fn kind(&self) -> &'static str {
+            "local"
+        }
+        async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {
+            let (inner, spec, created) = (self.inner.clone(), spec.clone(), self.created.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                let i = inner.create(&spec).await;
+                created.fetch_add(1, Ordering::SeqCst);
+                i
+            })
+            .await
+            .expect("creation task")
+        }
+        async fn delete(&self, id: &str) -> Result<(), ProviderError> {
+            self.inner.delete(id).await
+        }
+        async fn list(&self) -> Result<Vec<Listed>, ProviderError> {
+            self.inner.list().await
+        }
+        async fn capacity(&self) -> Result<Capacity, ProviderError> {
+            self.inner.capacity().await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_instance_still_being_made_when_the_run_is_cancelled_is_destroyed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        std::fs::write(
+            tmp.path().join("runtask.yml"),
+            "name: b\ndesc: d\nmaintainer: m\nactions:\n  - name: p\n    dummy: {result: PASS}\n",
+        )
+        .unwrap();
+        let formula = crate::task::Formula::load(tmp.path()).unwrap();
+        let inner = crate::provider::build(
+            &crate::provider::Spec::Local(Default::default()),
+            &crate::provider::Context::new(tmp.path()),
+        )
+        .await
+        .unwrap();
+        let created = Arc::new(AtomicUsize::new(0));
+        let runner = Runner {
+            provider: Arc::new(Detached {
+                inner: inner.clone(),
+                created: created.clone(),
+            }),
+            store,
+            data_dir: tmp.path().into(),
+            sink: Arc::new(|_: &Event| {}),
+        };
+        let req = RunRequest {
+            uuid: Uuid::now_v7(),
+            formula,
+            item: "i".into(),
+            item_type: "t".into(),
+            arch: "noarch".into(),
+            jobid: String::new(),
+            owner: "test".into(),
+            image: String::new(),
+            task_timeout: Duration::from_secs(60),
+            spawn_attempts: 1,
+            artifacts_cap: 1 << 20,
+            limits: GuestLimits::default(),
+            keep_instance: false,
+            keep_if_failed: false,
+            links: None,
+        };
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let _ = tx.send(true);
+        });
+        let report = runner.run(req, rx).await.unwrap();
+        assert_eq!(report.state, RunState::Cancelled);
+        // The creation went on after the cancel (give a detached one time to end): the run
+        // waited for it and destroyed what it made.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(created.load(Ordering::SeqCst), 1);
+        assert!(inner.list().await.unwrap().is_empty(), "instance leaked");
     }
 }
