@@ -512,31 +512,6 @@ async fn broker_restart_in_the_middle_of_1000_messages_loses_none() {
     delete_queue(&amqp, &queue).await;
 }
 
-/// The fedora-messaging publisher (Python, from PyPI) with a TOML config on the local broker.
-fn fedora_publish(python: &str, dir: &Path, amqp: &str, topic: &str, id: &str, body: &Value) {
-    let conf = dir.join("fedora-messaging.toml");
-    std::fs::write(
-        &conf,
-        format!("amqp_url = \"{amqp}\"\npublish_exchange = \"amq.topic\"\ntopic_prefix = \"\"\n"),
-    )
-    .unwrap();
-    let script = "import json, sys\n\
-from fedora_messaging import api, message\n\
-m = message.Message(topic=sys.argv[1], body=json.loads(sys.argv[2]))\n\
-m.id = sys.argv[3]\n\
-api.publish(m, timeout=30)\n";
-    let out = std::process::Command::new(python)
-        .args(["-c", script, topic, &body.to_string(), id])
-        .env("FEDORA_MESSAGING_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fedora-messaging publish failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn a_duplicate_fedora_messaging_id_creates_nothing_new() {
     let (Some(amqp), Some(python)) = (

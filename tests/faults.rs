@@ -211,7 +211,7 @@ async fn kill_in_phase(phase: &str) -> Row {
     );
     submit(&d, "bash");
     use std::os::unix::process::ExitStatusExt;
-    let _ = d.wait(Duration::from_secs(240));
+    let _ = d.wait(Duration::from_secs(480));
     let status = d.child.try_wait().unwrap();
     assert!(
         status.is_some_and(|s| s.signal() == Some(libc::SIGKILL)),
@@ -227,7 +227,7 @@ async fn kill_in_phase(phase: &str) -> Row {
         .unwrap();
 
     let d = Daemon::start(&f.data, &f.config, f.port);
-    let jobs = wait_jobs(&store, Duration::from_secs(240), |j| all_terminal(j, 1)).await;
+    let jobs = wait_jobs(&store, Duration::from_secs(480), |j| all_terminal(j, 1)).await;
     let survived = ended_once(&store, &jobs, 2, RunState::Finished).await;
     let crashed = store
         .run(first_run.uuid)
@@ -341,7 +341,7 @@ async fn libvirtd_restart() -> Row {
     submit(&d, "bash");
     let store = Store::open(&f.db).await.unwrap();
     assert!(
-        wait_log(&store, "[work] napping", Duration::from_secs(240)).await,
+        wait_log(&store, "[work] napping", Duration::from_secs(480)).await,
         "task never started:\n{}",
         d.log()
     );
@@ -353,7 +353,7 @@ async fn libvirtd_restart() -> Row {
         lost.is_empty(),
         "domains did not survive the libvirtd restart: {lost:?}"
     );
-    let jobs = wait_jobs(&store, Duration::from_secs(240), |j| all_terminal(j, 1)).await;
+    let jobs = wait_jobs(&store, Duration::from_secs(480), |j| all_terminal(j, 1)).await;
     let survived = ended_once(&store, &jobs, 1, RunState::Finished).await;
     let runs = runs_of(&store, &jobs).await;
     let left = settle(&f.data, &runs, Duration::from_secs(60)).await;
@@ -407,7 +407,7 @@ async fn store_outage() -> Row {
     submit(&d, "a");
     submit(&d, "b");
     let store = Store::open(&pg.url).await.unwrap();
-    let both = wait_jobs(&store, Duration::from_secs(240), |j| {
+    let both = wait_jobs(&store, Duration::from_secs(480), |j| {
         j.len() == 2 && j.iter().all(|j| j.state == RunState::Running)
     })
     .await;
@@ -501,7 +501,7 @@ async fn full_disk() -> Option<Row> {
     submit(&d, "bash");
     let store = Store::open(&f.db).await.unwrap();
     assert!(
-        wait_log(&store, "[work] napping", Duration::from_secs(240)).await,
+        wait_log(&store, "[work] napping", Duration::from_secs(480)).await,
         "task never started:\n{}",
         d.log()
     );
@@ -509,7 +509,7 @@ async fn full_disk() -> Option<Row> {
     // Full for longer than the rest of the action: the run ends on a full disk.
     tokio::time::sleep(Duration::from_secs(15)).await;
     std::fs::remove_file(&filler).unwrap();
-    let jobs = wait_jobs(&store, Duration::from_secs(240), |j| all_terminal(j, 1)).await;
+    let jobs = wait_jobs(&store, Duration::from_secs(480), |j| all_terminal(j, 1)).await;
     // Collection may have failed on the full disk (an infrastructure failure: retried).
     let attempts = jobs[0].attempts;
     let survived = ended_once(&store, &jobs, attempts, RunState::Finished).await;

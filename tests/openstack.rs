@@ -802,3 +802,131 @@ fn floating_ips_are_allocated_and_released_with_the_server() {
         );
     });
 }
+
+/// The farm's production shape in one daemon: a task's pool served by the local libvirt and
+/// by a cloud (the double, its servers real guests) at once, filled in the config's order;
+/// jobs come from the real fedora-messaging publisher through RabbitMQ. Both providers run
+/// one, every run finishes, nothing is left in libvirt or in the cloud.
+#[test]
+fn one_pool_on_libvirt_and_the_cloud_runs_jobs_from_fedora_messaging() {
+    use common::daemon::{Daemon, TOKEN, all_terminal, fedora_publish, free_port, wait_jobs};
+    use ferrotron::store::{RunState, Store};
+    if !libvirt_enabled() {
+        return;
+    }
+    let (Ok(amqp), Ok(python)) = (
+        std::env::var("FERROTRON_TEST_AMQP"),
+        std::env::var("FERROTRON_TEST_PYTHON"),
+    ) else {
+        eprintln!("SKIPPED: FERROTRON_TEST_AMQP and FERROTRON_TEST_PYTHON not set");
+        return;
+    };
+    let dir = reachable_tempdir();
+    let d = guest_double(dir.path());
+    let clouds = clouds_file(&d, dir.path(), "");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let task = common::daemon::write_task(&data.join("tasks"), "t", "echo on ${item}; sleep 6");
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let (topic, queue) = (
+        format!("mixed.{tag}.build"),
+        format!("ferrotron-mixed-{tag}"),
+    );
+    let port = free_port();
+    let config = data.join("farm.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon: {{id: m1, farm: mixed, listen: '127.0.0.1:{port}', api_token: {TOKEN}, \
+             db: 'sqlite://{db}'}}\n\
+             bus:\n  amqp: {{url: '{amqp}', queue: {queue}, prefetch: 8}}\n\
+             scheduler: {{heartbeat_s: 2, lease_s: 20, reap_interval_s: 5}}\n\
+             providers:\n\
+             \x20 - {{name: vm, kind: libvirt, uri: 'qemu:///system', image: tiny, pool: p, max_instances: 1}}\n\
+             \x20 - {{name: cloud, kind: openstack, cloud: {CLOUD}, image: tiny, pool: p, max_instances: 1}}\n\
+             tasks:\n  t: {{path: '{task}', pool: p, timeout_s: 600}}\n\
+             rules:\n  - {{name: r, topics: ['{topic}'], item: '{{name}}', type: koji_build, arches: [x86_64], tasks: [t]}}\n",
+            db = data.join("ferrotron.db").display(),
+            task = task.display(),
+        ),
+    )
+    .unwrap();
+    let clouds_s = clouds.to_str().unwrap().to_string();
+    let daemon = Daemon::start_with(
+        &data,
+        &config,
+        port,
+        &[("OS_CLIENT_CONFIG_FILE", &clouds_s)],
+    );
+    daemon.wait_consuming();
+    for name in ["bash", "zsh"] {
+        fedora_publish(
+            &python,
+            dir.path(),
+            &amqp,
+            &topic,
+            &format!("{tag}-{name}"),
+            &serde_json::json!({"name": name}),
+        );
+    }
+    let store = d
+        .block_on(Store::open(&format!(
+            "sqlite://{}",
+            data.join("ferrotron.db").display()
+        )))
+        .unwrap();
+    let jobs = d.block_on(wait_jobs(&store, Duration::from_secs(400), |j| {
+        all_terminal(j, 2)
+    }));
+    let mut by_provider: Vec<(String, RunState)> = jobs
+        .iter()
+        .map(|j| (j.provider.clone().unwrap_or_default(), j.state))
+        .collect();
+    by_provider.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        by_provider,
+        [
+            ("cloud".to_string(), RunState::Finished),
+            ("vm".to_string(), RunState::Finished)
+        ],
+        "{}",
+        daemon.log()
+    );
+    for j in &jobs {
+        let run = d
+            .block_on(store.run(j.current_run().unwrap()))
+            .unwrap()
+            .unwrap();
+        let log = std::fs::read_to_string(&run.log_path).unwrap();
+        assert!(log.contains(&format!("[work] on {}", j.item)), "{log}");
+        assert_eq!(
+            run.backend,
+            if j.provider.as_deref() == Some("vm") {
+                "libvirt"
+            } else {
+                "openstack"
+            }
+        );
+    }
+    assert_eq!(
+        d.count("POST", "/compute/v2.1/servers"),
+        1,
+        "one job went to the cloud"
+    );
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    assert_no_leak(&d, dir.path());
+    for j in &jobs {
+        let name = format!("ferrotron-{}", j.current_run().unwrap());
+        assert!(
+            !common::daemon::domain_exists(&name),
+            "{name} left in libvirt"
+        );
+    }
+}

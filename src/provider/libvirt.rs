@@ -44,7 +44,7 @@ pub enum Network {
 
 #[derive(Debug, Clone)]
 pub struct LibvirtConfig {
-    /// `qemu:///system`, or `qemu+ssh://host/system` (files must then exist on that host).
+    /// `qemu:///system`: this host's libvirtd (the provider's spec refuses other hosts).
     pub uri: String,
     /// Per-instance files; must be reachable by libvirt's qemu user.
     pub state_dir: PathBuf,

@@ -52,7 +52,7 @@ pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LibvirtSpec {
-    /// `qemu:///system`, or `qemu+ssh://host/system`.
+    /// `qemu:///system` (a URI naming another host is refused: see [`Spec::check`]).
     #[serde(default = "default_libvirt_uri")]
     pub uri: String,
     /// Base image: a file, a recipe name, or DISTRO-RELEASE-FLAVOR[-ARCH] [default: tiny].
@@ -242,9 +242,25 @@ impl Spec {
             Spec::Libvirt(s) if s.network.is_empty() => {
                 Err("network: `passt` or a libvirt network's name".into())
             }
+            Spec::Libvirt(s) if remote_host(&s.uri).is_some() => Err(format!(
+                "uri: `{}` names another host ({}); remote libvirt hosts are not supported \
+                 yet (a run's overlay, seed and port forward are made on this host): run a \
+                 daemon on that host, with the same database (README: Scaling out)",
+                s.uri,
+                remote_host(&s.uri).unwrap_or_default()
+            )),
             _ => Ok(()),
         }
     }
+}
+
+/// The host a libvirt URI connects to, when it is not this one (`qemu+ssh://HOST/system`).
+fn remote_host(uri: &str) -> Option<&str> {
+    let rest = uri.split_once("://")?.1;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = host.split(':').next().unwrap_or("");
+    (!host.is_empty() && host != "localhost").then_some(host)
 }
 
 /// `~/.ssh/known_hosts` of the user running ferrotron: `$HOME`, else their passwd entry
@@ -325,6 +341,26 @@ pub async fn build(spec: &Spec, cx: &Context) -> Result<Arc<dyn Provider>, Provi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_libvirt_uris_are_refused_naming_the_host() {
+        let e = parse("{kind: libvirt, uri: 'qemu+ssh://root@host-b/system'}")
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(
+            e.starts_with("uri: `qemu+ssh://root@host-b/system` names another host (host-b)"),
+            "{e}"
+        );
+        for local in [
+            "qemu:///system",
+            "qemu+unix:///system",
+            "qemu://localhost/system",
+        ] {
+            let spec = parse(&format!("{{kind: libvirt, uri: '{local}'}}")).unwrap();
+            assert_eq!(spec.check(), Ok(()), "{local}");
+        }
+    }
 
     fn parse(yaml: &str) -> Result<Spec, String> {
         serde_norway::from_str(yaml).map_err(|e| e.to_string())
