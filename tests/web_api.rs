@@ -1312,6 +1312,116 @@ async fn pages_render_and_escape(s: Server) {
     assert_eq!(st, 404);
 }
 
+on_both!(compare_page_shows_what_differs);
+async fn compare_page_shows_what_differs(s: Server) {
+    use ferrotron::outcome::Outcome;
+    use ferrotron::results::CheckResult;
+    let result = |checkname: &str, outcome| CheckResult {
+        checkname: checkname.into(),
+        item: "pkg-c".into(),
+        item_type: "koji_build".into(),
+        outcome,
+        note: None,
+        artifact: None,
+        data: Default::default(),
+    };
+    let good = make_run(&s, "dist.cmp", "pkg-c", RunState::Finished).await;
+    s.store
+        .store_results(
+            good,
+            &[
+                result("dist.a", Outcome::Passed),
+                result("dist.b", Outcome::Passed),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    let bad = make_run(&s, "dist.cmp", "pkg-c", RunState::Finished).await;
+    s.store
+        .store_results(
+            bad,
+            &[
+                result("dist.a", Outcome::Passed),
+                result("dist.b", Outcome::Failed),
+            ],
+            None,
+        )
+        .await
+        .unwrap();
+    // The bad run's log differs in one line (and in its uuid, which does not count); it has
+    // an artifact the good one lacks.
+    let art = |u: Uuid| s.data.path().join("artifacts").join(u.to_string());
+    std::fs::write(
+        art(bad).join("ferrotron.log"),
+        format!("ferrotron: run starts\n[lint] line one\n[lint] broke in {bad}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        art(good).join("ferrotron.log"),
+        format!("ferrotron: run starts\n[lint] line one\n[lint] fine in {good}\n"),
+    )
+    .unwrap();
+    std::fs::write(art(bad).join("task/core.dump"), "x").unwrap();
+    let page = |q: String| {
+        let url = format!("{}/compare?{q}", s.url);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // Without b: the last passing run of the task on the item.
+    let (st, body) = page(format!("a={bad}")).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&format!("/runs/{good}")), "{body}");
+    assert!(
+        body.contains("1 of 2 testcases differ in outcome"),
+        "{body}"
+    );
+    assert!(body.contains("- [lint] broke in &lt;uuid&gt;"), "{body}");
+    assert!(body.contains("+ [lint] fine in &lt;uuid&gt;"), "{body}");
+    assert!(body.contains("2 lines differ"), "{body}");
+    assert!(body.contains("A: <a href=\"/runs/"), "{body}");
+    assert!(
+        body.contains("core.dump") && !body.contains("B: <a"),
+        "{body}"
+    );
+    // The same pair named explicitly; a run against itself has no differences.
+    let (st, body) = page(format!("a={bad}&b={good}")).await;
+    assert_eq!(st, 200);
+    assert!(body.contains("1 of 2 testcases differ"));
+    let (_, body) = page(format!("a={good}&b={good}")).await;
+    assert!(
+        body.contains("0 of 2 testcases differ") && body.contains("0 lines differ"),
+        "{body}"
+    );
+    // Bad input names the parameter; a good run has no other passing run to compare with.
+    let (st, body) = page("a=nope".into()).await;
+    assert!(
+        st == 400 && body.contains("a: `nope` is not a run uuid"),
+        "{body}"
+    );
+    let (st, body) = page(format!("a={bad}&b=zzz")).await;
+    assert!(st == 400 && body.contains("b: `zzz`"), "{body}");
+    let (st, body) = page(format!("a={good}")).await;
+    assert!(
+        st == 404 && body.contains("no passing run of dist.cmp on pkg-c"),
+        "{body}"
+    );
+    // The run page links here.
+    let r = client()
+        .get(format!("{}/runs/{bad}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains(&format!("/compare?a={bad}"))
+    );
+}
+
 // --- JUnit XML ---------------------------------------------------------------------------
 
 /// The JUnit document as Python's `xml.etree.ElementTree` reads it: suites' attributes and

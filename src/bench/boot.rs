@@ -290,6 +290,7 @@ async fn through_ferrotron(opts: &Options) -> anyhow::Result<(f64, Vec<(String, 
                 seen.lock().expect("lock").get_or_insert_with(Instant::now);
             }
         }),
+        cleanup_slot: None,
     };
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let t0 = Instant::now();

@@ -207,6 +207,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
         store: store.clone(),
         data_dir: data_dir.clone(),
         sink,
+        cleanup_slot: None,
     };
     let request = RunRequest {
         uuid: args.uuid.unwrap_or_else(Uuid::now_v7),

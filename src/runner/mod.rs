@@ -206,7 +206,15 @@ pub struct Runner {
     /// keys in `<data-dir>/keys/`.
     pub data_dir: PathBuf,
     pub sink: EventSink,
+    /// Set by the daemon: a run stopped while its instance was still being made ends at
+    /// once, and a task of its own (holding this, the run's capacity slot) waits for the
+    /// creation and destroys what it made. Unset (the CLI, which exits after the run),
+    /// teardown waits for the creation itself.
+    pub cleanup_slot: Option<CleanupSlot>,
 }
+
+/// Whatever must outlive a run until every instance it made is gone; dropped when it is.
+pub type CleanupSlot = Arc<dyn std::any::Any + Send + Sync>;
 
 /// How the run ended before collection and teardown.
 enum Ending {
@@ -907,7 +915,7 @@ impl Runner {
         keep: bool,
     ) -> Option<(Instance, String)> {
         cx.session.lock().expect("session lock").take();
-        self.drain_creation(cx).await;
+        self.drain_creation(req, cx).await;
         if keep {
             let kept = cx.instance.lock().expect("instance lock").take()?;
             let how = keep_instructions(&self.data_dir, &kept, &cx.keys)
@@ -928,28 +936,47 @@ impl Runner {
         None
     }
 
-    /// Waits for a creation the run stopped waiting for (cancel, timeout) and takes its
-    /// instance, so that teardown destroys it now instead of leaving it to the reaper.
-    async fn drain_creation(&self, cx: &RunCtx) {
+    /// Deals with a creation the run stopped waiting for (cancel, timeout): waits for it and
+    /// takes its instance, so that teardown destroys it now instead of leaving it to the
+    /// reaper; for the daemon, a task of its own does the wait and the destroy.
+    async fn drain_creation(&self, req: &RunRequest, cx: &RunCtx) {
         let Some(handle) = cx.creating.lock().await.take() else {
             return;
         };
-        cx.emit(Event::Notice(
-            "the run stopped while its instance was being made: waiting for that to finish, \
-             to destroy it"
-                .into(),
-        ));
-        match tokio::time::timeout(CREATION_DRAIN, handle).await {
-            Ok(Ok(Ok(instance))) => {
-                *cx.instance.lock().expect("instance lock") = Some(instance);
+        let Some(slot) = self.cleanup_slot.clone() else {
+            cx.emit(Event::Notice(
+                "the run stopped while its instance was being made: waiting for that to \
+                 finish, to destroy it"
+                    .into(),
+            ));
+            match finish_creation(handle).await {
+                Ok(Some(instance)) => *cx.instance.lock().expect("instance lock") = Some(instance),
+                Ok(None) => {}
+                Err(after) => cx.emit(Event::Notice(format!(
+                    "the instance was still being made after {}: `ferrotron reap` will remove it",
+                    event::human_duration(after)
+                ))),
             }
-            // It failed: the provider cleaned up after itself.
-            Ok(Ok(Err(_))) | Ok(Err(_)) => {}
-            Err(_) => cx.emit(Event::Notice(format!(
-                "the instance was still being made after {}: `ferrotron reap` will remove it",
-                event::human_duration(CREATION_DRAIN)
-            ))),
-        }
+            return;
+        };
+        cx.emit(Event::Notice(
+            "the run stopped while its instance was being made: it is destroyed once made".into(),
+        ));
+        let (provider, run) = (self.provider.clone(), req.uuid);
+        tokio::spawn(async move {
+            match finish_creation(handle).await {
+                Ok(Some(instance)) => {
+                    if let Err(e) = destroy_with_retries(provider.as_ref(), &instance.id).await {
+                        tracing::warn!(%run, instance = %instance.id, error = %e,
+                            "could not destroy the instance of a stopped run: left to the reaper");
+                    }
+                }
+                Ok(None) => {}
+                Err(after) => tracing::warn!(%run, waited_s = after.as_secs(),
+                    "the instance of a stopped run is still being made: left to the reaper"),
+            }
+            drop(slot);
+        });
     }
 
     async fn destroy(&self, cx: &RunCtx) {
@@ -957,13 +984,10 @@ impl Runner {
         let Some(instance) = cx.instance.lock().expect("instance lock").take() else {
             return;
         };
-        let backoff = Duration::from_millis(500);
         let r = cx
             .phase(
                 "destroy",
-                crate::util::retry(3, backoff, backoff * 4, || {
-                    self.provider.delete(&instance.id)
-                }),
+                destroy_with_retries(self.provider.as_ref(), &instance.id),
             )
             .await;
         cx.emit(Event::Instance {
@@ -978,6 +1002,24 @@ impl Runner {
             )));
         }
     }
+}
+
+/// Waits, up to [`CREATION_DRAIN`], for a creation its run stopped waiting for: the instance
+/// it made, none if it failed (the provider cleaned up), or how long it was waited for.
+async fn finish_creation(handle: Creation) -> Result<Option<Instance>, Duration> {
+    match tokio::time::timeout(CREATION_DRAIN, handle).await {
+        Ok(Ok(Ok(instance))) => Ok(Some(instance)),
+        Ok(Ok(Err(_))) | Ok(Err(_)) => Ok(None),
+        Err(_) => Err(CREATION_DRAIN),
+    }
+}
+
+async fn destroy_with_retries(
+    provider: &dyn Provider,
+    id: &str,
+) -> Result<(), crate::provider::ProviderError> {
+    let backoff = Duration::from_millis(500);
+    crate::util::retry(3, backoff, backoff * 4, || provider.delete(id)).await
 }
 
 /// Turns an instance's access data into a session, waiting up to its boot timeout.
@@ -1091,8 +1133,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_instance_still_being_made_when_the_run_is_cancelled_is_destroyed() {
+    /// Runs a task on [`Detached`] and cancels it while its instance is being made: the
+    /// report, how long the run took, how many instances were made, and the backend.
+    async fn cancelled_while_creating(
+        cleanup_slot: Option<CleanupSlot>,
+    ) -> (RunReport, Duration, Arc<AtomicUsize>, Arc<dyn Provider>) {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open("sqlite::memory:").await.unwrap();
         std::fs::write(
@@ -1116,6 +1161,7 @@ mod tests {
             store,
             data_dir: tmp.path().into(),
             sink: Arc::new(|_: &Event| {}),
+            cleanup_slot,
         };
         let req = RunRequest {
             uuid: Uuid::now_v7(),
@@ -1139,12 +1185,38 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(150)).await;
             let _ = tx.send(true);
         });
+        let t0 = std::time::Instant::now();
         let report = runner.run(req, rx).await.unwrap();
+        (report, t0.elapsed(), created, inner)
+    }
+
+    #[tokio::test]
+    async fn an_instance_still_being_made_when_the_run_is_cancelled_is_destroyed() {
+        let (report, took, created, backend) = cancelled_while_creating(None).await;
         assert_eq!(report.state, RunState::Cancelled);
-        // The creation went on after the cancel (give a detached one time to end): the run
-        // waited for it and destroyed what it made.
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // The run waited for the creation (600 ms) and destroyed what it made.
+        assert!(took >= Duration::from_millis(500), "{took:?}");
         assert_eq!(created.load(Ordering::SeqCst), 1);
-        assert!(inner.list().await.unwrap().is_empty(), "instance leaked");
+        assert!(backend.list().await.unwrap().is_empty(), "instance leaked");
+    }
+
+    #[tokio::test]
+    async fn a_daemon_run_cancelled_while_creating_ends_at_once_and_its_slot_outlives_it() {
+        let slot: CleanupSlot = Arc::new(());
+        let (report, took, created, backend) = cancelled_while_creating(Some(slot.clone())).await;
+        assert_eq!(report.state, RunState::Cancelled);
+        assert!(
+            took < Duration::from_millis(500),
+            "the run waited: {took:?}"
+        );
+        // The slot is held (capacity stays taken) until the instance is made and gone.
+        assert_eq!(Arc::strong_count(&slot), 2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&slot) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(Arc::strong_count(&slot), 1, "the cleanup never ended");
+        assert_eq!(created.load(Ordering::SeqCst), 1);
+        assert!(backend.list().await.unwrap().is_empty(), "instance leaked");
     }
 }

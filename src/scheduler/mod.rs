@@ -58,6 +58,24 @@ pub struct ProviderSlot {
     in_flight: AtomicUsize,
 }
 
+/// One of a provider's instances counted as in flight, from a job's launch until the last
+/// instance its run made is gone (which may be after the run ended: see
+/// `Runner::cleanup_slot`).
+struct InFlight(Arc<ProviderSlot>);
+
+impl InFlight {
+    fn take(slot: &Arc<ProviderSlot>) -> Arc<InFlight> {
+        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        Arc::new(InFlight(slot.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl ProviderSlot {
     pub fn new(
         name: String,
@@ -600,7 +618,7 @@ impl Scheduler {
             tracing::error!(job = %job.uuid, "claimed job without a lease token: left to run out");
             return;
         };
-        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        let held = InFlight::take(&slot);
         self.active.fetch_add(1, Ordering::SeqCst);
         if job.attempts == 1
             && let Some(at) = job.claimed_at
@@ -625,7 +643,7 @@ impl Scheduler {
         );
         let me = self.clone();
         tokio::spawn(async move {
-            me.run_job(slot, job, fence, rx).await;
+            me.run_job(slot, held, job, fence, rx).await;
         });
     }
 
@@ -634,6 +652,7 @@ impl Scheduler {
     async fn run_job(
         self: Arc<Self>,
         slot: Arc<ProviderSlot>,
+        held: Arc<InFlight>,
         job: Job,
         fence: Fence,
         cancel: watch::Receiver<bool>,
@@ -674,6 +693,7 @@ impl Scheduler {
                     store: store.clone(),
                     data_dir: self.data_dir.clone(),
                     sink: self.sink(job.id, &slot.name),
+                    cleanup_slot: Some(held.clone()),
                 };
                 match guarded(async move { runner.run(req, cancel).await }).await {
                     Ok(r) => r,
@@ -699,7 +719,8 @@ impl Scheduler {
             self.hand_to_hold(&slot, &job.task, run, kept, report.kept_login.as_deref())
                 .await;
         }
-        slot.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // Capacity comes back once the run's instances are gone (see `Runner::cleanup_slot`).
+        drop(held);
 
         // A run whose end the store missed is recorded before the job may end.
         let recorded = match result {
@@ -1403,6 +1424,7 @@ mod size {
                     store,
                     data_dir: tmp.path().into(),
                     sink: std::sync::Arc::new(|_: &crate::runner::Event| {}),
+                    cleanup_slot: None,
                 };
                 let req = crate::runner::RunRequest { uuid: uuid::Uuid::now_v7(), formula, item: String::new(), item_type: String::new(), arch: String::new(), jobid: String::new(), owner: String::new(), image: String::new(), task_timeout: std::time::Duration::from_secs(1), spawn_attempts: 1, artifacts_cap: 1, limits: Default::default(), keep_instance: false, keep_if_failed: false, links: None };
                 let (_tx, rx) = tokio::sync::watch::channel(false);

@@ -1,6 +1,7 @@
 //! Server-rendered HTML: plain strings with [`esc`] for every value that comes from outside,
 //! one stylesheet and one small script (live log, filter form), no build step.
 
+mod compare;
 mod item;
 mod jobs;
 mod run;
@@ -29,6 +30,7 @@ pub fn routes() -> Router<WebState> {
         .route("/runs/{uuid}/artifacts", get(run::artifacts_index))
         .route("/runs/{uuid}/artifacts/", get(run::artifacts_index))
         .route("/runs/{uuid}/artifacts/{*path}", get(run::artifact))
+        .route("/compare", get(compare::page))
         .route("/items/{item}", get(item::page))
         .route("/tasks/{task}", get(task::page))
         .route("/jobs", get(jobs::jobs))
@@ -146,6 +148,8 @@ async fn script() -> impl IntoResponse {
 }
 
 const STYLE: &str = r#"
+table.compare tr.differs td { background: var(--warnbg); }
+pre.diff .del { color: var(--fail); } pre.diff .ins { color: var(--pass); }
 :root { --fg:#1d2330; --muted:#5b6475; --bg:#fff; --line:#e3e6ec; --accent:#2f5fd0;
   --pass:#1f7a3a; --passbg:#e3f4e8; --fail:#b3261e; --failbg:#fbe4e2; --info:#1c5f8a; --infobg:#e2eff8;
   --warn:#8a5a00; --warnbg:#fff2d6; font-family: system-ui, sans-serif; }

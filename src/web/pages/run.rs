@@ -161,7 +161,9 @@ pub async fn page(State(st): State<WebState>, Path(uuid): Path<String>) -> Respo
     b.push_str("</dl>");
     let _ = write!(
         b,
-        "<h2>Reproduce locally</h2><code class=\"cmd\" id=\"reproduce\">{}</code>",
+        "<h2>Reproduce locally</h2><code class=\"cmd\" id=\"reproduce\">{}</code>\
+         <p><a href=\"/compare?a={uuid}\" id=\"compare\">compare with the last passing run \
+         of this task on this item</a></p>",
         esc(&reproduce_command(&run))
     );
 
