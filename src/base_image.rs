@@ -183,6 +183,28 @@ impl BaseImage {
     }
 }
 
+/// How a base image was made, as its sidecar says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub recipe: String,
+    pub recipe_sha256: String,
+}
+
+/// The recipe of the image file at `path`, if it has a sidecar that names one.
+pub fn provenance(path: &Path) -> Option<Provenance> {
+    if !path.is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(path.with_extension("json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let made = Provenance {
+        recipe: field("recipe"),
+        recipe_sha256: field("recipe_sha256"),
+    };
+    (!made.recipe.is_empty()).then_some(made)
+}
+
 /// The sidecar is written by shell scripts, so numbers may arrive as strings.
 #[derive(Deserialize)]
 struct Sidecar {

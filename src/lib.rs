@@ -5,6 +5,7 @@ pub mod base_image;
 pub mod bench;
 pub mod bus;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod guest;
 pub mod image;

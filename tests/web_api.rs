@@ -1038,6 +1038,11 @@ async fn runs_api_cancel_and_files(s: Server) {
     assert_eq!(v["state"], "finished");
     assert_eq!(v["phases"][0]["name"], "boot");
     assert_eq!(v["phases"][0]["duration_ms"], 1500.0);
+    // A run recorded without a task snapshot says so; there is no link to one.
+    assert!(v.get("task_archive").is_none(), "{v}");
+    let (st, e) = get(&s, &format!("/api/v1/runs/{done}/task.tar")).await;
+    assert_eq!(st, 404, "{e}");
+    assert!(message(&e).contains("predates task snapshots"), "{e}");
     assert_eq!(v["params"]["image"], "tiny");
     assert_eq!(
         v["artifacts"],
@@ -1733,7 +1738,6 @@ json.dump(out, sys.stdout)
 /// and store nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_command_is_read_only() {
-    use std::io::BufRead;
     let data = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/ferrotron.db", data.path().display());
     let store = Store::open(&db).await.unwrap();
@@ -1745,16 +1749,8 @@ async fn web_command_is_read_only() {
         })
         .await
         .unwrap();
-    let mut child = common::command(data.path(), &["web", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.split_whitespace().last().unwrap().to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let web = common::WebProcess::start(data.path(), &[]);
+    let url = web.url.clone();
     let s = Server {
         url,
         store: store.clone(),
@@ -1794,43 +1790,27 @@ async fn web_command_is_read_only() {
         h.starts_with(&format!("{}/api/v2.0/results/", s.url)),
         "{h}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(web);
 
     // With --public-url, every link is under it, whatever the request says.
-    let start = |extra: &[&str]| {
-        let mut args = vec!["web", "--listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        let mut child = common::command(s.data.path(), &args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        (
-            child,
-            line.split_whitespace().last().unwrap_or("").to_string(),
-        )
-    };
-    let (mut child, url) = start(&["--public-url", "https://results.example.org/rdb/"]);
-    let h = href(&url, true).await;
+    let web = common::WebProcess::start(
+        s.data.path(),
+        &["--public-url", "https://results.example.org/rdb/"],
+    );
+    let h = href(&web.url, true).await;
     assert!(
         h.starts_with("https://results.example.org/rdb/api/v2.0/results/"),
         "{h}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(web);
     // Behind a proxy that is trusted, its headers make the links.
-    let (mut child, url) = start(&["--trust-forwarded"]);
-    let h = href(&url, true).await;
+    let web = common::WebProcess::start(s.data.path(), &["--trust-forwarded"]);
+    let h = href(&web.url, true).await;
     assert!(
         h.starts_with("https://evil.example/api/v2.0/results/"),
         "{h}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(web);
     // A public URL that cannot be a base is refused, naming the flag.
     let out = common::ferrotron(s.data.path(), &["web", "--public-url", "ftp://x/?a"]);
     assert_eq!(out.status.code(), Some(2));

@@ -6,6 +6,7 @@ mod cloud;
 mod image;
 mod prune;
 mod reap;
+mod rerun;
 mod rules;
 mod run;
 mod serve;
@@ -27,7 +28,8 @@ use clap::{Args, Parser, Subcommand};
         streams its output and stores the results.",
     after_help = "Examples:\n  \
         ferrotron run -i bash-5.2-1.fc41 -t koji_build tasks/rpm-checksum\n  \
-        ferrotron run --format json tasks/python-unittest"
+        ferrotron run --format json tasks/python-unittest\n  \
+        ferrotron rerun https://farm.example.org/runs/UUID"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -105,6 +107,9 @@ impl GlobalArgs {
 pub enum Commands {
     /// Run one task against one item and store its results (like Taskotron's runtask).
     Run(Box<run::RunArgs>),
+    /// Run a recorded run again here (a farm's, by URL, or this host's, by uuid) and
+    /// compare the two: results, log lines, phase timings, artifacts.
+    Rerun(rerun::RerunArgs),
     /// Destroy leaked instances: those whose run is no longer live.
     Reap(reap::ReapArgs),
     /// Benchmarks that print figures.
@@ -143,6 +148,7 @@ pub fn main() -> ExitCode {
     let code = rt.block_on(async {
         match cli.command {
             Commands::Run(args) => run::run(&cli.global, *args).await,
+            Commands::Rerun(args) => rerun::run(&cli.global, args).await,
             Commands::Reap(args) => reap::run(&cli.global, args).await,
             Commands::Bench(args) => bench::run(&cli.global, args).await,
             Commands::Web(args) => web::run(&cli.global, args).await,

@@ -161,7 +161,30 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> i32 {
     }
 }
 
-async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, String)> {
+async fn run_inner(global: &GlobalArgs, mut args: RunArgs) -> Result<i32, (i32, String)> {
+    let junit = args.junit.take();
+    let json = args.format == Format::Json;
+    let (report, store) = execute(global, args).await?;
+    if json {
+        let s = serde_json::to_string_pretty(&report).expect("report serialises");
+        println!("{s}");
+    } else {
+        print_summary(&report);
+    }
+    if let Some(path) = &junit {
+        write_junit(&store, report.uuid, path)
+            .await
+            .map_err(|e| (exit::INFRA, format!("--junit {}: {e}", path.display())))?;
+    }
+    Ok(report.exit_code)
+}
+
+/// Runs what `args` describe, with live output (on stderr with `--format json`), and
+/// returns the report and the store that recorded it; the summary is the caller's.
+pub(super) async fn execute(
+    global: &GlobalArgs,
+    args: RunArgs,
+) -> Result<(RunReport, Store), (i32, String)> {
     let formula = Formula::load(&args.task).map_err(|e| (exit::USAGE, e.to_string()))?;
     let data_dir = global.data_dir();
     let store = Store::open(&global.db_url())
@@ -237,18 +260,7 @@ async fn run_inner(global: &GlobalArgs, args: RunArgs) -> Result<i32, (i32, Stri
         RunnerError::Invalid(m) => (exit::USAGE, m),
         other => (exit::INFRA, other.to_string()),
     })?;
-    if json {
-        let s = serde_json::to_string_pretty(&report).expect("report serialises");
-        println!("{s}");
-    } else {
-        print_summary(&report);
-    }
-    if let Some(path) = &args.junit {
-        write_junit(&store, report.uuid, path)
-            .await
-            .map_err(|e| (exit::INFRA, format!("--junit {}: {e}", path.display())))?;
-    }
-    Ok(report.exit_code)
+    Ok((report, store))
 }
 
 /// The stored run as JUnit XML in `path`: from the store, so that it is the document the

@@ -88,6 +88,15 @@ pub async fn put_dir(session: &dyn Session, local: &Path, remote: &str) -> Resul
     })
     .await
     .map_err(|e| GuestError::Transfer(format!("packing task: {e}")))??;
+    put_archive(session, archive, remote).await
+}
+
+/// Unpacks the tar `archive` into `remote` (created if missing) on the guest.
+pub async fn put_archive(
+    session: &dyn Session,
+    archive: Vec<u8>,
+    remote: &str,
+) -> Result<u64, GuestError> {
     let size = archive.len() as u64;
     let q = shell_quote(remote);
     let cmd = Command::new(format!("mkdir -p {q} && tar -xf - -C {q}"), "/").with_stdin(archive);

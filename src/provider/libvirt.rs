@@ -276,6 +276,9 @@ impl Provider for LibvirtProvider {
     async fn create(&self, spec: &InstanceSpec) -> Result<Instance, ProviderError> {
         let name = format!("{PREFIX}{}", spec.meta.run_uuid);
         let dir = self.instance_dir(&name)?;
+        // Reach libvirtd before making any file: with it down, the cleanup below cannot
+        // run either, and the next attempt would find this attempt's directory in its way.
+        self.blocking(|_| Ok(())).await?;
         std::fs::create_dir_all(&self.cfg.state_dir).map_err(ProviderError::io(format!(
             "creating {}",
             self.cfg.state_dir.display()

@@ -23,7 +23,7 @@ use crate::guest::{self, Command, Session, transfer};
 use crate::provider::{Access, HostKey, Instance, InstanceMeta, InstanceSpec, Provider};
 use crate::results::CheckResult;
 use crate::store::{Attempt, NewRun, Phase, RunCompletion, RunParams, RunState, Store};
-use crate::task::{Formula, Vars};
+use crate::task::{Formula, Vars, snapshot};
 
 use actions::{ActionContext, ActionError, Layout, TaskState};
 pub use event::Event;
@@ -114,6 +114,7 @@ impl RunRequest {
             task_timeout_s: self.task_timeout.as_secs(),
             keep_instance: self.keep_instance,
             other: Default::default(),
+            ..Default::default()
         }
     }
 }
@@ -312,6 +313,8 @@ struct RunCtx {
     task: Mutex<TaskState>,
     attempts: Mutex<usize>,
     keys: RunKeys,
+    /// The task's snapshot (`task::snapshot`): what the upload ships.
+    task_archive: PathBuf,
 }
 
 impl RunCtx {
@@ -426,6 +429,30 @@ impl Runner {
             context: format!("creating {}", log_path.display()),
             source,
         })?;
+        // The task as it runs, kept by hash for reruns; the upload ships these same bytes.
+        let tasks_dir = self.data_dir.join("tasks");
+        let (task_dir, kept_in) = (req.formula.dir.clone(), tasks_dir.clone());
+        let task_archive = tokio::task::spawn_blocking(move || {
+            snapshot::pack(&task_dir).and_then(|snap| {
+                snapshot::keep(&kept_in, &snap)?;
+                Ok(snap.sha256)
+            })
+        })
+        .await
+        .map_err(|e| RunnerError::Io {
+            context: "packing the task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|source| RunnerError::Io {
+            context: format!("packing the task directory {}", req.formula.dir.display()),
+            source,
+        })?;
+        let mut params = req.params();
+        params.task_sha256 = task_archive.clone();
+        if let Some(made) = crate::base_image::provenance(Path::new(&req.image)) {
+            params.image_recipe = made.recipe;
+            params.image_recipe_sha256 = made.recipe_sha256;
+        }
         self.store
             .create_run(&NewRun {
                 uuid: req.uuid,
@@ -434,7 +461,7 @@ impl Runner {
                 item_type: req.item_type.clone(),
                 arch: req.arch.clone(),
                 backend: self.provider.kind().to_string(),
-                params: req.params().to_value(),
+                params: params.to_value(),
                 log_path: log_path.display().to_string(),
                 artifacts_dir: artifacts_dir.display().to_string(),
                 owner: Some(req.owner.clone()),
@@ -456,6 +483,7 @@ impl Runner {
             task: Mutex::default(),
             attempts: Mutex::new(0),
             keys,
+            task_archive: snapshot::path(&tasks_dir, &task_archive).expect("a hash pack made"),
         };
         cx.emit(Event::Notice(format!(
             "run {}: {} on item `{}` (type `{}`, arch {}), backend {}, image {}",
@@ -615,7 +643,14 @@ impl Runner {
         cx.enter(&self.store, req.uuid, RunState::Running).await;
         let layout = Layout::under(session.root());
         let upload = async {
-            transfer::put_dir(session.as_ref(), &req.formula.dir, &layout.workdir).await?;
+            let archive =
+                tokio::fs::read(&cx.task_archive)
+                    .await
+                    .map_err(guest::GuestError::io(format!(
+                        "reading the task snapshot {}",
+                        cx.task_archive.display()
+                    )))?;
+            transfer::put_archive(session.as_ref(), archive, &layout.workdir).await?;
             let mk = format!(
                 "mkdir -p {} {}",
                 guest::shell_quote(&layout.artifactsdir),

@@ -45,6 +45,16 @@ pub struct RunParams {
     pub task_timeout_s: u64,
     /// `--no-destroy`.
     pub keep_instance: bool,
+    /// sha256 of the task directory as it ran (`task::snapshot`, kept in
+    /// `<data-dir>/tasks/`); empty for runs made before snapshots.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub task_sha256: String,
+    /// The recipe the booted base image was built from, and that recipe's hash (from the
+    /// image's sidecar): what `ferrotron rerun` says to build when the image is missing.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image_recipe: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image_recipe_sha256: String,
     /// Whatever else a record carries (an image build's recipe), kept as it was.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,
@@ -76,6 +86,9 @@ impl Default for RunParams {
             image: String::new(),
             task_timeout_s: Self::DEFAULT_TASK_TIMEOUT_S,
             keep_instance: false,
+            task_sha256: String::new(),
+            image_recipe: String::new(),
+            image_recipe_sha256: String::new(),
             other: Default::default(),
         }
     }

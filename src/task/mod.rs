@@ -1,6 +1,8 @@
-//! Tasks: the formula that describes one (runtask.yml) and the `${var}` templates in it.
+//! Tasks: the formula that describes one (runtask.yml), the `${var}` templates in it, and
+//! the directory as it ran (`snapshot`).
 
 mod formula;
+pub mod snapshot;
 mod vars;
 pub(crate) mod yaml;
 

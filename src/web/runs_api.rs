@@ -16,12 +16,14 @@ use super::params::{self, Pairs, csv, fmt_time};
 use super::{WebState, files, resultsdb};
 use crate::outcome::Outcome;
 use crate::store::{RunFilter, RunParams, RunRecord, RunState, RunSummary};
+use crate::task::snapshot;
 
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/api/v1/runs", get(list))
         .route("/api/v1/runs/{uuid}", get(one))
         .route("/api/v1/runs/{uuid}/junit.xml", get(junit))
+        .route("/api/v1/runs/{uuid}/task.tar", get(task_archive))
         .route("/api/v1/runs/{uuid}/cancel", post(cancel))
 }
 
@@ -210,6 +212,12 @@ async fn one(
             .collect(),
     );
     m.insert("log".into(), json!(format!("{base}/runs/{uuid}/log")));
+    if !RunParams::from_value(&run.params).task_sha256.is_empty() {
+        m.insert(
+            "task_archive".into(),
+            json!(format!("{base}/api/v1/runs/{uuid}/task.tar")),
+        );
+    }
     m.insert("command".into(), json!(reproduce_command(&run)));
     Ok(Json(v))
 }
@@ -222,6 +230,37 @@ async fn junit(State(st): State<WebState>, Path(uuid): Path<String>) -> ApiResul
     Ok((
         [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
         xml,
+    )
+        .into_response())
+}
+
+/// The task directory as the run ran it (`task::snapshot`): what `ferrotron rerun` runs.
+/// Its sha256 is the run's `params.task_sha256`, also sent as `X-Ferrotron-Task-Sha256`.
+async fn task_archive(State(st): State<WebState>, Path(uuid): Path<String>) -> ApiResult<Response> {
+    let run = find_run(&st, &uuid).await?;
+    let sha = RunParams::from_value(&run.params).task_sha256;
+    let gone = |why: String| ApiError::status(StatusCode::NOT_FOUND, why);
+    if sha.is_empty() {
+        return Err(gone(format!(
+            "run {} kept no copy of its task (it predates task snapshots)",
+            run.uuid
+        )));
+    }
+    let Some(path) = snapshot::path(&st.data_dir.join("tasks"), &sha) else {
+        return Err(gone(format!("run {}: bad task hash `{sha}`", run.uuid)));
+    };
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| gone(format!("run {}: task snapshot {sha}: {e}", run.uuid)))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (
+                header::HeaderName::from_static("x-ferrotron-task-sha256"),
+                sha,
+            ),
+        ],
+        bytes,
     )
         .into_response())
 }
@@ -270,49 +309,68 @@ use crate::util::shell_word as sh;
 /// The `ferrotron run` command that runs this job again locally (same uuid omitted).
 pub fn reproduce_command(run: &RunRecord) -> String {
     let p = RunParams::from_value(&run.params);
-    let mut words: Vec<String> = vec!["ferrotron".into(), "run".into()];
-    for (flag, value) in [("-i", &run.item), ("-t", &run.item_type), ("-a", &run.arch)] {
-        if !value.is_empty() {
-            words.push(flag.into());
-            words.push(sh(value));
-        }
-    }
-    if p.jobid != RunParams::DEFAULT_JOBID {
-        words.push("-j".into());
-        words.push(sh(&p.jobid));
-    }
-    match run.backend.as_str() {
-        "local" => {}
-        "ssh" => {
-            if !p.image.is_empty() {
-                words.push("--ssh".into());
-                words.push(sh(&p.image));
-            }
-        }
-        backend => {
-            words.push("--backend".into());
-            words.push(sh(backend));
-            if !p.image.is_empty() {
-                words.push("--image".into());
-                words.push(sh(&p.image));
-            }
-        }
-    }
-    if p.task_timeout_s != RunParams::DEFAULT_TASK_TIMEOUT_S {
-        words.push("--timeout".into());
-        words.push(p.task_timeout_s.to_string());
-    }
-    if p.keep_instance {
-        words.push("--no-destroy".into());
-    }
     let formula = if p.formula.is_empty() {
         &run.task
     } else {
         &p.formula
     };
     let formula = formula.strip_suffix("/runtask.yml").unwrap_or(formula);
-    words.push(sh(formula));
-    words.join(" ")
+    let words = run_args(
+        &run.item,
+        &run.item_type,
+        &run.arch,
+        &run.backend,
+        &p,
+        formula,
+    );
+    std::iter::once("ferrotron run".to_string())
+        .chain(words.iter().map(|w| sh(w)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The arguments of `ferrotron run` (unquoted) that run a job like this one on `backend`:
+/// flags left at their defaults are left out; `task` comes last.
+pub fn run_args(
+    item: &str,
+    item_type: &str,
+    arch: &str,
+    backend: &str,
+    p: &RunParams,
+    task: &str,
+) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut push = |flag: &str, value: &str| {
+        words.push(flag.into());
+        words.push(value.into());
+    };
+    for (flag, value) in [("-i", item), ("-t", item_type), ("-a", arch)] {
+        if !value.is_empty() {
+            push(flag, value);
+        }
+    }
+    if p.jobid != RunParams::DEFAULT_JOBID {
+        push("-j", &p.jobid);
+    }
+    match backend {
+        "local" => {}
+        "ssh" if !p.image.is_empty() => push("--ssh", &p.image),
+        "ssh" => {}
+        backend => {
+            push("--backend", backend);
+            if !p.image.is_empty() {
+                push("--image", &p.image);
+            }
+        }
+    }
+    if p.task_timeout_s != RunParams::DEFAULT_TASK_TIMEOUT_S {
+        push("--timeout", &p.task_timeout_s.to_string());
+    }
+    if p.keep_instance {
+        words.push("--no-destroy".into());
+    }
+    words.push(task.into());
+    words
 }
 
 #[cfg(test)]

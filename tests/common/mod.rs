@@ -68,6 +68,39 @@ pub fn reachable_tempdir() -> tempfile::TempDir {
     d
 }
 
+/// `ferrotron web --listen 127.0.0.1:0 EXTRA…` over `data`, killed on drop; `url` is the
+/// address it said it listens on.
+pub struct WebProcess {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl WebProcess {
+    pub fn start(data: &Path, extra: &[&str]) -> WebProcess {
+        use std::io::BufRead as _;
+        let mut args = vec!["web", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = command(data, &args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ferrotron web starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("ferrotron web says where it listens");
+        let url = line.split_whitespace().last().unwrap_or("").to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        WebProcess { child, url }
+    }
+}
+
+impl Drop for WebProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

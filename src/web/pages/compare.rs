@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Read as _;
-use std::sync::LazyLock;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -15,16 +14,13 @@ use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::{error_page, esc, layout, outcome_badge, when};
+use crate::compare::{self, LOG_LINES, LOG_READ, Line, context, diff_lines};
 use crate::outcome::Outcome;
 use crate::store::{RunFilter, RunRecord, RunState, StoredResult};
 use crate::web::WebState;
 use crate::web::files;
 use crate::web::params::{self, Pairs, seg};
 
-/// Bytes of each log read for the diff: logs are capped far above this, a page is not.
-const LOG_READ: u64 = 1024 * 1024;
-/// Lines of each log compared (the table is their product).
-const LOG_LINES: usize = 1500;
 /// Lines of diff shown.
 const DIFF_SHOWN: usize = 400;
 
@@ -155,11 +151,11 @@ async fn render(st: &WebState, a: &Loaded, b: &Loaded) -> String {
     h.push_str("</table>");
 
     // Results by testcase.
-    let by_case = |rs: &[StoredResult]| -> BTreeMap<String, (String, String)> {
+    let by_case = |rs: &[StoredResult]| -> compare::Outcomes {
         rs.iter()
             .map(|r| {
                 (
-                    r.testcase.clone(),
+                    compare::result_key(&r.testcase, &r.data),
                     (r.outcome.clone(), r.note.clone().unwrap_or_default()),
                 )
             })
@@ -167,21 +163,14 @@ async fn render(st: &WebState, a: &Loaded, b: &Loaded) -> String {
     };
     let (ca, cb) = (by_case(&a.1), by_case(&b.1));
     let cases: BTreeSet<&String> = ca.keys().chain(cb.keys()).collect();
-    let mut differing = 0;
-    h.push_str(
-        "<h2>Results</h2><table class=\"compare\" id=\"results\"><tr><th>testcase</th>\
-         <th>A</th><th>B</th></tr>",
-    );
+    let differing = compare::differing_cases(&ca, &cb);
     for c in &cases {
         let cell = |m: &BTreeMap<String, (String, String)>| match m.get(*c) {
             Some((o, note)) if note.is_empty() => outcome_badge(o),
             Some((o, note)) => format!("{} {}", outcome_badge(o), esc(note)),
             None => "<span class=\"muted\">absent</span>".into(),
         };
-        let same = ca.get(*c).map(|x| &x.0) == cb.get(*c).map(|x| &x.0);
-        if !same {
-            differing += 1;
-        }
+        let same = !differing.contains(*c);
         let _ = write!(
             h,
             "<tr{}><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -193,7 +182,8 @@ async fn render(st: &WebState, a: &Loaded, b: &Loaded) -> String {
     }
     let _ = write!(
         h,
-        "</table><p id=\"results-summary\">{differing} of {} testcases differ in outcome</p>",
+        "</table><p id=\"results-summary\">{} of {} testcases differ in outcome</p>",
+        differing.len(),
         cases.len()
     );
 
@@ -288,34 +278,6 @@ async fn render(st: &WebState, a: &Loaded, b: &Loaded) -> String {
     h
 }
 
-static NOISE: LazyLock<[(regex::Regex, &'static str); 3]> = LazyLock::new(|| {
-    [
-        (
-            regex::Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-                .expect("uuid pattern"),
-            "<uuid>",
-        ),
-        (
-            regex::Regex::new(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?")
-                .expect("time pattern"),
-            "<time>",
-        ),
-        (
-            regex::Regex::new(r"\b\d+(\.\d+)?(ms|s|m\d\ds)\b").expect("duration pattern"),
-            "<duration>",
-        ),
-    ]
-});
-
-/// What of a line two runs of the same task may differ in without meaning anything.
-pub fn normalise(line: &str) -> String {
-    let mut s = line.to_string();
-    for (re, with) in NOISE.iter() {
-        s = re.replace_all(&s, *with).into_owned();
-    }
-    s
-}
-
 async fn read_log(st: &WebState, uuid: Uuid, _runs: &[Uuid]) -> Vec<String> {
     let path = files::log_path(st, uuid);
     let text = tokio::task::spawn_blocking(move || {
@@ -327,122 +289,5 @@ async fn read_log(st: &WebState, uuid: Uuid, _runs: &[Uuid]) -> Vec<String> {
     })
     .await
     .unwrap_or_default();
-    text.lines().take(LOG_LINES).map(normalise).collect()
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line<'a> {
-    Same(&'a str),
-    OnlyA(&'a str),
-    OnlyB(&'a str),
-}
-
-/// A line diff by longest common subsequence (inputs are capped: the table is `a × b`).
-pub fn diff_lines<'a>(a: &'a [String], b: &'a [String]) -> Vec<Line<'a>> {
-    let (n, m) = (a.len(), b.len());
-    // lcs[i][j]: the longest common subsequence of a[i..] and b[j..].
-    let mut lcs = vec![0u16; (n + 1) * (m + 1)];
-    let at = |i: usize, j: usize| i * (m + 1) + j;
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[at(i, j)] = if a[i] == b[j] {
-                lcs[at(i + 1, j + 1)].saturating_add(1)
-            } else {
-                lcs[at(i + 1, j)].max(lcs[at(i, j + 1)])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, Vec::with_capacity(n.max(m)));
-    while i < n && j < m {
-        if a[i] == b[j] {
-            out.push(Line::Same(&a[i]));
-            i += 1;
-            j += 1;
-        } else if lcs[at(i + 1, j)] >= lcs[at(i, j + 1)] {
-            out.push(Line::OnlyA(&a[i]));
-            i += 1;
-        } else {
-            out.push(Line::OnlyB(&b[j]));
-            j += 1;
-        }
-    }
-    out.extend(a[i..].iter().map(|s| Line::OnlyA(s)));
-    out.extend(b[j..].iter().map(|s| Line::OnlyB(s)));
-    out
-}
-
-/// The changed lines with `k` lines of context around each; `None` marks a cut.
-fn context<'a, 'b>(diff: &'b [Line<'a>], k: usize) -> Vec<Option<&'b Line<'a>>> {
-    let keep: Vec<bool> = (0..diff.len())
-        .map(|i| {
-            let lo = i.saturating_sub(k);
-            let hi = (i + k + 1).min(diff.len());
-            diff[lo..hi].iter().any(|l| !matches!(l, Line::Same(_)))
-        })
-        .collect();
-    let mut out = Vec::new();
-    let mut cut = false;
-    for (l, keep) in diff.iter().zip(keep) {
-        if keep {
-            out.push(Some(l));
-            cut = false;
-        } else if !cut {
-            out.push(None);
-            cut = true;
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lines(s: &str) -> Vec<String> {
-        s.lines().map(normalise).collect()
-    }
-
-    #[test]
-    fn run_ids_times_and_durations_do_not_count_as_differences() {
-        let a = lines(
-            "run 0190a4c8-0000-7000-8000-000000000001 at 2026-12-04T05:00:01Z\n\
-             [work] took 1.25s\nsame\n",
-        );
-        let b = lines(
-            "run 0190a4c8-0000-7000-8000-0000000000ff at 2026-12-04 06:10:59\n\
-             [work] took 3.5s\nsame\n",
-        );
-        assert!(
-            diff_lines(&a, &b)
-                .iter()
-                .all(|l| matches!(l, Line::Same(_)))
-        );
-    }
-
-    #[test]
-    fn a_changed_line_shows_on_both_sides() {
-        let (a, b) = (lines("one\ntwo\nthree\n"), lines("one\n2\nthree\nfour\n"));
-        assert_eq!(
-            diff_lines(&a, &b),
-            [
-                Line::Same("one"),
-                Line::OnlyA("two"),
-                Line::OnlyB("2"),
-                Line::Same("three"),
-                Line::OnlyB("four")
-            ]
-        );
-    }
-
-    #[test]
-    fn context_cuts_long_runs_of_equal_lines() {
-        let a: Vec<String> = (0..20).map(|i| i.to_string()).collect();
-        let mut b = a.clone();
-        b[10] = "x".into();
-        let d = diff_lines(&a, &b);
-        let c = context(&d, 2);
-        // A cut, two lines before, the change (two lines), two after, a cut.
-        assert_eq!(c.len(), 1 + 2 + 2 + 2 + 1, "{c:?}");
-        assert!(c[0].is_none() && c[c.len() - 1].is_none());
-    }
+    compare::log_lines(&text)
 }
