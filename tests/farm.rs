@@ -428,6 +428,24 @@ async fn jobs_wait_for_capacity_are_cancelled_and_rerun() {
     .await;
     assert_eq!(j.state, RunState::Finished, "{j:?}\n{}", d.log());
     let run = j.current_run().unwrap();
+    // The farm's run, run again on this host from its runs API: the same task files. A
+    // backend `ferrotron run` has not is refused until another is named.
+    let here = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}/runs/{run}", d.port);
+    let rerun = |extra: &[&str]| {
+        let mut args = vec!["rerun", "--format", "json", &url];
+        args.extend_from_slice(extra);
+        common::command(here.path(), &args).output().unwrap()
+    };
+    let out = rerun(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("ran on the `sim` backend"));
+    let out = rerun(&["--backend", "local"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["agree"], true, "{v:#}");
+    let sha = v["recorded"]["task_sha256"].as_str().unwrap();
+    assert_eq!((sha.len(), &v["rerun"]["task_sha256"]), (64, &json!(sha)));
     let (st, v) = d.post(&format!("/api/v1/runs/{run}/rerun"), &json!({}), None);
     assert_eq!(st, 401, "{v}");
     let (st, v) = d.post(
