@@ -159,13 +159,7 @@ impl BaseImage {
         let boot = if sidecar.is_file() {
             read_sidecar(&sidecar)?
         } else {
-            BootInfo {
-                user: "root".into(),
-                memory_mib: 1024,
-                vcpus: 1,
-                boot_timeout_s: 300,
-                ..Default::default()
-            }
+            default_boot()
         };
         Ok(BaseImage {
             name: ImageName::parse(file_name),
@@ -221,23 +215,35 @@ fn read_sidecar(path: &Path) -> Result<BootInfo, ImageError> {
         context: format!("reading {}", path.display()),
         source,
     })?;
-    let s: Sidecar = serde_json::from_str(&text).map_err(|e| ImageError::Invalid {
-        path: path.to_path_buf(),
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    parse_sidecar(&text, path, |name| {
+        let p = dir.join(name);
+        p.is_file().then_some(p)
+    })
+}
+
+/// A sidecar's boot settings from its text. `locate` finds the files it names (kernel,
+/// initrd) beside the image, wherever the image lives (a directory here, a storage pool on
+/// another host); `origin` names the sidecar in errors.
+pub fn parse_sidecar(
+    text: &str,
+    origin: &Path,
+    locate: impl Fn(&str) -> Option<PathBuf>,
+) -> Result<BootInfo, ImageError> {
+    let s: Sidecar = serde_json::from_str(text).map_err(|e| ImageError::Invalid {
+        path: origin.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let dir = path.parent().unwrap_or(Path::new("."));
     let file = |name: Option<String>| -> Result<Option<PathBuf>, ImageError> {
         let Some(name) = name.filter(|n| !n.is_empty()) else {
             return Ok(None);
         };
-        let p = dir.join(name);
-        if p.is_file() {
-            Ok(Some(p))
-        } else {
-            Err(ImageError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("names {} which does not exist", p.display()),
-            })
+        match locate(&name) {
+            Some(p) => Ok(Some(p)),
+            None => Err(ImageError::Invalid {
+                path: origin.to_path_buf(),
+                reason: format!("names {name}, which is not beside it"),
+            }),
         }
     };
     let number = |key: &str, default: u64| -> u64 {
@@ -256,6 +262,17 @@ fn read_sidecar(path: &Path) -> Result<BootInfo, ImageError> {
         vcpus: u32::try_from(number("vcpus", 1)).unwrap_or(1).max(1),
         boot_timeout_s: number("timeout_s", 120).max(5),
     })
+}
+
+/// The boot settings of an image without a sidecar.
+pub fn default_boot() -> BootInfo {
+    BootInfo {
+        user: "root".into(),
+        memory_mib: 1024,
+        vcpus: 1,
+        boot_timeout_s: 300,
+        ..Default::default()
+    }
 }
 
 /// The newest image in `dir` whose name matches `key` (DISTRO-RELEASE-FLAVOR-ARCH).

@@ -41,19 +41,14 @@ fn run_vm(data: &Path, args: &[&str]) -> (std::process::Output, Value) {
 fn assert_no_leak(data: &Path, report: &Value) {
     let uuid = report["uuid"].as_str().expect("report has a uuid");
     let name = format!("ferrotron-{uuid}");
-    let st = std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "domstate", &name])
-        .output()
-        .unwrap();
-    assert!(!st.status.success(), "domain {name} still exists");
-    let left: Vec<_> = std::fs::read_dir(data.join("instances"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("ferrotron-"))
-                .collect()
-        })
-        .unwrap_or_default();
+    assert!(
+        !virsh(&["domstate", &name]).status.success(),
+        "domain {name} still exists"
+    );
+    let left: Vec<String> = names_in(&data.join("instances"))
+        .into_iter()
+        .filter(|n| n.starts_with("ferrotron-"))
+        .collect();
     assert!(left.is_empty(), "instance files left behind: {left:?}");
 }
 
@@ -83,13 +78,7 @@ fn passing_and_failing_results_with_artifacts() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(v["backend"], "libvirt");
     assert_eq!(v["state"], "finished");
-    let outcomes: Vec<&str> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes, ["PASSED", "FAILED"]);
+    assert_eq!(common::outcomes(&v), ["PASSED", "FAILED"]);
     let artifacts = Path::new(v["artifacts_dir"].as_str().unwrap());
     assert_eq!(
         std::fs::read_to_string(artifacts.join("detail.log")).unwrap(),
@@ -250,19 +239,26 @@ fn an_image_that_never_answers_is_retried_then_reported() {
 
 /// Starts `ferrotron run --format json` on a VM with a task that naps, and returns once the
 /// task has printed its first line, with the child and its remaining stderr lines.
-fn start_napping_run(
-    data: &Path,
-    task: &Path,
-) -> (
+type Napping = (
     std::process::Child,
     std::io::Lines<BufReader<std::process::ChildStderr>>,
-) {
+);
+
+fn start_napping_run(data: &Path, task: &Path) -> Napping {
+    start_napping_run_with(data, task, &[])
+}
+
+/// A VM run whose task sleeps, returned once the task has started; `extra` goes before
+/// the task (provider flags).
+fn start_napping_run_with(data: &Path, task: &Path, extra: &[&str]) -> Napping {
     let t = write_task(
         task,
         "name: s\ndesc: d\nmaintainer: m\nactions:\n  - name: nap\n    shell: [\"echo napping; sleep 600\"]\n",
     );
     let mut args = vec!["run".to_string(), "--format".into(), "json".into()];
-    args.extend(vm(&[&t]));
+    let mut rest: Vec<&str> = extra.to_vec();
+    rest.push(&t);
+    args.extend(vm(&rest));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = command(data, &refs)
         .stdout(Stdio::piped())
@@ -422,4 +418,159 @@ fn a_stock_cloud_init_image_boots_with_the_same_seed() {
     assert!(err.contains("[hello] 42"), "{err}");
     assert!(err.contains("[hello] cloud-init ran"), "{err}");
     assert_no_leak(data.path(), &v);
+}
+
+/// The files of a directory, by name.
+fn names_in(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn virsh(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A storage pool of the test's own, destroyed (it is transient: undefined with it) on drop.
+struct Pool(String);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = virsh(&["pool-destroy", &self.0]);
+    }
+}
+
+/// libvirt on "another host": this machine's libvirtd reached over SSH (an sshd of the
+/// test's own, a key made here), with a storage pool the daemon never writes to. Every disk
+/// of a run is a volume made there through libvirt, and none is left after the run, or
+/// after a SIGKILL and `ferrotron reap`.
+#[test]
+fn a_libvirt_host_over_ssh_keeps_every_disk_of_a_run_in_its_pool() {
+    use common::free_port;
+    use common::sshd::{SSHD, keygen, start_sshd};
+    if !enabled() {
+        return;
+    }
+    if !Path::new(SSHD).exists() {
+        eprintln!("SKIPPED: {SSHD} is missing (provisioning/host-setup.sh --test installs it)");
+        return;
+    }
+    let images = std::env::var("FERROTRON_TEST_IMAGES").expect("FERROTRON_TEST_IMAGES");
+    let work = reachable_tempdir();
+    let (key, host_key) = (work.path().join("id"), work.path().join("host"));
+    keygen(&key);
+    keygen(&host_key);
+    let sshd = start_sshd(
+        work.path(),
+        &[&host_key],
+        &key.with_extension("pub"),
+        free_port(),
+    );
+    let uri = format!(
+        "qemu+ssh://root@127.0.0.1:{}/system?keyfile={}&no_verify=1&no_tty=1",
+        sshd.port,
+        key.display()
+    );
+
+    // The pool holds the base image as an operator would put it there.
+    let pool_dir = work.path().join("pool");
+    std::fs::create_dir(&pool_dir).unwrap();
+    let stem = names_in(Path::new(&images))
+        .into_iter()
+        .filter_map(|n| {
+            n.strip_suffix("-tiny-1-base-x86_64.qcow2")
+                .map(String::from)
+        })
+        .max()
+        .expect("the tiny image is built");
+    for ext in ["qcow2", "vmlinux", "initrd", "json"] {
+        let f = format!("{stem}-tiny-1-base-x86_64.{ext}");
+        std::fs::copy(Path::new(&images).join(&f), pool_dir.join(&f)).unwrap();
+    }
+    let pool = Pool(format!("ferrotron-test-{}", std::process::id()));
+    let made = virsh(&[
+        "pool-create-as",
+        &pool.0,
+        "dir",
+        "--target",
+        &pool_dir.display().to_string(),
+    ]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let base_files = names_in(&pool_dir);
+
+    // Instance state here lives in a directory libvirt's qemu user cannot even enter.
+    let data = tempfile::tempdir().unwrap();
+    let flags = [
+        "--libvirt-uri",
+        uri.as_str(),
+        "--libvirt-pool",
+        pool.0.as_str(),
+    ];
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend([
+        "-i",
+        "bash-5.2-1.fc41",
+        "-t",
+        "koji_build",
+        "tests/fixtures/two-results",
+    ]);
+    let (out, v) = run_vm(data.path(), &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(common::outcomes(&v), ["PASSED", "FAILED"]);
+    assert_eq!(names_in(&pool_dir), base_files, "a run's volume was left");
+    assert_no_leak(data.path(), &v);
+
+    // SIGKILL mid-task: the disks are volumes of the pool (the domain boots from there, and
+    // this host holds none), until the reaper deletes them with the domain.
+    let task = tempfile::tempdir().unwrap();
+    let (mut child, _lines) = start_napping_run_with(data.path(), task.path(), &flags);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let leaked: Vec<String> = names_in(&pool_dir)
+        .difference(&base_files)
+        .cloned()
+        .collect();
+    assert_eq!(leaked.len(), 2, "{leaked:?}");
+    let instance = leaked
+        .iter()
+        .find_map(|n| n.strip_suffix(".qcow2"))
+        .expect("an overlay volume")
+        .to_string();
+    assert!(
+        leaked.contains(&format!("{instance}-seed.iso")),
+        "{leaked:?}"
+    );
+    let disks = String::from_utf8_lossy(&virsh(&["domblklist", &instance]).stdout).into_owned();
+    for l in &leaked {
+        assert!(
+            disks.contains(&pool_dir.join(l).display().to_string()),
+            "{disks}"
+        );
+    }
+    let here = names_in(&data.path().join("instances").join(&instance));
+    assert!(
+        here.iter()
+            .all(|f| !f.ends_with(".qcow2") && !f.ends_with(".iso")),
+        "disks on the daemon's host: {here:?}"
+    );
+    let mut reap: Vec<&str> = vec!["reap"];
+    reap.extend(flags);
+    let out = ferrotron(data.path(), &reap);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("LEAKED, destroyed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(names_in(&pool_dir), base_files, "the reaper left volumes");
+    assert!(!virsh(&["domstate", &instance]).status.success());
+    assert!(!data.path().join("instances").join(&instance).exists());
 }

@@ -615,13 +615,7 @@ fn a_run_goes_through_the_cloud_end_to_end() {
     assert_eq!(v["backend"], "openstack");
     assert_eq!(v["state"], "finished");
     assert_eq!(v["attempts"], 1);
-    let outcomes: Vec<&str> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes, ["PASSED", "FAILED"]);
+    assert_eq!(common::outcomes(&v), ["PASSED", "FAILED"]);
     let artifacts = Path::new(v["artifacts_dir"].as_str().unwrap());
     assert_eq!(
         std::fs::read_to_string(artifacts.join("detail.log")).unwrap(),
@@ -809,7 +803,8 @@ fn floating_ips_are_allocated_and_released_with_the_server() {
 /// one, every run finishes, nothing is left in libvirt or in the cloud.
 #[test]
 fn one_pool_on_libvirt_and_the_cloud_runs_jobs_from_fedora_messaging() {
-    use common::daemon::{Daemon, TOKEN, all_terminal, fedora_publish, free_port, wait_jobs};
+    use common::daemon::{Daemon, TOKEN, all_terminal, fedora_publish, wait_jobs};
+    use common::free_port;
     use ferrotron::store::{RunState, Store};
     if !libvirt_enabled() {
         return;

@@ -25,6 +25,10 @@ pub struct ReapArgs {
     /// libvirt connection URI; `none` skips libvirt.
     #[arg(long, env = "FERROTRON_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
+    /// The storage pool that libvirt's runs have their disks in (as `run --libvirt-pool`):
+    /// their volumes are found and deleted there.
+    #[arg(long, env = "FERROTRON_LIBVIRT_POOL", value_name = "POOL")]
+    pub libvirt_pool: Option<String>,
     /// Also reap this OpenStack cloud [default: $OS_CLOUD when set].
     #[arg(long, visible_alias = "os-cloud", value_name = "NAME")]
     pub cloud: Option<String>,
@@ -47,6 +51,7 @@ pub async fn run(global: &GlobalArgs, args: ReapArgs) -> i32 {
         specs.push(Spec::Libvirt(LibvirtSpec {
             max_instances: Some(1),
             accel: Accel::Tcg,
+            storage_pool: args.libvirt_pool.clone(),
             ..LibvirtSpec::new(args.libvirt_uri.clone())
         }));
     }

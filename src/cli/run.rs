@@ -70,9 +70,14 @@ pub struct RunArgs {
     pub image: Option<String>,
     #[command(flatten)]
     pub cloud: super::cloud::CloudArgs,
-    /// libvirt connection URI.
+    /// libvirt connection URI: this host's, or another's (`qemu+ssh://root@HOST/system`,
+    /// which needs --libvirt-pool).
     #[arg(long, env = "FERROTRON_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
+    /// A libvirt storage pool (on libvirt's host) holding the base images: the run's overlay
+    /// and seed are made in it as volumes, and --image names an image there.
+    #[arg(long, env = "FERROTRON_LIBVIRT_POOL", value_name = "POOL")]
+    pub libvirt_pool: Option<String>,
     /// Guest networking: `passt` (user networking with a loopback port forward; no bridge
     /// needed) or the name of a libvirt network (the guest is reached at its DHCP address).
     #[arg(long, env = "FERROTRON_LIBVIRT_NETWORK", default_value = "passt")]
@@ -145,6 +150,7 @@ fn provider_spec(args: &RunArgs) -> Spec {
         Backend::Libvirt => Spec::Libvirt(LibvirtSpec {
             image: args.image.clone(),
             network: args.libvirt_network.clone(),
+            storage_pool: args.libvirt_pool.clone(),
             ..LibvirtSpec::new(args.libvirt_uri.clone())
         }),
         Backend::Openstack => args.cloud.spec(args.image.clone()),

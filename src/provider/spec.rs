@@ -52,9 +52,19 @@ pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LibvirtSpec {
-    /// `qemu:///system` (a URI naming another host is refused: see [`Spec::check`]).
+    /// `qemu:///system`, or another host's libvirt (`qemu+ssh://root@HOST/system`), which
+    /// needs `storage_pool`.
     #[serde(default = "default_libvirt_uri")]
     pub uri: String,
+    /// A storage pool (on libvirt's host) that holds the base images and gets each run's
+    /// overlay and seed as volumes, made and deleted through libvirt. Unset: files in this
+    /// host's data directory.
+    #[serde(default)]
+    pub storage_pool: Option<String>,
+    /// Where guests are reached: the address passt's port forward binds on libvirt's host
+    /// [default: the URI's host, or 127.0.0.1 for this one].
+    #[serde(default)]
+    pub address: Option<String>,
     /// Base image: a file, a recipe name, or DISTRO-RELEASE-FLAVOR[-ARCH] [default: tiny].
     #[serde(default)]
     pub image: Option<String>,
@@ -77,6 +87,8 @@ impl LibvirtSpec {
         LibvirtSpec {
             uri: uri.into(),
             image: None,
+            storage_pool: None,
+            address: None,
             accel: Accel::Auto,
             network: default_network(),
             storage_pools: Vec::new(),
@@ -242,13 +254,15 @@ impl Spec {
             Spec::Libvirt(s) if s.network.is_empty() => {
                 Err("network: `passt` or a libvirt network's name".into())
             }
-            Spec::Libvirt(s) if remote_host(&s.uri).is_some() => Err(format!(
-                "uri: `{}` names another host ({}); remote libvirt hosts are not supported \
-                 yet (a run's overlay, seed and port forward are made on this host): run a \
-                 daemon on that host, with the same database (README: Scaling out)",
-                s.uri,
-                remote_host(&s.uri).unwrap_or_default()
-            )),
+            Spec::Libvirt(s) if s.storage_pool.is_none() && remote_host(&s.uri).is_some() => {
+                Err(format!(
+                    "uri: `{}` names another host ({}), so runs' disks cannot be files of this \
+                     one: set storage_pool to a libvirt storage pool on that host that holds \
+                     the base images (README: Pools across backends and hosts)",
+                    s.uri,
+                    remote_host(&s.uri).unwrap_or_default()
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -259,7 +273,10 @@ fn remote_host(uri: &str) -> Option<&str> {
     let rest = uri.split_once("://")?.1;
     let authority = rest.split('/').next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or("");
-    let host = host.split(':').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
     (!host.is_empty() && host != "localhost").then_some(host)
 }
 
@@ -294,6 +311,12 @@ pub async fn build(spec: &Spec, cx: &Context) -> Result<Arc<dyn Provider>, Provi
                 max_instances: max,
                 accel: s.accel,
                 network,
+                storage_pool: s.storage_pool.clone(),
+                address: s
+                    .address
+                    .clone()
+                    .or_else(|| remote_host(&s.uri).map(str::to_string))
+                    .unwrap_or_else(|| "127.0.0.1".into()),
                 ..LibvirtConfig::new(s.uri.clone(), cx.data_dir.join("instances"))
             })
             .with_pools(s.storage_pools.clone());
@@ -343,7 +366,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remote_libvirt_uris_are_refused_naming_the_host() {
+    fn remote_libvirt_uris_need_a_storage_pool_and_name_the_host() {
         let e = parse("{kind: libvirt, uri: 'qemu+ssh://root@host-b/system'}")
             .unwrap()
             .check()
@@ -360,6 +383,15 @@ mod tests {
             let spec = parse(&format!("{{kind: libvirt, uri: '{local}'}}")).unwrap();
             assert_eq!(spec.check(), Ok(()), "{local}");
         }
+        assert!(e.contains("set storage_pool"), "{e}");
+        // With a pool there, the disks are made there.
+        let spec = parse("{kind: libvirt, uri: 'qemu+ssh://root@host-b/system', storage_pool: p}")
+            .unwrap();
+        assert_eq!(spec.check(), Ok(()));
+        assert_eq!(
+            remote_host("qemu+ssh://u@[fd00::2]:2222/system"),
+            Some("fd00::2")
+        );
     }
 
     fn parse(yaml: &str) -> Result<Spec, String> {

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 pub mod daemon;
 pub mod proxy;
+pub mod sshd;
 
 use serde_json::Value;
 
@@ -99,6 +100,23 @@ impl Drop for WebProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The outcomes of a run report's results, in order.
+pub fn outcomes(report: &Value) -> Vec<&str> {
+    report["results"]
+        .as_array()
+        .map(|rs| rs.iter().filter_map(|r| r["outcome"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked: whoever binds it next may race).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn stderr(out: &Output) -> String {

@@ -5,16 +5,23 @@
 //! in `<state-dir>/<name>/` (overlay, seed, console log, metadata copy); the domain itself
 //! carries ferrotron metadata in libvirt's `<metadata>`, so `list` finds instances after any
 //! crash, and a directory left without a domain is found too.
+//!
+//! With a `storage_pool`, the disks are the pool's business instead (`volumes.rs`): base
+//! images are found in the pool, the overlay and seed are made there through libvirt, and
+//! this host keeps only the metadata copy and the console log. That is what lets `uri`
+//! name another host (`qemu+ssh://HOST/system`): nothing the guest boots from is on ours.
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use virt::connect::Connect;
+
+mod probe;
+mod volumes;
 
 use super::seed;
 use super::{
@@ -51,6 +58,12 @@ pub struct LibvirtConfig {
     pub max_instances: usize,
     pub accel: Accel,
     pub network: Network,
+    /// The storage pool runs' disks are volumes of, and base images are found in; `None`:
+    /// files in `state_dir`, base images by path (this host's libvirt only).
+    pub storage_pool: Option<String>,
+    /// The address passt's port forward binds on libvirt's host, and that guests are reached
+    /// at: 127.0.0.1 for this host.
+    pub address: String,
 }
 
 impl LibvirtConfig {
@@ -63,6 +76,8 @@ impl LibvirtConfig {
             max_instances: 64,
             accel: Accel::Auto,
             network: Network::Passt,
+            storage_pool: None,
+            address: "127.0.0.1".into(),
         }
     }
 }
@@ -138,11 +153,60 @@ impl LibvirtProvider {
             .accel
             .get_or_init(|| async {
                 match self.cfg.accel {
-                    Accel::Auto => probe_kvm(&self.cfg.state_dir, image).await,
+                    // Libvirt's host may be another machine: probe it through libvirt.
+                    Accel::Auto if self.cfg.storage_pool.is_some() => {
+                        let (uri, kernel) = (self.cfg.uri.clone(), image.boot.kernel.clone());
+                        self.blocking(move |c| {
+                            Ok(kernel.map_or(Accel::Tcg, |k| probe::kvm_through(c, &uri, &k)))
+                        })
+                        .await
+                        .unwrap_or(Accel::Tcg)
+                    }
+                    Accel::Auto => probe::kvm_here(&self.cfg.state_dir, image).await,
                     other => other,
                 }
             })
             .await
+    }
+
+    /// The base image, overlay and seed of a new instance: files made here, or volumes of
+    /// the storage pool made through libvirt.
+    async fn disks(
+        &self,
+        spec: &InstanceSpec,
+        dir: &Path,
+        name: &str,
+    ) -> Result<(BaseImage, PathBuf, PathBuf), ProviderError> {
+        let local_seed = dir.join("seed.iso");
+        seed::write(&dir.join("seed"), &local_seed, spec).await?;
+        let Some(pool) = self.cfg.storage_pool.clone() else {
+            let image = BaseImage::open(Path::new(&spec.meta.image))
+                .map_err(|e| ProviderError::Permanent(e.to_string()))?;
+            check_reachable(&image.path)?;
+            let overlay = dir.join("disk.qcow2");
+            super::run_tool(
+                tokio::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                    .arg(&image.path)
+                    .arg(&overlay),
+                "qemu-img create",
+            )
+            .await?;
+            return Ok((image, overlay, local_seed));
+        };
+        let bytes = tokio::fs::read(&local_seed)
+            .await
+            .map_err(ProviderError::io("reading the seed"))?;
+        // The seed holds the guest's private host key: once in the pool, not kept here.
+        let _ = tokio::fs::remove_file(&local_seed).await;
+        let _ = tokio::fs::remove_dir_all(dir.join("seed")).await;
+        let (requested, instance) = (spec.meta.image.clone(), name.to_string());
+        self.blocking(move |c| {
+            let image = volumes::find_image(c, &pool, &requested)?;
+            let (overlay, seed) = volumes::make_run_volumes(c, &pool, &instance, &image, &bytes)?;
+            Ok((image, overlay, seed))
+        })
+        .await
     }
 
     async fn create_inner(
@@ -151,23 +215,9 @@ impl LibvirtProvider {
         dir: &Path,
         name: &str,
     ) -> Result<Instance, ProviderError> {
-        let image = BaseImage::open(Path::new(&spec.meta.image))
-            .map_err(|e| ProviderError::Permanent(e.to_string()))?;
-        check_reachable(&image.path)?;
+        let (image, overlay, seed) = self.disks(spec, dir, name).await?;
         let accel = self.accel(&image).await;
-        let overlay = dir.join("disk.qcow2");
-        let seed = dir.join("seed.iso");
         let console = dir.join("console.log");
-
-        super::run_tool(
-            tokio::process::Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-                .arg(&image.path)
-                .arg(&overlay),
-            "qemu-img create",
-        )
-        .await?;
-        seed::write(&dir.join("seed"), &seed, spec).await?;
         let port = match self.cfg.network {
             Network::Passt => free_port()?,
             Network::Libvirt(_) => 22,
@@ -181,6 +231,7 @@ impl LibvirtProvider {
             port,
             accel,
             network: &self.cfg.network,
+            address: &self.cfg.address,
         });
         tokio::fs::write(dir.join("domain.xml"), &xml)
             .await
@@ -209,7 +260,7 @@ impl LibvirtProvider {
         .await?;
         let boot_timeout = Duration::from_secs(image.boot.boot_timeout_s);
         let host = match &self.cfg.network {
-            Network::Passt => "127.0.0.1".to_string(),
+            Network::Passt => self.cfg.address.clone(),
             Network::Libvirt(_) => self.wait_for_lease(name, boot_timeout).await?,
         };
         Ok(Instance {
@@ -269,7 +320,12 @@ impl Provider for LibvirtProvider {
     fn capabilities(&self) -> super::Capabilities {
         super::Capabilities {
             isolated: true,
-            images: super::Images::Files,
+            // A pool's images are names libvirt resolves there, not files of this host.
+            images: if self.cfg.storage_pool.is_some() {
+                super::Images::Service { default: None }
+            } else {
+                super::Images::Files
+            },
         }
     }
 
@@ -283,7 +339,9 @@ impl Provider for LibvirtProvider {
             "creating {}",
             self.cfg.state_dir.display()
         )))?;
-        check_reachable(&self.cfg.state_dir)?;
+        if self.cfg.storage_pool.is_none() {
+            check_reachable(&self.cfg.state_dir)?;
+        }
         std::fs::create_dir(&dir).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 ProviderError::Permanent(format!("instance {name} already exists"))
@@ -342,6 +400,13 @@ impl Provider for LibvirtProvider {
             Ok(())
         })
         .await?;
+        // The disks go after the domain that uses them; the metadata copy last, so that an
+        // interrupted delete is still listed (and finished by the reaper).
+        if let Some(pool) = self.cfg.storage_pool.clone() {
+            let name = id.to_string();
+            self.blocking(move |c| volumes::delete_run_volumes(c, &pool, &name))
+                .await?;
+        }
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -383,6 +448,20 @@ impl Provider for LibvirtProvider {
                         .ok()
                         .and_then(|b| serde_json::from_slice::<InstanceMeta>(&b).ok());
                     found.push(Listed { id: name, meta });
+                }
+            }
+        }
+        // Volumes whose domain and directory are gone (a delete cut short between the two).
+        if let Some(pool) = self.cfg.storage_pool.clone() {
+            let with_volumes = self
+                .blocking(move |c| volumes::instances_with_volumes(c, &pool))
+                .await?;
+            for name in with_volumes {
+                if !found.iter().any(|l| l.id == name) {
+                    found.push(Listed {
+                        id: name,
+                        meta: None,
+                    });
                 }
             }
         }
@@ -446,8 +525,12 @@ impl Provider for LibvirtProvider {
                 Enum::Known(DomainStateReason::Paused(Enum::Known(DomainPausedReason::IOError))),
             )) => Some(Loss::infra(format!(
                 "domain {id} is paused: a write to its disk failed (is the filesystem of {} full?)",
-                self.instance_dir(id)
-                    .map_or_else(|_| "its overlay".into(), |d| d.display().to_string())
+                match &self.cfg.storage_pool {
+                    Some(pool) => format!("storage pool `{pool}`"),
+                    None => self
+                        .instance_dir(id)
+                        .map_or_else(|_| "its overlay".into(), |d| d.display().to_string()),
+                }
             ))),
             Some((state, reason)) => Some(Loss::infra(format!(
                 "domain {id} is {state:?} ({reason:?})"
@@ -461,6 +544,12 @@ impl Provider for LibvirtProvider {
         dest: &Path,
         grace: Duration,
     ) -> Result<(), ProviderError> {
+        if let Some(pool) = &self.cfg.storage_pool {
+            return Err(ProviderError::Permanent(format!(
+                "image builds capture the disk on this host: build with a libvirt without \
+                 `storage_pool` (here: `{pool}`) and upload the result with storage_pools"
+            )));
+        }
         let overlay = self.instance_dir(id)?.join("disk.qcow2");
         let deadline = std::time::Instant::now() + grace;
         loop {
@@ -519,96 +608,12 @@ impl Provider for LibvirtProvider {
         for pool in &self.pools {
             let (pool, files) = (pool.clone(), files.clone());
             let placed = self
-                .blocking(move |c| upload_to_pool(c, &pool, &files))
+                .blocking(move |c| volumes::upload_to_pool(c, &pool, &files))
                 .await?;
             done.extend(placed);
         }
         Ok(done)
     }
-}
-
-/// Uploads `files` as volumes of the same names into storage pool `pool` (through libvirt's
-/// stream API, so a remote libvirt works too). On failure the volumes made are deleted.
-fn upload_to_pool(
-    c: &Connect,
-    pool: &str,
-    files: &[PathBuf],
-) -> Result<Vec<String>, ProviderError> {
-    use std::io::Read;
-    use virt::storage_vol::StorageVol;
-    let p = c.lookup_storage_pool_by_name(pool).map_err(|e| {
-        ProviderError::Permanent(format!("libvirt storage pool `{pool}`: {}", e.message()))
-    })?;
-    if !p.is_active().unwrap_or(false) {
-        return Err(ProviderError::Permanent(format!(
-            "libvirt storage pool `{pool}` is not active (virsh pool-start {pool})"
-        )));
-    }
-    let _ = p.refresh(0);
-    let mut made: Vec<StorageVol> = Vec::new();
-    let mut placed = Vec::new();
-    let result = (|| {
-        for f in files {
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if p.lookup_storage_vol_by_name(&name).is_ok() {
-                return Err(ProviderError::Permanent(format!(
-                    "libvirt storage pool `{pool}` already has a volume {name}"
-                )));
-            }
-            let size = std::fs::metadata(f)
-                .map_err(ProviderError::io(format!("reading {}", f.display())))?
-                .len();
-            let xml = format!(
-                "<volume><name>{}</name><capacity unit='bytes'>{size}</capacity>                 <allocation unit='bytes'>0</allocation><target><format type='raw'/></target></volume>",
-                xml_escape(&name)
-            );
-            let vol = StorageVol::create_xml(&p, &xml, 0)
-                .map_err(virt_err("creating a storage volume"))?;
-            made.push(vol);
-            let vol = made.last().expect("just pushed");
-            let stream = virt::stream::Stream::new(c, 0).map_err(virt_err("opening a stream"))?;
-            vol.upload(&stream, 0, size, 0)
-                .map_err(virt_err("starting the upload"))?;
-            let mut file = std::fs::File::open(f)
-                .map_err(ProviderError::io(format!("opening {}", f.display())))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .map_err(ProviderError::io(format!("reading {}", f.display())))?;
-                if n == 0 {
-                    break;
-                }
-                let mut off = 0;
-                while off < n {
-                    match stream.send(&buf[off..n]) {
-                        Ok(sent) if sent > 0 => off += sent as usize,
-                        Ok(_) => {}
-                        Err(e) => {
-                            let _ = stream.abort();
-                            return Err(virt_err("uploading")(e));
-                        }
-                    }
-                }
-            }
-            stream.finish().map_err(virt_err("finishing the upload"))?;
-            placed.push(format!(
-                "pool {pool}: {}",
-                vol.path().unwrap_or_else(|_| name.clone())
-            ));
-        }
-        Ok(placed)
-    })();
-    if result.is_err() {
-        for v in &made {
-            let _ = v.delete(0);
-        }
-    }
-    let _ = p.refresh(0);
-    result
 }
 
 struct DomainParams<'a> {
@@ -620,6 +625,7 @@ struct DomainParams<'a> {
     port: u16,
     accel: Accel,
     network: &'a Network,
+    address: &'a str,
 }
 
 fn domain_xml(p: &DomainParams<'_>) -> String {
@@ -704,8 +710,9 @@ fn domain_xml(p: &DomainParams<'_>) -> String {
                 "<interface type='user'>
       <backend type='passt'/>
       <model type='virtio'/>
-      <portForward proto='tcp' address='127.0.0.1'><range start='{}' to='22'/></portForward>
+      <portForward proto='tcp' address='{}'><range start='{}' to='22'/></portForward>
     </interface>",
+                e(p.address),
                 p.port
             ),
             Network::Libvirt(net) => format!(
@@ -833,60 +840,6 @@ fn check_reachable(path: &Path) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// Boots the image's kernel once under KVM: if it reaches the point of looking for its
-/// root file system, KVM works for real. On these hosts /dev/kvm exists but guests die
-/// with an emulation failure, so the device's presence proves nothing.
-async fn probe_kvm(state_dir: &Path, image: &BaseImage) -> Accel {
-    let cache = state_dir.join("accel-probe");
-    if let Ok(s) = std::fs::read_to_string(&cache) {
-        match s.trim() {
-            "kvm" => return Accel::Kvm,
-            "tcg" => return Accel::Tcg,
-            _ => {}
-        }
-    }
-    let verdict = match (&image.boot.kernel, Path::new("/dev/kvm").exists()) {
-        (Some(kernel), true) => {
-            let run = tokio::process::Command::new("qemu-system-x86_64")
-                .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults"])
-                .args([
-                    "-display",
-                    "none",
-                    "-serial",
-                    "stdio",
-                    "-no-reboot",
-                    "-kernel",
-                ])
-                .arg(kernel)
-                .args(["-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"])
-                .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output();
-            match tokio::time::timeout(Duration::from_secs(30), run).await {
-                Ok(Ok(out)) => {
-                    let text = String::from_utf8_lossy(&out.stdout);
-                    if text.contains("VFS: Unable to mount root") || text.contains("Kernel panic") {
-                        Accel::Kvm
-                    } else {
-                        Accel::Tcg
-                    }
-                }
-                _ => Accel::Tcg,
-            }
-        }
-        _ => Accel::Tcg,
-    };
-    let _ = std::fs::write(
-        &cache,
-        if verdict == Accel::Kvm {
-            "kvm\n"
-        } else {
-            "tcg\n"
-        },
-    );
-    verdict
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -927,10 +880,11 @@ mod tests {
             port: 40022,
             accel: Accel::Tcg,
             network: &Network::Passt,
+            address: "192.0.2.7",
         });
         assert!(xml.contains("<domain type='qemu'>"));
         assert!(xml.contains("<kernel>/img/k</kernel>"));
-        assert!(xml.contains("<range start='40022' to='22'/>"));
+        assert!(xml.contains("address='192.0.2.7'><range start='40022' to='22'/>"));
         assert!(xml.contains("daemon &lt;a&amp;b&gt;"));
         assert_eq!(parse_metadata(&xml), Some(meta.clone()));
         // What libvirt hands back: our element, without our prefix.
@@ -951,6 +905,7 @@ mod tests {
             port: 22,
             accel: Accel::Kvm,
             network: &Network::Libvirt("default".into()),
+            address: "127.0.0.1",
         });
         assert!(on_net.contains("<source network='default'/>"));
         assert!(!on_net.contains("<backend type='passt'/>"));
@@ -960,11 +915,9 @@ mod tests {
     #[test]
     fn instance_names_are_confined() {
         let p = LibvirtProvider::new(LibvirtConfig {
-            uri: "test:///default".into(),
-            state_dir: "/tmp/x".into(),
             max_instances: 1,
             accel: Accel::Tcg,
-            network: Network::Passt,
+            ..LibvirtConfig::new("test:///default", "/tmp/x")
         });
         assert!(p.instance_dir("ferrotron-abc").is_ok());
         for bad in ["other", "ferrotron-../x", "ferrotron-a/b"] {
