@@ -248,9 +248,37 @@ fn url_image_is_built_provisioned_registered_used_and_pruned() {
         &["provisioning/mark.sh"],
     );
     let pool = Pool::new(&data.path().join("pool"));
+    // The pool is reached as another host's would be: libvirt over SSH (an sshd and a key
+    // of the test's own), for the upload and for the run on the image below.
+    let keys = tempfile::tempdir().unwrap();
+    let (key, host_key) = (keys.path().join("id"), keys.path().join("host"));
+    common::sshd::keygen(&key);
+    common::sshd::keygen(&host_key);
+    let sshd = common::sshd::start_sshd(
+        keys.path(),
+        &[&host_key],
+        &key.with_extension("pub"),
+        common::free_port(),
+    );
+    let remote = format!(
+        "qemu+ssh://root@127.0.0.1:{}/system?keyfile={}&no_verify=1&no_tty=1",
+        sshd.port,
+        key.display()
+    );
 
     let started = Instant::now();
-    let out = ferrotron(data.path(), &["image", "build", "--pool", &pool.0, &recipe]);
+    let out = ferrotron(
+        data.path(),
+        &[
+            "image",
+            "build",
+            "--pool",
+            &pool.0,
+            "--pool-uri",
+            &remote,
+            &recipe,
+        ],
+    );
     let took = started.elapsed();
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
@@ -327,6 +355,26 @@ fn url_image_is_built_provisioned_registered_used_and_pruned() {
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
     assert!(stderr(&run).contains("[mark] urltiny"), "{}", stderr(&run));
     assert_eq!(v["state"], "finished");
+    // The same build, found in the pool by name and booted there over SSH.
+    let (run, v) = json_run(
+        data.path(),
+        &[
+            "--backend",
+            "libvirt",
+            "--libvirt-uri",
+            &remote,
+            "--libvirt-pool",
+            &pool.0,
+            "--image",
+            "tinytest",
+            task.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert!(stderr(&run).contains("[mark] urltiny"), "{}", stderr(&run));
+    assert_eq!(v["state"], "finished");
+    let pool_files = std::fs::read_dir(data.path().join("pool")).unwrap().count();
+    assert_eq!(pool_files, 4, "a run's volume was left in the pool");
 
     // An older build of the same image goes with its sidecars; the newest stays.
     let old = "250101_0000-tinytest-1-url-x86_64";

@@ -56,6 +56,10 @@ pub struct BuildArgs {
         value_delimiter = ','
     )]
     pub pools: Vec<String>,
+    /// The libvirt whose storage pools --pool names [default: --libvirt-uri]: another
+    /// host's (`qemu+ssh://root@HOST/system`), to upload the image there.
+    #[arg(long, value_name = "URI", requires = "pools")]
+    pub pool_uri: Option<String>,
     /// libvirt connection URI for the build instance.
     #[arg(long, env = "FERROTRON_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
@@ -141,11 +145,33 @@ async fn build_all(global: &GlobalArgs, args: BuildArgs) -> i32 {
         storage_pools: args.pools.clone(),
         ..LibvirtSpec::new(args.libvirt_uri.clone())
     });
-    let provider = match provider::build(&spec, &provider::Context::new(&data_dir)).await {
+    let cx = provider::Context::new(&data_dir);
+    let provider = match provider::build(&spec, &cx).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;
+        }
+    };
+    // The pools may be on another host: a provider of their own, used only to upload.
+    let registrar = match (&args.pool_uri, args.pools.is_empty()) {
+        (_, true) => None,
+        (None, false) => Some(provider.clone()),
+        (Some(uri), false) => {
+            let spec = Spec::Libvirt(LibvirtSpec {
+                storage_pools: args.pools.clone(),
+                // Uploading needs no disks of its own there; the pool is only named so
+                // that a remote URI is accepted.
+                storage_pool: args.pools.first().cloned(),
+                ..LibvirtSpec::new(uri.clone())
+            });
+            match provider::build(&spec, &cx).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("error: --pool-uri {uri}: {e}");
+                    return exit::USAGE;
+                }
+            }
         }
     };
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
@@ -208,7 +234,7 @@ async fn build_all(global: &GlobalArgs, args: BuildArgs) -> i32 {
             owner,
             build_id,
             timeout: Duration::from_secs(args.timeout.max(60)),
-            register: !args.pools.is_empty(),
+            register: registrar.clone(),
             sink: sink.clone(),
         };
         let result = build::build(&r, &opts, cancel_rx.clone()).await;

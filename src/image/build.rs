@@ -68,8 +68,9 @@ pub struct BuildOptions {
     /// The build instance's run id.
     pub build_id: Uuid,
     pub timeout: Duration,
-    /// Hand the finished image to the provider (`Provider::upload_image`).
-    pub register: bool,
+    /// Hand the finished image to this provider (`Provider::upload_image`): the build's own,
+    /// or one on another host (its storage pools).
+    pub register: Option<Arc<dyn Provider>>,
     pub sink: EventSink,
 }
 
@@ -394,12 +395,12 @@ async fn body(
     files.push(format!("{stem}.json"));
 
     let mut registered = Vec::new();
-    if opts.register {
+    if let Some(registrar) = &opts.register {
         let image = BaseImage::open(&disk)?;
         registered = phase(ctl, state, "register", async {
             ctl.stop
                 .guard(async {
-                    opts.provider
+                    registrar
                         .upload_image(&image)
                         .await
                         .map_err(|e| ImageError::Infra(format!("registering the image: {e}")))
