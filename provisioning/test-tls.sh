@@ -56,6 +56,8 @@ fi
 # The broker runs as rabbitmq and must read its key; the tests (root) read the rest.
 chmod 0644 ./*.pem
 chmod 0600 ca-key.pem other-ca-key.pem server-key.pem client-key.pem
+# PostgreSQL's copy from an earlier run: it refuses to start on a key others can read.
+[[ -e pg-server-key.pem ]] && chmod 0600 pg-server-key.pem
 if id rabbitmq >/dev/null 2>&1; then
   chown rabbitmq server-key.pem
 fi

@@ -25,6 +25,7 @@ mod queue;
 mod results;
 mod runs;
 pub mod schema;
+mod sql;
 
 #[cfg(test)]
 mod tests;
@@ -40,7 +41,6 @@ pub use farm::{Hold, JobFilter, MAX_HOLD, NewHold, hold_duration};
 pub use outbox::{OutboxEntry, OutboxKind, OutboxPolicy};
 pub use query::{
     DataMatch, GroupFilter, GroupRow, ResultFilter, RunFilter, RunSummary, TestcaseFilter,
-    like_pattern,
 };
 pub use queue::{
     DaemonRecord, Enqueued, Fence, Job, JobEnd, NewJob, Recovered, Registration, TaskLoad,
@@ -49,6 +49,7 @@ pub use results::{NewGroup, NewResult, StoredResult};
 pub use runs::{
     Attempt, NewRun, Phase, RunCompletion, RunParams, RunRecord, RunState, UnknownRunState,
 };
+pub use sql::like_pattern;
 
 /// Which SQL engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,83 +7,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::query::Query;
-use sqlx::{Any, AssertSqlSafe};
+use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 use super::runs::{RunRecord, RunState};
+use super::sql::{Sql, like_pattern};
 use super::{Store, StoreError, StoredResult, col, db, now_micros, schema};
-
-/// SQL text with numbered placeholders and the values bound to them, built together.
-#[derive(Default)]
-pub(crate) struct Sql {
-    pub text: String,
-    binds: Vec<Bind>,
-}
-
-#[derive(Clone)]
-enum Bind {
-    I64(i64),
-    Str(String),
-}
-
-impl Sql {
-    fn new(text: &str) -> Sql {
-        Sql {
-            text: text.to_string(),
-            binds: Vec::new(),
-        }
-    }
-
-    /// Adds a value and returns its placeholder (`$n`).
-    fn arg_str(&mut self, v: &str) -> String {
-        self.binds.push(Bind::Str(v.to_string()));
-        format!("${}", self.binds.len())
-    }
-
-    fn arg_i64(&mut self, v: i64) -> String {
-        self.binds.push(Bind::I64(v));
-        format!("${}", self.binds.len())
-    }
-
-    fn push(&mut self, s: &str) {
-        self.text.push_str(s);
-    }
-
-    /// `(p1, p2, …)` for the values.
-    fn list(&mut self, values: &[String]) -> String {
-        let ps: Vec<String> = values.iter().map(|v| self.arg_str(v)).collect();
-        format!("({})", ps.join(", "))
-    }
-
-    fn query(&self) -> Query<'_, Any, AnyArguments> {
-        let mut q = sqlx::query(AssertSqlSafe(self.text.clone()));
-        for b in &self.binds {
-            q = match b {
-                Bind::I64(v) => q.bind(*v),
-                Bind::Str(v) => q.bind(v.clone()),
-            };
-        }
-        q
-    }
-}
-
-/// `*` wildcards to a LIKE pattern (`%`, `_` and `\` in the input match themselves).
-pub fn like_pattern(glob: &str) -> String {
-    let mut out = String::with_capacity(glob.len());
-    for c in glob.chars() {
-        match c {
-            '*' => out.push('%'),
-            '%' | '_' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// How one data key is matched: any of the values (OR).
 #[derive(Debug, Clone, PartialEq, Eq)]

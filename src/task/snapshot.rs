@@ -54,6 +54,53 @@ fn annotate(e: std::io::Error, path: &Path) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// What a directory's files look like without reading them: paths, kinds, sizes, modes,
+/// inodes and modification times. The same fingerprint means the same snapshot, short of a
+/// file rewritten in place with the same size within the same nanosecond.
+pub fn fingerprint(dir: &Path) -> std::io::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut paths = Vec::new();
+    walk(dir, Path::new(""), &mut paths)?;
+    paths.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for rel in &paths {
+        let full = dir.join(rel);
+        let m = std::fs::symlink_metadata(&full).map_err(|e| annotate(e, &full))?;
+        rel.hash(&mut h);
+        (m.len(), m.mode(), m.ino(), m.mtime(), m.mtime_nsec()).hash(&mut h);
+    }
+    Ok(h.finish())
+}
+
+/// The snapshots this process made, by directory: a farm starts thousands of runs of one
+/// task, and each would otherwise read and hash the same files again.
+#[derive(Default)]
+pub struct Cache {
+    seen: std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, String)>>,
+}
+
+impl Cache {
+    /// The sha256 of `dir` as it is now, its snapshot kept in `tasks_dir`: packed again only
+    /// when the directory's fingerprint changed (or the kept file went away).
+    pub fn snapshot(&self, dir: &Path, tasks_dir: &Path) -> std::io::Result<String> {
+        let fp = fingerprint(dir)?;
+        let known = self.seen.lock().ok().and_then(|m| m.get(dir).cloned());
+        if let Some((seen_fp, sha)) = known
+            && seen_fp == fp
+            && path(tasks_dir, &sha).is_some_and(|p| p.is_file())
+        {
+            return Ok(sha);
+        }
+        let snap = pack(dir)?;
+        keep(tasks_dir, &snap)?;
+        if let Ok(mut m) = self.seen.lock() {
+            m.insert(dir.to_path_buf(), (fp, snap.sha256.clone()));
+        }
+        Ok(snap.sha256)
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -131,6 +178,24 @@ mod tests {
         assert_eq!(names, sorted);
         names.retain(|n| !n.ends_with('/'));
         assert!(names.contains(&"sub/b".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn the_cache_packs_again_only_when_the_files_changed() {
+        let (src, store) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        task(src.path());
+        let cache = Cache::default();
+        let first = cache.snapshot(src.path(), store.path()).unwrap();
+        assert_eq!(first, pack(src.path()).unwrap().sha256);
+        assert_eq!(cache.snapshot(src.path(), store.path()).unwrap(), first);
+        std::fs::write(src.path().join("sub/b"), "changed").unwrap();
+        let second = cache.snapshot(src.path(), store.path()).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(second, pack(src.path()).unwrap().sha256);
+        // A kept file that went away is made again.
+        std::fs::remove_file(path(store.path(), &second).unwrap()).unwrap();
+        assert_eq!(cache.snapshot(src.path(), store.path()).unwrap(), second);
+        assert!(path(store.path(), &second).unwrap().is_file());
     }
 
     #[test]
