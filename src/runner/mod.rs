@@ -44,10 +44,10 @@ pub mod exit {
     pub const CANCELLED: i32 = 130;
 }
 
-/// The task snapshots of this process ([`snapshot::Cache`]), and the permit to make one.
+/// The task snapshots of this process ([`snapshot::Cache`]): a run whose task directory
+/// is unchanged since the last run of it only looks at the files' metadata.
 static TASK_SNAPSHOTS: std::sync::LazyLock<snapshot::Cache> =
     std::sync::LazyLock::new(snapshot::Cache::default);
-static SNAPSHOTTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// One job, fully described.
 #[derive(Debug, Clone)]
@@ -437,21 +437,17 @@ impl Runner {
         // The task as it runs, kept by hash for reruns; the upload ships these same bytes.
         let tasks_dir = self.data_dir.join("tasks");
         let (task_dir, kept_in) = (req.formula.dir.clone(), tasks_dir.clone());
-        // One snapshot at a time: thousands of runs starting at once must not each hold a
-        // blocking thread (and its stack) to look at the same few files.
-        let permit = SNAPSHOTTING.acquire().await;
-        let snapshotted =
-            tokio::task::spawn_blocking(move || TASK_SNAPSHOTS.snapshot(&task_dir, &kept_in)).await;
-        drop(permit);
-        let task_archive = snapshotted
-            .map_err(|e| RunnerError::Io {
-                context: "packing the task".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?
-            .map_err(|source| RunnerError::Io {
-                context: format!("packing the task directory {}", req.formula.dir.display()),
-                source,
-            })?;
+        let task_archive =
+            tokio::task::spawn_blocking(move || TASK_SNAPSHOTS.snapshot(&task_dir, &kept_in))
+                .await
+                .map_err(|e| RunnerError::Io {
+                    context: "packing the task".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?
+                .map_err(|source| RunnerError::Io {
+                    context: format!("packing the task directory {}", req.formula.dir.display()),
+                    source,
+                })?;
         let mut params = req.params();
         params.task_sha256 = task_archive.clone();
         if let Some(made) = crate::base_image::provenance(Path::new(&req.image)) {
