@@ -179,6 +179,7 @@ impl Store {
             // restart a stale connection fails its next query once and the pool drops it.
             Dialect::Postgres => AnyPoolOptions::new()
                 .test_before_acquire(false)
+                .after_release(drop_if_in_transaction)
                 .connect(url)
                 .await
                 .map_err(|e| {
@@ -258,6 +259,21 @@ pub(crate) async fn begin_on(
     }
 }
 
+/// A connection handed back with a transaction still open (a COMMIT that failed on a full
+/// disk, a future dropped half-way) is closed, not reused: sqlx would refuse every later
+/// `begin` on it ("non-zero transaction depth") and the daemon would answer 503 for good.
+fn drop_if_in_transaction(
+    conn: &mut sqlx::AnyConnection,
+    _meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures_util::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    use sqlx::Connection as _;
+    let keep = !conn.is_in_transaction();
+    if !keep {
+        tracing::debug!("closing a database connection returned inside a transaction");
+    }
+    Box::pin(std::future::ready(Ok(keep)))
+}
+
 async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -294,6 +310,7 @@ async fn open_sqlite(url: &str) -> Result<AnyPool, StoreError> {
     let mut options = AnyPoolOptions::new()
         .max_connections(4)
         .test_before_acquire(false)
+        .after_release(drop_if_in_transaction)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 for pragma in [

@@ -1520,3 +1520,28 @@ async fn a_daemon_id_is_held_by_one_live_process(db: TestDb) {
     s.release_daemon("d1", "c").await.unwrap();
     assert!(s.daemon("d1").await.unwrap().is_none());
 }
+
+/// A COMMIT that fails (a full disk) leaves sqlx's transaction depth raised on the
+/// connection; handed out again, it refused every `BEGIN IMMEDIATE` and the intake answered
+/// 503 from then on (the fault suite's full-disk row saw it once in CI). Such a connection is
+/// closed when it comes back.
+#[tokio::test]
+async fn a_connection_returned_inside_a_transaction_is_not_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    {
+        let mut conn = store.pool.acquire().await.unwrap();
+        let tx = conn.begin().await.unwrap();
+        // As a failed commit leaves it: no rollback, the depth stays at one.
+        std::mem::forget(tx);
+    }
+    for _ in 0..8 {
+        let mut conn = store.pool.acquire().await.unwrap();
+        let tx = begin_on(&mut conn, Dialect::Sqlite)
+            .await
+            .expect("every connection handed out can begin");
+        tx.commit().await.unwrap();
+    }
+}
