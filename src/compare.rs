@@ -10,6 +10,17 @@ pub const LOG_READ: u64 = 1024 * 1024;
 /// Lines of each log compared (the diff's table is their product).
 pub const LOG_LINES: usize = 1500;
 
+/// The start of the log file at `path` (at most [`LOG_READ`] bytes), as [`log_lines`]; a
+/// missing or unreadable file reads as empty. Blocking.
+pub fn read_log(path: &std::path::Path) -> Vec<String> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(LOG_READ).read_to_end(&mut buf);
+    }
+    log_lines(&String::from_utf8_lossy(&buf))
+}
+
 /// The first [`LOG_LINES`] lines of a log, normalised for comparing.
 pub fn log_lines(text: &str) -> Vec<String> {
     text.lines().take(LOG_LINES).map(normalise).collect()

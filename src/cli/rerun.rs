@@ -127,7 +127,7 @@ struct Recorded {
     backend: String,
     state: String,
     params: RunParams,
-    results: BTreeMap<String, Outcome>,
+    results: BTreeMap<String, Reported>,
     /// Time per phase, in the order the run went through them.
     phases: Vec<(String, f64)>,
     artifacts: BTreeSet<String>,
@@ -135,7 +135,7 @@ struct Recorded {
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-struct Outcome {
+struct Reported {
     outcome: String,
     note: String,
     data: BTreeMap<String, Vec<String>>,
@@ -148,18 +148,12 @@ async fn rerun(global: &GlobalArgs, args: RerunArgs) -> Result<i32, Failure> {
         .timeout(Duration::from_secs(300))
         .build()
         .map_err(|e| (exit::INFRA, format!("making an HTTP client: {e}")))?;
-    let store_for_here = |global: &GlobalArgs| {
-        let url = global.db_url();
-        async move {
-            Store::open(&url)
-                .await
-                .map_err(|e| (exit::INFRA, format!("opening the store: {e}")))
-        }
-    };
     let recorded = match &source {
         Source::Farm { base, uuid } => from_farm(&http, base, *uuid).await?,
         Source::Here(uuid) => {
-            let store = store_for_here(global).await?;
+            let store = Store::open(&global.db_url())
+                .await
+                .map_err(|e| (exit::INFRA, format!("opening the store: {e}")))?;
             from_store(
                 &store,
                 &global.data_dir(),
@@ -195,7 +189,11 @@ async fn rerun(global: &GlobalArgs, args: RerunArgs) -> Result<i32, Failure> {
     let mut params = recorded.params.clone();
     params.image = image.unwrap_or_default();
     params.keep_instance = false;
-    let mut words = vec!["--format".to_string(), "json".to_string()];
+    // With --format json the run's live output goes to stderr, as `run --format json` does.
+    let mut words: Vec<String> = match args.format {
+        Format::Json => vec!["--format".into(), "json".into()],
+        Format::Text => Vec::new(),
+    };
     words.extend(run_args(
         &recorded.item,
         &recorded.item_type,
@@ -204,10 +202,6 @@ async fn rerun(global: &GlobalArgs, args: RerunArgs) -> Result<i32, Failure> {
         &params,
         &task_dir.display().to_string(),
     ));
-    if args.format == Format::Text {
-        // The run's live output on stdout, as `ferrotron run` prints it.
-        words.drain(..2);
-    }
     let run_args = AsRun::try_parse_from(&words)
         .map_err(|e| {
             (
@@ -477,7 +471,7 @@ async fn from_farm(http: &reqwest::Client, base: &str, uuid: Uuid) -> Result<Rec
             .map(|r| {
                 (
                     compare::result_key(&r.testcase.name, &r.data),
-                    Outcome {
+                    Reported {
                         outcome: r.outcome,
                         note: r.note.unwrap_or_default(),
                         data: r.data,
@@ -581,13 +575,8 @@ async fn from_store(
     let run_dir = data_dir.join("artifacts").join(uuid.to_string());
     let (log_path, root) = (run_dir.join("ferrotron.log"), run_dir.join("task"));
     let (log, artifacts) = tokio::task::spawn_blocking(move || {
-        use std::io::Read as _;
-        let mut buf = Vec::new();
-        if let Ok(f) = std::fs::File::open(&log_path) {
-            let _ = f.take(LOG_READ).read_to_end(&mut buf);
-        }
         let files: BTreeSet<String> = list_artifacts(&root).into_iter().map(|a| a.path).collect();
-        (String::from_utf8_lossy(&buf).into_owned(), files)
+        (compare::read_log(&log_path), files)
     })
     .await
     .map_err(|e| (exit::INFRA, e.to_string()))?;
@@ -606,7 +595,7 @@ async fn from_store(
             .map(|r| {
                 (
                     compare::result_key(&r.testcase, &r.data),
-                    Outcome {
+                    Reported {
                         outcome: r.outcome,
                         note: r.note.unwrap_or_default(),
                         data: r.data,
@@ -620,7 +609,7 @@ async fn from_store(
                 .map(|p| (&p.name, p.duration.as_secs_f64())),
         ),
         artifacts,
-        log: compare::log_lines(&log),
+        log,
     })
 }
 
@@ -671,7 +660,7 @@ fn print_report(a: &Recorded, b: &Recorded, differing: &[String], diff: &[Line<'
             short(&b.params.task_sha256)
         );
     }
-    let cell = |o: Option<&Outcome>| match o {
+    let cell = |o: Option<&Reported>| match o {
         None => "absent".to_string(),
         Some(o) if o.note.is_empty() => o.outcome.clone(),
         Some(o) => format!("{} ({})", o.outcome, crate::util::truncate_at(&o.note, 40)),

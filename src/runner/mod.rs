@@ -437,20 +437,23 @@ impl Runner {
         // The task as it runs, kept by hash for reruns; the upload ships these same bytes.
         let tasks_dir = self.data_dir.join("tasks");
         let (task_dir, kept_in) = (req.formula.dir.clone(), tasks_dir.clone());
-        let task_archive =
-            tokio::task::spawn_blocking(move || TASK_SNAPSHOTS.snapshot(&task_dir, &kept_in))
-                .await
-                .map_err(|e| RunnerError::Io {
-                    context: "packing the task".into(),
-                    source: std::io::Error::other(e.to_string()),
-                })?
-                .map_err(|source| RunnerError::Io {
-                    context: format!("packing the task directory {}", req.formula.dir.display()),
-                    source,
-                })?;
+        let image = PathBuf::from(&req.image);
+        let (task_archive, made) = tokio::task::spawn_blocking(move || {
+            let sha = TASK_SNAPSHOTS.snapshot(&task_dir, &kept_in);
+            (sha, crate::base_image::provenance(&image))
+        })
+        .await
+        .map_err(|e| RunnerError::Io {
+            context: "packing the task".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let task_archive = task_archive.map_err(|source| RunnerError::Io {
+            context: format!("packing the task directory {}", req.formula.dir.display()),
+            source,
+        })?;
         let mut params = req.params();
         params.task_sha256 = task_archive.clone();
-        if let Some(made) = crate::base_image::provenance(Path::new(&req.image)) {
+        if let Some(made) = made {
             params.image_recipe = made.recipe;
             params.image_recipe_sha256 = made.recipe_sha256;
         }

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::Read as _;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -14,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::{error_page, esc, layout, outcome_badge, when};
-use crate::compare::{self, LOG_LINES, LOG_READ, Line, context, diff_lines};
+use crate::compare::{self, LOG_LINES, Line, context, diff_lines};
 use crate::outcome::Outcome;
 use crate::store::{RunFilter, RunRecord, RunState, StoredResult};
 use crate::web::WebState;
@@ -248,10 +247,7 @@ async fn render(st: &WebState, a: &Loaded, b: &Loaded) -> String {
     h.push_str("</ul>");
 
     // The logs.
-    let (la, lb) = (
-        read_log(st, ra.uuid, &[ra.uuid, rb.uuid]).await,
-        read_log(st, rb.uuid, &[ra.uuid, rb.uuid]).await,
-    );
+    let (la, lb) = (read_log(st, ra.uuid).await, read_log(st, rb.uuid).await);
     let diff = diff_lines(&la, &lb);
     let changed = diff.iter().filter(|d| !matches!(d, Line::Same(_))).count();
     let _ = write!(
@@ -278,16 +274,9 @@ async fn render(st: &WebState, a: &Loaded, b: &Loaded) -> String {
     h
 }
 
-async fn read_log(st: &WebState, uuid: Uuid, _runs: &[Uuid]) -> Vec<String> {
+async fn read_log(st: &WebState, uuid: Uuid) -> Vec<String> {
     let path = files::log_path(st, uuid);
-    let text = tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::new();
-        if let Ok(f) = std::fs::File::open(&path) {
-            let _ = f.take(LOG_READ).read_to_end(&mut buf);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-    .await
-    .unwrap_or_default();
-    compare::log_lines(&text)
+    tokio::task::spawn_blocking(move || compare::read_log(&path))
+        .await
+        .unwrap_or_default()
 }
